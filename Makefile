@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine:  make demo  and  make test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+EXTRAS ?= datasets,dev
+
+.PHONY: setup demo test bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first, pinned: an unpinned torch pulls gigabytes of CUDA packages.
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup  ## the quickstart: digits with a small CNN
+	$(VENV)/bin/traincraft fit
+
+test: setup  ## the whole test suite
+	$(PY) -m pytest
+
+bench: setup  ## benchmarks (not tests): ratios against hand-written loops
+	$(PY) bench/quickstart.py
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench examples
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,60 @@
+"""The callback protocol: plain objects whose ``on_*`` methods receive the trainer.
+
+Events, in the order ``Trainer.fit`` emits them::
+
+    on_fit_start
+    for each epoch:
+        on_epoch_start
+        for each optimizer step:
+            on_before_step      # gradients final: unscaled, averaged over the window, clipped
+            on_step_end         # after optimizer.step() and the schedule; trainer.state.step counted it
+        on_validation_end       # trainer.state.metrics holds train_* and val_* of this epoch
+        on_epoch_end            # the history row is written; checkpoints and loggers act here
+    on_fit_end                  # always, whatever ended training (also on an exception)
+
+A callback asks training to stop with ``trainer.state.request_stop("reason")``; the loop stops
+after the current step. Callbacks with state implement ``state_dict``/``load_state_dict`` so that
+a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from traincraft.trainer import Trainer
+
+
+class Callback:
+    """Base class with no-op events. Override the ones you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+
+    def on_before_step(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_validation_end(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+EVENTS = (
+    "on_fit_start",
+    "on_epoch_start",
+    "on_before_step",
+    "on_step_end",
+    "on_validation_end",
+    "on_epoch_end",
+    "on_fit_end",
+)

@@ -1,0 +1,97 @@
+"""The progress bar: one tqdm bar per epoch on a terminal, one plain line per epoch otherwise.
+
+Figures are read from the device only at refreshes (at most ``1 / refresh_seconds`` per second)
+and at the end of the epoch, never per step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from traincraft.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from traincraft.trainer import Trainer
+
+
+def format_value(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    magnitude = abs(value)
+    return f"{value:.3e}" if magnitude and (magnitude < 1e-3 or magnitude >= 1e5) else f"{value:.4f}"
+
+
+def format_figures(figures: dict[str, float], skip: tuple[str, ...] = ("epoch", "step")) -> str:
+    return "  ".join(f"{k} {format_value(v)}" for k, v in figures.items() if k not in skip)
+
+
+class ProgressBar(Callback):
+    """Shows training progress. Added by the trainer when ``progress=True``."""
+
+    def __init__(self, refresh_seconds: float = 0.1, stream: IO[str] | None = None):
+        self.refresh_seconds = refresh_seconds
+        self.stream = stream
+        self.bar: Any = None
+        self._last = 0.0
+        self._unshown = 0
+
+    @property
+    def out(self) -> IO[str]:
+        return self.stream or sys.stderr
+
+    def interactive(self) -> bool:
+        return bool(getattr(self.out, "isatty", lambda: False)())
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        if not self.interactive():
+            return
+        from tqdm.auto import tqdm
+
+        state = trainer.state
+        total = state.steps_per_epoch or None
+        self.bar = tqdm(
+            total=total,
+            initial=0,
+            desc=f"Epoch {state.epoch + 1}/{trainer.max_epochs}",
+            file=self.out,
+            leave=True,
+            dynamic_ncols=True,
+            unit="step",
+            mininterval=self.refresh_seconds,
+        )
+        self._last, self._unshown = time.monotonic(), 0
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.bar is None:
+            return
+        self._unshown += 1
+        now = time.monotonic()
+        if now - self._last >= self.refresh_seconds:
+            self.bar.update(self._unshown)
+            self.bar.set_postfix_str(format_figures(trainer.running_figures()), refresh=True)
+            self._last, self._unshown = now, 0
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        row = trainer.history.epochs[-1] if trainer.history.epochs else {}
+        if self.bar is not None:
+            self.bar.update(self._unshown)
+            self.bar.set_postfix_str(format_figures(row), refresh=True)
+            self.bar.close()
+            self.bar = None
+        else:
+            epoch = f"epoch {trainer.state.epoch}/{trainer.max_epochs}"
+            print(f"{epoch}  {format_figures(row)}", file=self.out, flush=True)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking a live bar."""
+        if self.bar is not None:
+            self.bar.write(message, file=self.out)
+        else:
+            print(message, file=self.out, flush=True)

@@ -1,0 +1,45 @@
+"""Errors a user can meet, each carrying one line that says what was wrong, where, and the fix.
+
+The command line prints ``str(error)`` of a :class:`TraincraftError` and exits 2; anything else is
+a bug in traincraft or in the user's model and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TraincraftError(Exception):
+    """A mistake in what the user gave us (data, recipe, arguments): shown as one line."""
+
+
+class UnknownNameError(TraincraftError, ValueError):
+    """A name that is not in a registry (loss, optimizer, metric, model, dataset, ...)."""
+
+
+class DataError(TraincraftError, ValueError):
+    """Data of a type we do not accept, empty data, missing columns, non-numeric values."""
+
+
+class ShapeError(TraincraftError, ValueError):
+    """A prediction and a target whose shapes do not fit together."""
+
+
+class ModelError(TraincraftError, RuntimeError):
+    """The user's model raised inside its forward pass; the message adds the batch's shapes."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ``" (did you mean 'a', 'b'?)"`` for the closest choices, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameError:
+    """The error for an unknown ``name`` of ``kind``, naming the closest valid names."""
+    choices = sorted(choices)
+    hint = did_you_mean(name, choices)
+    if not hint:
+        hint = f"; valid names: {', '.join(choices)}"
+    return UnknownNameError(f"unknown {kind} {name!r}{hint}")

@@ -1,0 +1,126 @@
+"""One table of ``name -> factory + defaults``, shared by losses, optimizers, metrics, models, data.
+
+Registries point at torch, they do not wrap it: ``"adamw"`` maps to ``torch.optim.AdamW`` plus
+default keyword arguments. A spec is a name, a ``{"name": ..., **kwargs}`` dict, or something the
+caller accepts as already built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from traincraft.errors import TraincraftError, unknown_name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered factory with its default keyword arguments and a one-line description."""
+
+    factory: Callable[..., Any]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+
+class Registry:
+    """Names (and aliases) mapped to factories. Unknown names raise with the closest valid names.
+
+    Example:
+        >>> reg = Registry("loss")
+        >>> reg.add("mse", torch.nn.MSELoss, aliases=["l2_loss"])
+        >>> reg.create("mse")
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}
+
+    def add(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        aliases: tuple[str, ...] | list[str] = (),
+        doc: str = "",
+        **defaults: Any,
+    ) -> None:
+        self._entries[name] = Entry(factory, dict(defaults), doc)
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def canonical(self, name: str) -> str:
+        """The registered name for ``name`` or one of its aliases (case and dashes ignored)."""
+        key = str(name).strip().lower().replace("-", "_")
+        key = self._aliases.get(key, key)
+        if key not in self._entries:
+            raise unknown_name(self.kind, name, [*self._entries, *self._aliases])
+        return key
+
+    def entry(self, name: str) -> Entry:
+        return self._entries[self.canonical(name)]
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.canonical(str(name))
+        except TraincraftError:
+            return False
+        return True
+
+    def names(self) -> list[str]:
+        """Registered names, without aliases, sorted."""
+        return sorted(self._entries)
+
+    def aliases(self) -> dict[str, str]:
+        """``alias -> name``."""
+        return dict(self._aliases)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def create(self, spec: str | Mapping[str, Any], *args: Any, **overrides: Any) -> Any:
+        """Build from a name or a ``{"name": ..., **kwargs}`` dict.
+
+        Keyword precedence: registered defaults < the spec's keys < ``overrides``.
+        """
+        name, kwargs = split_spec(spec, self.kind)
+        entry = self.entry(name)
+        merged = {**entry.defaults, **kwargs, **overrides}
+        try:
+            return entry.factory(*args, **merged)
+        except TypeError as err:
+            raise TraincraftError(f"{self.kind} {name!r}: {err}") from err
+
+
+def split_spec(spec: str | Mapping[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
+    """``"adam"`` -> ``("adam", {})``; ``{"name": "adam", "lr": 1}`` -> ``("adam", {"lr": 1})``."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, Mapping):
+        if "name" not in spec:
+            raise TraincraftError(f"{kind} spec {dict(spec)!r} needs a 'name' key")
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        return str(spec["name"]), kwargs
+    raise TraincraftError(f"{kind} spec must be a name or a dict with 'name', got {type(spec).__name__}")
+
+
+def import_object(path: str, kind: str = "object") -> Any:
+    """Import ``"package.module:attribute"`` (also ``package.module.attribute``)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise TraincraftError(f"{kind} {path!r}: expected 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise TraincraftError(f"{kind} {path!r}: cannot import module {module_name!r} ({err})") from err
+    try:
+        obj: Any = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as err:
+        raise TraincraftError(f"{kind} {path!r}: module {module_name!r} has no {attr!r}") from err
+    return obj

@@ -1,0 +1,147 @@
+"""One optimizer step: autocast, the accumulation window, GradScaler, clipping.
+
+The order inside a step is fixed, because getting it wrong is the classic bug::
+
+    for each micro-batch of the window:
+        backward(loss × samples_in_micro_batch)        # scaled by the fp16 scaler when on
+    unscale (fp16)                                     # gradients back in true units
+    divide gradients by the window's sample count      # exact mean over the whole window
+    clip (norm or value), once                         # on true, averaged gradients
+    optimizer.step()                                   # skipped by the scaler on overflow
+    zero_grad(set_to_none=True)
+
+With ``accumulate=1`` the multiply/divide is left out: the step is exactly a hand-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from traincraft.errors import TraincraftError
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_precision(precision: str | int) -> str:
+    value = str(precision).lower().removesuffix("-mixed").replace("float", "").replace("fp32", "32")
+    value = {"16": "fp16", "b16": "bf16", "bfloat16": "bf16"}.get(value, value)
+    if value not in PRECISIONS:
+        raise TraincraftError(f"precision must be one of '32', 'bf16', 'fp16', got {precision!r}")
+    return value
+
+
+class Stepper:
+    """Runs the backward passes of an accumulation window and the optimizer step that ends it.
+
+    Args:
+        optimizer: the optimizer to step.
+        params: the trainable parameters (for clipping and the window average).
+        device: where training runs (autocast and the scaler need its type).
+        accumulate: micro-batches per optimizer step.
+        precision: "32", "bf16" or "fp16".
+        clip_grad_norm: clip the total gradient norm to this value (after unscaling).
+        clip_norm_type: the norm's order (2.0 by default, ``inf`` for the max norm).
+        clip_grad_value: clip each gradient element to ``[-value, value]``.
+
+    Example:
+        >>> stepper = Stepper(opt, model.parameters(), device=torch.device("cpu"), accumulate=2)
+        >>> with stepper.autocast():
+        ...     loss = loss_fn(model(x), y)
+        >>> stepper.backward(loss, samples=len(x))
+        >>> if stepper.window_full(): stepper.step()
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Iterable[torch.nn.Parameter],
+        *,
+        device: torch.device,
+        accumulate: int = 1,
+        precision: str | int = "32",
+        clip_grad_norm: float | None = None,
+        clip_norm_type: float = 2.0,
+        clip_grad_value: float | None = None,
+    ):
+        if int(accumulate) < 1:
+            raise TraincraftError(f"accumulate must be >= 1, got {accumulate}")
+        for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
+            if value is not None and not value > 0:
+                raise TraincraftError(f"{name} must be > 0, got {value}")
+        self.optimizer = optimizer
+        self.params = [p for p in params if p.requires_grad]
+        self.device = device
+        self.accumulate = int(accumulate)
+        self.precision = parse_precision(precision)
+        self.clip_grad_norm, self.clip_norm_type = clip_grad_norm, float(clip_norm_type)
+        self.clip_grad_value = clip_grad_value
+        self.scaler = (
+            torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
+        )
+        self.micro_batches = 0  # in the current window
+        self.window_samples = 0
+        self.grad_norm: torch.Tensor | None = None  # before clipping, of the last step
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor, samples: int) -> None:
+        """Back-propagate one micro-batch's mean loss, weighted for an exact window average."""
+        if self.accumulate > 1:
+            loss = loss * samples
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+        self.micro_batches += 1
+        self.window_samples += samples
+
+    def window_full(self) -> bool:
+        return self.micro_batches >= self.accumulate
+
+    @property
+    def pending(self) -> bool:
+        """Micro-batches have been back-propagated but not stepped yet (a partial window)."""
+        return self.micro_batches > 0
+
+    def prepare(self) -> None:
+        """Make the gradients final: unscale, average over the window, clip. Once per step."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.accumulate > 1 and grads:
+            torch._foreach_div_(grads, float(self.window_samples))
+        if self.clip_grad_norm is not None:
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.params, self.clip_grad_norm, norm_type=self.clip_norm_type, foreach=None
+            )
+        if self.clip_grad_value is not None:
+            torch.nn.utils.clip_grad_value_(self.params, self.clip_grad_value, foreach=None)
+
+    def step(self) -> bool:
+        """Step the optimizer (after :meth:`prepare`); False when the fp16 scaler skipped it."""
+        took = True
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            took = self.scaler.get_scale() >= scale  # the scale shrinks only on a skipped step
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.micro_batches = 0
+        self.window_samples = 0
+        return took
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,477 @@
+"""The Trainer: fit, evaluate, predict. The loop reads top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from traincraft import losses, metrics, optim
+from traincraft.callbacks.base import Callback
+from traincraft.callbacks.progress import ProgressBar
+from traincraft.data import (
+    Batches,
+    TensorBatches,
+    describe,
+    make_batches,
+    make_predict_batches,
+    map_tensors,
+    num_samples,
+    split_off,
+    to_device,
+)
+from traincraft.device import resolve_device
+from traincraft.errors import ModelError, TraincraftError
+from traincraft.history import History
+from traincraft.loggers import CSVLogger
+from traincraft.penalties import Penalty
+from traincraft.seeding import new_seed, seed_everything, set_deterministic
+from traincraft.state import TrainState
+from traincraft.step import Stepper
+
+
+class Trainer:
+    """Trains a ``torch.nn.Module`` with the right strategies.
+
+    Args:
+        model: any ``nn.Module``; it is moved to ``device``.
+        loss: a name (``"cross_entropy"``), a dict of keyword arguments (``{"name": "huber",
+            "delta": 0.5}``), a list of weighted terms, an ``nn.Module`` or a callable
+            ``(pred, target) -> Tensor``. See :mod:`traincraft.losses`.
+        optimizer: a name, a dict, or a callable taking parameter groups. Default ``"adamw"``.
+        lr: base learning rate (each parameter group's ``lr_mult`` multiplies it).
+        weight_decay: the optimizer's own decay (decoupled for AdamW); None keeps its default.
+            Biases and normalisation parameters are exempt (``decay_exclude="auto"``).
+        decay_exclude: ``"auto"``, glob patterns of parameter names, or None.
+        param_groups: per-pattern overrides, e.g. ``[{"params": "backbone.*", "lr_mult": 0.1}]``.
+        l1, l2: coefficients of ``l1·Σ|w|`` and ``l2·Σw²`` added to the loss (``train_penalty``).
+        penalty_exclude: parameters the penalties skip: ``"auto"`` (biases, norms, 1-D) or globs.
+        metrics: names (``"accuracy"``, ``"rmse"``, ...) or objects with update/compute/reset.
+        max_epochs: epochs to train (training may stop earlier).
+        max_steps: optimizer steps to train at most.
+        batch_size: samples per micro-batch (ignored for a DataLoader, which batches itself).
+        val_split: share of the training data held out for validation when ``val`` is None.
+        shuffle: reshuffle the training data every epoch (seeded).
+        accumulate: micro-batches per optimizer step.
+        precision: ``"32"``, ``"bf16"`` or ``"fp16"``.
+        clip_grad_norm: clip the total gradient norm (``clip_norm_type``) once per step.
+        clip_grad_value: clip every gradient element to ``[-v, v]`` once per step.
+        callbacks: :class:`traincraft.Callback` objects, called in the order given.
+        device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
+        seed: seeds python, numpy, torch and the data order; None draws one (see ``trainer.seed``).
+        deterministic: use torch's deterministic algorithms.
+        run_dir: a folder for ``metrics.csv`` and the weights; None writes no files.
+        progress: show a progress bar (a line per epoch when output is not a terminal).
+
+    Example:
+        >>> trainer = Trainer(model, loss="cross_entropy", metrics=["accuracy"], max_epochs=30,
+        ...                   callbacks=[EarlyStopping(patience=5)], seed=0)
+        >>> history = trainer.fit((X_train, y_train), val=(X_val, y_val))
+        >>> trainer.evaluate((X_test, y_test))
+        {'loss': 0.05, 'accuracy': 0.98}
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss: Any,
+        optimizer: Any = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float | None = None,
+        decay_exclude: str | Sequence[str] | None = "auto",
+        param_groups: Sequence[dict[str, Any]] | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        penalty_exclude: str | Sequence[str] | None = "auto",
+        metrics: Sequence[Any] = (),
+        max_epochs: int = 10,
+        max_steps: int | None = None,
+        batch_size: int = 32,
+        val_split: float | None = None,
+        shuffle: bool = True,
+        accumulate: int = 1,
+        precision: str | int = "32",
+        clip_grad_norm: float | None = None,
+        clip_norm_type: float = 2.0,
+        clip_grad_value: float | None = None,
+        callbacks: Sequence[Callback] = (),
+        device: str | torch.device = "auto",
+        seed: int | None = None,
+        deterministic: bool = False,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TraincraftError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_positive(max_epochs=max_epochs, batch_size=batch_size, lr=lr)
+        if max_steps is not None:
+            _check_positive(max_steps=max_steps)
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.loss_fn = losses.build(loss)
+        self.metrics = metrics_module_set(metrics, probabilities=losses.takes_probabilities(loss))
+        self.optimizer = optim.build(
+            optimizer, self.model, lr=lr, weight_decay=weight_decay,
+            decay_exclude=decay_exclude, param_groups=param_groups,
+        )
+        self.penalty = Penalty(self.model, l1=l1, l2=l2, exclude=penalty_exclude)
+        self.stepper = Stepper(
+            self.optimizer, self.model.parameters(), device=self.device, accumulate=accumulate,
+            precision=precision, clip_grad_norm=clip_grad_norm, clip_norm_type=clip_norm_type,
+            clip_grad_value=clip_grad_value,
+        )
+        self.max_epochs, self.max_steps = int(max_epochs), max_steps
+        self.batch_size, self.val_split, self.shuffle = int(batch_size), val_split, shuffle
+        self.seed = new_seed() if seed is None else int(seed)
+        self.deterministic = deterministic
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = ProgressBar() if progress else None
+        self.callbacks: list[Callback] = [*callbacks]
+        if self.progress:
+            self.callbacks.append(self.progress)
+        if self.run_dir is not None:
+            self.callbacks.append(CSVLogger(self.run_dir))
+        self.rank, self.world_size = 0, 1
+        self.state = TrainState()
+        self.history = History()
+        self._adapt_target: Callable[[Any, Any], Any] | None = None
+        self._sums = _RunningSums(self.device)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    def fit(self, train: Any, val: Any = None) -> History:
+        """Train on ``train``, validating on ``val`` after every epoch.
+
+        ``train``/``val``: a tuple ``(X, y)`` of tensors or numpy arrays (``X`` may be a tuple or a
+        dict of them, passed as ``model(*X)`` / ``model(**X)``), a ``Dataset`` yielding
+        ``(inputs, target)``, or a ``DataLoader``. Each call is a new run over the current weights.
+
+        Order of events::
+
+            on_fit_start
+            while not stopped:                       # max_epochs, max_steps, a callback, Ctrl-C
+                on_epoch_start
+                for each micro-batch (seeded order of this epoch):
+                    forward, loss (+ L1/L2 penalty), backward × samples
+                    every `accumulate` micro-batches, and at the epoch's last one:
+                        unscale, average over the window, clip
+                        on_before_step
+                        optimizer.step(), zero_grad      # the fp16 scaler may skip it
+                        state.step += 1
+                        on_step_end
+                validate (eval mode, inference mode)    # exact sums over samples
+                on_validation_end                      # state.metrics holds the epoch's figures
+                history row; on_epoch_end
+            on_fit_end                                 # always; EarlyStopping restores the best weights
+
+        Returns:
+            The :class:`History` of the run.
+        """
+        if self.val_split and val is None:
+            train, val = split_off(train, self.val_split, seed=self.seed)
+        train_batches = self._batches(train, shuffle=self.shuffle, what="train")
+        val_batches = self._batches(val, shuffle=False, what="val") if val is not None else None
+        self._start_run(train_batches, val_batches)
+        with self._stop_on_interrupt():
+            try:
+                self._emit("on_fit_start")
+                while not self.state.should_stop:
+                    self._run_epoch(train_batches, val_batches)
+            finally:
+                self._emit("on_fit_end")
+                self._finish_run()
+        return self.history
+
+    def evaluate(self, data: Any) -> dict[str, float]:
+        """Loss and metrics over ``data``, exact over its samples: ``{"loss": ..., "accuracy": ...}``."""
+        return self._evaluate(self._batches(data, shuffle=False, what="evaluate data"), prefix="")
+
+    def predict(self, data: Any) -> Any:
+        """The model's outputs for ``data`` (inputs alone, a Dataset or a DataLoader), on the CPU."""
+        outputs: list[Any] = []
+        batches = make_predict_batches(data, batch_size=self.batch_size)
+        with self._eval_mode():
+            for inputs, _ in batches.epoch(0):
+                pred = self._forward(to_device(inputs, self.device))
+                outputs.append(map_tensors(lambda t: t.float().cpu() if t.is_floating_point() else t.cpu(), pred))
+        return _concatenate(outputs)
+
+    def log(self, message: str) -> None:
+        """Print one line (main process only) without breaking the progress bar."""
+        if not self.is_main_process:
+            return
+        if self.progress is not None:
+            self.progress.write(message)
+        else:
+            print(message, flush=True)
+
+    def running_figures(self) -> dict[str, float]:
+        """The current epoch's figures so far (reads the device: call it rarely)."""
+        return {"loss": self._sums.mean("loss"), "lr": self.lr}
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run_epoch(self, train_batches: Batches, val_batches: Batches | None) -> None:
+        started = time.perf_counter()
+        self._emit("on_epoch_start")
+        figures = self._train_epoch(train_batches)
+        if self.state.stop_reason == "interrupted":
+            return  # a partial epoch: no validation, no history row
+        if val_batches is not None:
+            figures.update(self._evaluate(val_batches, prefix="val_"))
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        self.state.metrics = figures
+        self._emit("on_validation_end")
+        row = {"epoch": self.state.epoch, "step": self.state.step, "lr": self.lr, **figures}
+        self.history.append({**row, "seconds": time.perf_counter() - started})
+        if self.state.epoch >= self.max_epochs:
+            self.state.request_stop("max_epochs")
+        self._emit("on_epoch_end")
+
+    def _train_epoch(self, batches: Batches) -> dict[str, float]:
+        model, state, stepper, sums = self.model, self.state, self.stepper, self._sums
+        model.train()
+        sums.reset()
+        self.metrics.reset()
+        for inputs, target in batches.epoch(state.epoch, start=state.batch_in_epoch):
+            inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+            samples = num_samples(target)
+            with stepper.autocast():
+                pred = self._forward(inputs)
+                target = self._adapt(pred, target)
+                loss = self._loss(pred, target)
+                penalty = self.penalty() if self.penalty else None
+            stepper.backward(loss if penalty is None else loss + penalty, samples)
+            sums.add("loss", loss, samples)
+            if penalty is not None:
+                sums.add("penalty", penalty, samples)
+            for name, term in getattr(self.loss_fn, "last_terms", {}).items():
+                sums.add(f"loss/{name}", term, samples)
+            self.metrics.update(pred.detach(), target)
+            state.batch_in_epoch += 1
+            state.samples_seen += samples
+            if stepper.window_full():
+                self._optimizer_step()
+                if state.should_stop:
+                    break
+        if stepper.pending:  # the epoch's last, partial accumulation window
+            self._optimizer_step()
+        return {**sums.means(prefix="train_"), **_prefixed(self.metrics.compute(), "train_")}
+
+    def _optimizer_step(self) -> None:
+        self.stepper.prepare()
+        self._emit("on_before_step")
+        if not self.stepper.step():
+            self.state.skipped_steps += 1
+            return
+        self.state.step += 1
+        self._emit("on_step_end")
+        if self.max_steps is not None and self.state.step >= self.max_steps:
+            self.state.request_stop("max_steps")
+
+    def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
+        sums = _RunningSums(self.device)
+        self.metrics.reset()
+        with self._eval_mode(), self.stepper.autocast():
+            for inputs, target in batches.epoch(0):
+                inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+                pred = self._forward(inputs)
+                target = self._adapt(pred, target)
+                samples = num_samples(target)
+                sums.add("loss", self._loss(pred, target), samples)
+                for name, term in getattr(self.loss_fn, "last_terms", {}).items():
+                    sums.add(f"loss/{name}", term, samples)
+                self.metrics.update(pred, target)
+        return {**sums.means(prefix=prefix), **_prefixed(self.metrics.compute(), prefix)}
+
+    # ------------------------------------------------------------------ pieces of the loop
+
+    def _forward(self, inputs: Any) -> Any:
+        try:
+            if isinstance(inputs, dict):
+                return self.model(**inputs)
+            if isinstance(inputs, tuple):
+                return self.model(*inputs)
+            return self.model(inputs)
+        except TraincraftError:
+            raise
+        except Exception as err:
+            raise ModelError(
+                f"the model's forward failed on inputs {describe(inputs)}: {type(err).__name__}: {err}"
+            ) from err
+
+    def _adapt(self, pred: Any, target: Any) -> Any:
+        # Shapes are checked once, on the first batch; later batches get the same cheap alignment.
+        if self._adapt_target is None:
+            self._adapt_target = losses.target_adapter(self.loss_fn, pred, target)
+        return self._adapt_target(pred, target)
+
+    def _loss(self, pred: Any, target: Any) -> torch.Tensor:
+        try:
+            return self.loss_fn(pred, target)
+        except TraincraftError:
+            raise
+        except Exception as err:
+            raise TraincraftError(
+                f"the loss failed on prediction {describe(pred)} and target {describe(target)}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+
+    def _batches(self, data: Any, *, shuffle: bool, what: str) -> Batches:
+        batches = make_batches(
+            data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
+            rank=self.rank, world_size=self.world_size, what=what,
+        )
+        if isinstance(batches, TensorBatches):
+            batches.to(self.device)  # once: every batch is then a slice on the device
+        return batches
+
+    def _start_run(self, train_batches: Batches, val_batches: Batches | None) -> None:
+        seed_everything(self.seed)
+        if self.deterministic:
+            set_deterministic(True)
+        self.state = TrainState()
+        self.history = History()
+        self._adapt_target = None
+        per_epoch = math.ceil(len(train_batches) / self.stepper.accumulate)
+        self.state.steps_per_epoch = per_epoch
+        total = self.max_epochs * per_epoch if per_epoch else 0
+        self.state.max_steps = min(total, self.max_steps) if self.max_steps else total
+        if self.progress is not None:
+            self.log(self._summary(train_batches, val_batches))
+
+    def _finish_run(self) -> None:
+        self.history.stop_reason = self.state.stop_reason
+        self.history.best = self._best()
+        if self.run_dir is not None and self.is_main_process:
+            from traincraft.checkpoint import save_weights
+
+            save_weights(self.model, self.run_dir / "best.safetensors")
+
+    def _best(self) -> dict[str, Any] | None:
+        for callback in self.callbacks:
+            if hasattr(callback, "best_epoch") and hasattr(callback, "monitor"):
+                if callback.best_epoch is None:
+                    return None
+                return {"epoch": callback.best_epoch, "monitor": callback.monitor, "value": callback.best_value}
+        monitor = "val_loss" if any("val_loss" in r for r in self.history.epochs) else "train_loss"
+        return self.history.best_by(monitor, "min")
+
+    def _summary(self, train_batches: Batches, val_batches: Batches | None) -> str:
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        val = f", {val_batches.num_samples:,} val" if val_batches is not None else ""
+        return (
+            f"Training on {self.device}: {trainable:,} trainable parameters"
+            f"{f' ({frozen:,} frozen)' if frozen else ''}; {train_batches.num_samples:,} train{val} "
+            f"samples; {self.state.steps_per_epoch} steps per epoch, up to {self.max_epochs} epochs"
+        )
+
+    def _emit(self, event: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    @contextlib.contextmanager
+    def _stop_on_interrupt(self) -> Iterator[None]:
+        """Ctrl-C stops after the current step (a second Ctrl-C aborts at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.state.stop_reason == "interrupted":
+                raise KeyboardInterrupt
+            self.state.should_stop, self.state.stop_reason = True, "interrupted"
+            self.log("Interrupted: stopping after this step (Ctrl-C again to abort at once)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _RunningSums:
+    """Sample-weighted sums kept on the device: exact epoch means, no host sync per step."""
+
+    def __init__(self, device: torch.device):
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def add(self, name: str, value: torch.Tensor, samples: int) -> None:
+        total = self.sums.get(name)
+        if total is None:
+            total = self.sums[name] = torch.zeros((), dtype=self.dtype, device=value.device)
+            self.counts[name] = 0
+        total.add_(value.detach(), alpha=samples)
+        self.counts[name] += samples
+
+    def mean(self, name: str) -> float:
+        count = self.counts.get(name, 0)
+        return float(self.sums[name]) / count if count else math.nan
+
+    def means(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}{name}": self.mean(name) for name in self.sums}
+
+
+def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.MetricSet:
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    return metrics.MetricSet(list(specs), probabilities=probabilities)
+
+
+def _prefixed(figures: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in figures.items()}
+
+
+def _concatenate(outputs: list[Any]) -> Any:
+    if not outputs:
+        return torch.empty(0)
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)
+    if isinstance(first, dict):
+        return {k: torch.cat([o[k] for o in outputs]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(torch.cat([o[i] for o in outputs]) for i in range(len(first)))
+    raise TraincraftError(f"predict: cannot concatenate model outputs of type {type(first).__name__}")
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise TraincraftError(f"{name} must be > 0, got {value}")
