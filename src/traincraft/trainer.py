@@ -117,7 +117,7 @@ class Trainer:
             _check_positive(max_steps=max_steps)
         self.device = resolve_device(device)
         self.model = model.to(self.device)
-        self.loss_fn = losses.build(loss)
+        self.loss_fn = losses.build(loss).to(self.device)  # class weights are buffers
         self.metrics = metrics_module_set(metrics, probabilities=losses.takes_probabilities(loss))
         self.optimizer = optim.build(
             optimizer, self.model, lr=lr, weight_decay=weight_decay,
@@ -145,6 +145,24 @@ class Trainer:
         self.history = History()
         self._adapt_target: Callable[[Any, Any], Any] | None = None
         self._sums = _RunningSums(self.device)
+        self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
+        self.recipe: Any = None
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> Trainer:
+        """Build data, model and trainer from a recipe (a path, a template name, a dict or a
+        :class:`~traincraft.recipe.Recipe`); ``fit()`` then trains on the recipe's data.
+
+        Example:
+            >>> trainer = Trainer.from_recipe("sunspots", run_dir="runs/try")
+            >>> history = trainer.fit()
+        """
+        from traincraft.run import trainer_from_recipe
+
+        return trainer_from_recipe(recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks))
 
     # ------------------------------------------------------------------ public API
 
@@ -152,12 +170,13 @@ class Trainer:
     def is_main_process(self) -> bool:
         return self.rank == 0
 
-    def fit(self, train: Any, val: Any = None) -> History:
+    def fit(self, train: Any = None, val: Any = None) -> History:
         """Train on ``train``, validating on ``val`` after every epoch.
 
         ``train``/``val``: a tuple ``(X, y)`` of tensors or numpy arrays (``X`` may be a tuple or a
         dict of them, passed as ``model(*X)`` / ``model(**X)``), a ``Dataset`` yielding
-        ``(inputs, target)``, or a ``DataLoader``. Each call is a new run over the current weights.
+        ``(inputs, target)``, or a ``DataLoader``. Each call is a new run over the current weights
+        (the optimizer keeps its state). With no ``train``, the recipe's data is used.
 
         Order of events::
 
@@ -180,6 +199,10 @@ class Trainer:
         Returns:
             The :class:`History` of the run.
         """
+        if train is None:
+            if self.data is None:
+                raise TraincraftError("fit() needs training data: fit((X, y)) or Trainer.from_recipe(...)")
+            train, val = self.data.train, self.data.val if val is None else val
         if self.val_split and val is None:
             train, val = split_off(train, self.val_split, seed=self.seed)
         train_batches = self._batches(train, shuffle=self.shuffle, what="train")
