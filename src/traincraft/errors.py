@@ -7,6 +7,7 @@ a bug in traincraft or in the user's model and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -30,9 +31,25 @@ class ModelError(TraincraftError, RuntimeError):
     """The user's model raised inside its forward pass; the message adds the batch's shapes."""
 
 
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The ``n`` choices most like ``name``, best first.
+
+    difflib's ``get_close_matches`` breaks ties in reverse alphabetical order, so "adamm" would
+    get 'radam' and 'nadam' before 'adamw'; a longer common prefix is the better tie-break.
+    """
+    key = str(name).strip().lower().replace("-", "_")
+    scored = []
+    for choice in set(choices):
+        ratio = difflib.SequenceMatcher(None, key, choice.lower()).ratio()
+        if ratio >= 0.5:
+            prefix = len(os.path.commonprefix([key, choice.lower()]))
+            scored.append((-ratio, -prefix, choice))
+    return [choice for _, _, choice in sorted(scored)[:n]]
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" (did you mean 'a', 'b'?)"`` for the closest choices, or ``""`` when none is close."""
-    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    close = closest(name, choices, n)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 

@@ -18,18 +18,16 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import numbers
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from traincraft.errors import TraincraftError, UnknownNameError, did_you_mean
+from traincraft.errors import TraincraftError, UnknownNameError, closest, did_you_mean
 from traincraft.registry import Registry, import_object, split_spec
 
 __all__ = ["OPTIMIZERS", "build", "names", "param_groups"]
@@ -220,24 +218,11 @@ def _canonical(name: str) -> str:
         return OPTIMIZERS.canonical(name)
     except UnknownNameError:
         choices = [*OPTIMIZERS.names(), *OPTIMIZERS.aliases()]
-        close = _closest(str(name), choices)
+        close = closest(str(name), choices)
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
         raise UnknownNameError(
             f"unknown optimizer {name!r}{hint or '; valid names: ' + ', '.join(names())}"
         ) from None
-
-
-def _closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
-    # difflib's get_close_matches breaks ties by reverse alphabetical order, so "adamm" gets
-    # 'radam' and 'nadam' before 'adamw'; a longer common prefix is the better tie-break.
-    key = name.strip().lower().replace("-", "_")
-    scored = []
-    for choice in choices:
-        ratio = difflib.SequenceMatcher(None, key, choice).ratio()
-        if ratio >= 0.5:
-            prefix = len(os.path.commonprefix([key, choice]))
-            scored.append((-ratio, -prefix, choice))
-    return [choice for _, _, choice in sorted(scored)[:n]]
 
 
 def _optimizer_class(obj: Any, label: str) -> type:
@@ -485,10 +470,18 @@ def _norm_owned(model: nn.Module) -> set[str]:
     return owned
 
 
+def exempt_names(model: nn.Module, exclude: str | Sequence[str] | None) -> set[str]:
+    """Names of the trainable parameters matched by ``exclude``: ``"auto"`` (biases, normalisation
+    parameters, every parameter with ndim <= 1), glob patterns, or None (none). Weight decay and
+    the L1/L2 penalties both use this rule."""
+    return _no_decay(model, _trainable(model), exclude, what="exclude")
+
+
 def _no_decay(
     model: nn.Module,
     trainable: list[tuple[str, nn.Parameter]],
     decay_exclude: str | Sequence[str] | None,
+    what: str = "decay_exclude",
 ) -> set[str]:
     """Names of the trainable parameters that get ``weight_decay=0.0``."""
     if decay_exclude is None:
@@ -507,7 +500,7 @@ def _no_decay(
     for pattern in (item for item in items if item != "auto"):
         hits = {n for n, _ in trainable if fnmatch.fnmatchcase(n, pattern)}
         if not hits:
-            raise _no_match("decay_exclude", pattern, model, trainable)
+            raise _no_match(what, pattern, model, trainable)
         excluded |= hits
     return excluded
 

@@ -7,43 +7,13 @@ model.parameters()`` gets this wrong).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from traincraft.errors import TraincraftError
-
-NORM_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
-
-
-def auto_exempt_names(model: nn.Module) -> set[str]:
-    """Names of biases, normalisation-layer parameters and every other parameter with ndim <= 1."""
-    exempt = set()
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            name = f"{module_name}.{param_name}" if module_name else param_name
-            if isinstance(module, NORM_LAYERS) or param_name == "bias" or param.ndim <= 1:
-                exempt.add(name)
-    return exempt
-
-
-def exempt_names(model: nn.Module, exclude: str | Sequence[str] | None) -> set[str]:
-    """Parameter names matched by ``exclude``: "auto", glob patterns, or None for none."""
-    if exclude is None:
-        return set()
-    if exclude == "auto":
-        return auto_exempt_names(model)
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
-    names = [name for name, _ in model.named_parameters()]
-    return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+from traincraft.optim import exempt_names
 
 
 class Penalty:
@@ -62,7 +32,7 @@ class Penalty:
             if value < 0:
                 raise TraincraftError(f"{name} must be >= 0, got {value}")
         self.l1, self.l2 = float(l1), float(l2)
-        skip = exempt_names(model, exclude)
+        skip = exempt_names(model, exclude) if (self.l1 or self.l2) else set()
         self.params = [p for n, p in model.named_parameters() if p.requires_grad and n not in skip]
         self.names = [n for n, p in model.named_parameters() if p.requires_grad and n not in skip]
 
