@@ -135,9 +135,8 @@ class Trainer:
         self.deterministic = deterministic
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = ProgressBar() if progress else None
-        self.callbacks: list[Callback] = [*callbacks]
-        if self.progress:
-            self.callbacks.append(self.progress)
+        # The progress bar comes first, so that an epoch's line precedes what callbacks say of it.
+        self.callbacks: list[Callback] = [*([self.progress] if self.progress else []), *callbacks]
         if self.run_dir is not None:
             self.callbacks.append(CSVLogger(self.run_dir))
         self.rank, self.world_size = 0, 1
@@ -192,8 +191,8 @@ class Trainer:
                         state.step += 1
                         on_step_end
                 validate (eval mode, inference mode)    # exact sums over samples
-                on_validation_end                      # state.metrics holds the epoch's figures
-                history row; on_epoch_end
+                history row; on_validation_end         # state.metrics holds the epoch's figures
+                on_epoch_end
             on_fit_end                                 # always; EarlyStopping restores the best weights
 
         Returns:
@@ -262,9 +261,9 @@ class Trainer:
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         self.state.metrics = figures
-        self._emit("on_validation_end")
         row = {"epoch": self.state.epoch, "step": self.state.step, "lr": self.lr, **figures}
         self.history.append({**row, "seconds": time.perf_counter() - started})
+        self._emit("on_validation_end")
         if self.state.epoch >= self.max_epochs:
             self.state.request_stop("max_epochs")
         self._emit("on_epoch_end")

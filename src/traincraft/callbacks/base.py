@@ -8,8 +8,8 @@ Events, in the order ``Trainer.fit`` emits them::
         for each optimizer step:
             on_before_step      # gradients final: unscaled, averaged over the window, clipped
             on_step_end         # after optimizer.step() and the schedule; trainer.state.step counted it
-        on_validation_end       # trainer.state.metrics holds train_* and val_* of this epoch
-        on_epoch_end            # the history row is written; checkpoints and loggers act here
+        on_validation_end       # trainer.state.metrics and the history row hold this epoch's figures
+        on_epoch_end            # after every decision of the epoch; checkpoints and loggers act here
     on_fit_end                  # always, whatever ended training (also on an exception)
 
 A callback asks training to stop with ``trainer.state.request_stop("reason")``; the loop stops

@@ -104,15 +104,15 @@ def _mode_of(key: str) -> Mode | None:
 def format_value(value: float) -> str:
     """A figure as shown in log lines: 4 decimals (``0.4016``), ``inf``/``nan`` as such.
 
-    Below 0.001 in magnitude 4 decimals would print ``0.0000`` for every value, so such figures
-    get 4 significant digits instead (``1.235e-05``).
+    Below 0.001 in magnitude 4 decimals would print ``0.0000`` for every value, and from 1e5 on
+    they are noise, so such figures get 4 significant digits instead (``1.235e-05``).
 
     Example:
         >>> format_value(0.40157), format_value(float("inf")), format_value(0.0000123456)
         ('0.4016', 'inf', '1.235e-05')
     """
     value = float(value)
-    if math.isfinite(value) and value != 0.0 and abs(value) < 1e-3:
+    if math.isfinite(value) and value != 0.0 and not 1e-3 <= abs(value) < 1e5:
         return f"{value:.4g}"
     return f"{value:.4f}"
 

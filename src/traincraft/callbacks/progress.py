@@ -11,20 +11,17 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from traincraft.callbacks.base import Callback
+from traincraft.callbacks.monitor import format_value
 
 if TYPE_CHECKING:
     from traincraft.trainer import Trainer
 
 
-def format_value(value: float) -> str:
-    if value != value or value in (float("inf"), float("-inf")):
-        return str(value)
-    magnitude = abs(value)
-    return f"{value:.3e}" if magnitude and (magnitude < 1e-3 or magnitude >= 1e5) else f"{value:.4f}"
-
-
 def format_figures(figures: dict[str, float], skip: tuple[str, ...] = ("epoch", "step")) -> str:
-    return "  ".join(f"{k} {format_value(v)}" for k, v in figures.items() if k not in skip)
+    parts = [f"{k} {format_value(v)}" for k, v in figures.items() if k not in skip and k != "seconds"]
+    if "seconds" in figures:
+        parts.append(f"{figures['seconds']:.2f}s")
+    return "  ".join(parts)
 
 
 class ProgressBar(Callback):
@@ -73,7 +70,7 @@ class ProgressBar(Callback):
             self.bar.set_postfix_str(format_figures(trainer.running_figures()), refresh=True)
             self._last, self._unshown = now, 0
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_validation_end(self, trainer: Trainer) -> None:
         row = trainer.history.epochs[-1] if trainer.history.epochs else {}
         if self.bar is not None:
             self.bar.update(self._unshown)

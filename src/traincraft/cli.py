@@ -1,0 +1,279 @@
+"""The ``traincraft`` command. torch is imported only by the commands that need it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from traincraft import __version__
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+EXAMPLES = {
+    "fit": """examples:
+  traincraft fit                                    # the quickstart: digits with a small CNN
+  traincraft fit sunspots                           # a built-in template
+  traincraft fit recipe.yaml optimizer.lr=3e-4 train.max_epochs=5 metrics=[mae]
+  traincraft fit recipe.yaml --run-dir runs/try1""",
+    "evaluate": """example:
+  traincraft evaluate runs/quickstart/20261121-101500 --split test""",
+    "predict": """example:
+  traincraft predict runs/diabetes/20261121-101500 --input new.csv --output predictions.csv""",
+    "init": """examples:
+  traincraft init                     # writes recipe.yaml from the quickstart template
+  traincraft init sunspots -o sun.yaml""",
+    "list": """examples:
+  traincraft list                     # everything
+  traincraft list losses""",
+    "schema": """example:
+  traincraft schema > recipe.schema.json   # point your editor's YAML plugin at it""",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - user mistakes become one line
+        from traincraft.errors import TraincraftError
+
+        if args.debug or not isinstance(err, TraincraftError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="traincraft",
+        description="Train any PyTorch model with the right strategies, from a short YAML recipe.",
+        epilog="examples:\n  traincraft fit\n  traincraft init sunspots -o sun.yaml && traincraft fit sun.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"traincraft {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int | None], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help, description=help, epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    fit = command("fit", cmd_fit, "train from a recipe (no recipe: the quickstart)")
+    fit.add_argument("args", nargs="*", metavar="[RECIPE] [key.path=value ...]",
+                     help="a recipe file or template name, then overrides read as YAML")
+    fit.add_argument("--run-dir", help="the run folder (default runs/<name>/<YYYYmmdd-HHMMSS>)")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = command("evaluate", cmd_evaluate, "evaluate a run's best weights on a split")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
+
+    predict = command("predict", cmd_predict, "predict a CSV file with a run's model")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("--input", required=True, help="CSV with the training data's input columns")
+    predict.add_argument("--output", required=True, help="CSV to write")
+
+    init = command("init", cmd_init, "write a commented starter recipe")
+    init.add_argument("template", nargs="?", default="quickstart", help="quickstart, sunspots, regression, ...")
+    init.add_argument("-o", "--output", default="recipe.yaml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    listing = command("list", cmd_list, "list the names you can use in a recipe")
+    listing.add_argument("what", nargs="?", choices=sorted(LISTS), help="one kind (default: all)")
+
+    command("schema", cmd_schema, "print the recipe's JSON schema")
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def split_fit_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[RECIPE] [key=value ...]``: the first argument without ``=`` is the recipe."""
+    recipe = None
+    overrides = []
+    for arg in args:
+        if "=" not in arg and recipe is None and not overrides:
+            recipe = arg
+        else:
+            overrides.append(arg)
+    return recipe, overrides
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from traincraft.errors import TraincraftError
+    from traincraft.recipe import load_recipe
+    from traincraft.run import default_run_dir
+
+    source, overrides = split_fit_args(args.args)
+    for override in overrides:
+        if "=" not in override:
+            raise TraincraftError(f"expected key.path=value after the recipe, got {override!r}")
+    recipe = load_recipe(source, overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+
+    from traincraft.trainer import Trainer
+
+    started = time.perf_counter()
+    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress)
+    print(f"{recipe.name}: {trainer.data.summary()}", file=sys.stderr)
+    history = trainer.fit()
+    print_summary(trainer, history, run_dir, time.perf_counter() - started)
+    if history.stop_reason == "interrupted":
+        print(f"interrupted: what was done so far is in {run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> None:
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    lines = [f"stopped: {history.stop_reason} after {trainer.state.epoch} epochs, {trainer.state.step} steps, {seconds:.1f} s"]
+    if history.best:
+        best = history.best
+        lines.append(f"best:    epoch {best['epoch']}, {best['monitor']} {best['value']:.4f}")
+    if results.get("test"):
+        lines.append("test:    " + "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
+    lines.append(f"files:   {run_dir}")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _run_trainer(run_dir: str) -> tuple[Any, Any, Any]:
+    """A trainer holding a run's best weights, with the run's data (same seed, same split)."""
+    from traincraft.checkpoint import load_weights
+    from traincraft.errors import TraincraftError
+    from traincraft.run import build_model, load_run, trainer_kwargs
+    from traincraft.trainer import Trainer
+
+    recipe, info = load_run(run_dir)
+    model = build_model(recipe, info)
+    weights = Path(run_dir) / "best.safetensors"
+    if not weights.is_file():
+        raise TraincraftError(f"{weights} not found: the run saved no weights")
+    model.load_state_dict(load_weights(weights))
+    kwargs = trainer_kwargs(recipe)
+    kwargs["callbacks"] = []
+    trainer = Trainer(model, **kwargs, progress=False)
+    return trainer, recipe, info
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from traincraft.errors import TraincraftError
+    from traincraft.run import prepare_data
+
+    trainer, recipe, _ = _run_trainer(args.run_dir)
+    data = prepare_data(recipe)
+    split = getattr(data, args.split)
+    if split is None:
+        raise TraincraftError(f"the run's recipe has no {args.split} split (data.split.{args.split} is 0)")
+    figures = trainer.evaluate(split)
+    print(json.dumps({"split": args.split, **figures}, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from traincraft.predict_csv import predict_csv
+
+    trainer, recipe, info = _run_trainer(args.run_dir)
+    rows = predict_csv(trainer, info, recipe, Path(args.input), Path(args.output))
+    print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from traincraft.errors import TraincraftError
+    from traincraft.recipe import TEMPLATES, template_names
+
+    source = TEMPLATES / f"{args.template}.yaml"
+    if not source.is_file():
+        from traincraft.errors import did_you_mean
+
+        hint = did_you_mean(args.template, template_names()) or f"; templates: {', '.join(template_names())}"
+        raise TraincraftError(f"unknown template {args.template!r}{hint}")
+    target = Path(args.output)
+    if target.exists() and not args.force:
+        raise TraincraftError(f"{target} exists: choose another -o FILE or add --force")
+    target.write_text(source.read_text())
+    print(f"wrote {target}; train with: traincraft fit {target}", file=sys.stderr)
+    return 0
+
+
+def _list_losses() -> list[str]:
+    from traincraft import losses
+
+    return losses.names()
+
+
+def _list_optimizers() -> list[str]:
+    from traincraft import optim
+
+    return optim.names()
+
+
+def _list_metrics() -> list[str]:
+    from traincraft import metrics
+
+    return metrics.names()
+
+
+def _list_models() -> list[str]:
+    from traincraft import models
+
+    return models.names()
+
+
+def _list_datasets() -> list[str]:
+    from traincraft import datasets
+
+    return datasets.names()
+
+
+def _list_templates() -> list[str]:
+    from traincraft.recipe import template_names
+
+    return template_names()
+
+
+LISTS: dict[str, Callable[[], list[str]]] = {
+    "losses": _list_losses,
+    "optimizers": _list_optimizers,
+    "metrics": _list_metrics,
+    "models": _list_models,
+    "datasets": _list_datasets,
+    "templates": _list_templates,
+}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for kind in [args.what] if args.what else sorted(LISTS):
+        print(f"{kind}: {', '.join(LISTS[kind]())}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from traincraft.recipe import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``traincraft predict``: a CSV of inputs in, a CSV of predictions out, the run's scaling applied."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from traincraft.errors import DataError, did_you_mean
+from traincraft.files import atomic_write_text
+
+
+def read_columns(path: Path, names: list[str]) -> torch.Tensor:
+    """The named columns of a CSV file as a float tensor (rows × columns), with clear errors."""
+    if not path.is_file():
+        raise DataError(f"input file {path} not found")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [n for n in names if n not in header]
+        if missing:
+            hint = did_you_mean(missing[0], header)
+            raise DataError(f"{path}: column {missing[0]!r} is missing{hint}; the model needs {', '.join(names)}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            values = []
+            for name in names:
+                try:
+                    value = float(row[name])
+                except (TypeError, ValueError):
+                    raise DataError(f"{path}, line {line}, column {name!r}: {row[name]!r} is not a number") from None
+                if value != value:
+                    raise DataError(f"{path}, line {line}, column {name!r}: missing value (NaN)")
+                values.append(value)
+            rows.append(values)
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def predict_csv(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
+    """Predict every row (or, for forecasts, every window) of ``source``; returns rows written."""
+    from traincraft.datasets import Scaler
+
+    scaler = Scaler.from_dict(info["scaler"])
+    task, shape = info["task"], tuple(info["input_shape"])
+    if task == "forecast":
+        series_names = list(info["feature_names"])
+        series = scaler.transform(read_columns(source, series_names))
+        lookback = shape[0]
+        if len(series) < lookback:
+            raise DataError(f"{source}: {len(series)} rows, but a forecast needs at least lookback={lookback}")
+        inputs = series.unfold(0, lookback, 1).transpose(1, 2).contiguous()
+    else:
+        raw = read_columns(source, list(info["feature_names"]))
+        inputs = scaler.transform(raw.reshape(len(raw), *shape))
+    outputs = trainer.predict(inputs)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if task == "classification":
+        names = info.get("class_names") or [str(i) for i in range(outputs.shape[1])]
+        probs = outputs.softmax(dim=1)
+        writer.writerow(["prediction", *[f"prob_{n}" for n in names]])
+        for label, row in zip(probs.argmax(dim=1).tolist(), probs.tolist()):
+            writer.writerow([names[label], *[f"{p:.6g}" for p in row]])
+    else:
+        outputs = outputs.reshape(len(outputs), -1)
+        columns = _output_columns(info, outputs.shape[1])
+        writer.writerow(columns)
+        for row in outputs.tolist():
+            writer.writerow([f"{v:.6g}" for v in row])
+    atomic_write_text(target, buffer.getvalue())
+    return len(outputs)
+
+
+def _output_columns(info: dict[str, Any], width: int) -> list[str]:
+    names = list(info.get("target_names") or [])
+    if len(names) == width:
+        return names
+    if names and width % len(names) == 0:
+        steps = width // len(names)
+        return [f"{n}_t+{h + 1}" for h in range(steps) for n in names]
+    return [f"output_{i}" for i in range(width)]

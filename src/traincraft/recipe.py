@@ -1,0 +1,278 @@
+"""Recipes: the YAML layer over the Python API.
+
+Every key maps to a ``Trainer`` argument or a builder's argument; nothing is possible in a recipe
+that is impossible in Python. Unknown keys are errors (with did-you-mean), so a typo never
+silently falls back to a default.
+
+Example:
+    >>> recipe = load_recipe("sunspots.yaml", overrides=["optimizer.lr=3e-4"])
+    >>> trainer = Trainer.from_recipe(recipe)
+    >>> trainer.fit()
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from traincraft.errors import TraincraftError, did_you_mean
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class RecipeError(TraincraftError, ValueError):
+    """A recipe mistake: one line naming the key path, the value and the fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSection(Section):
+    """Shares of the whole data held out for validation and test."""
+
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)
+
+
+class DataSection(Section):
+    dataset: str = Field(description="built-in name | path to .csv/.npz/.pt | 'package.module:function'")
+    task: Literal["classification", "regression", "forecast"] | None = None
+    target: str | list[str] | None = Field(None, description="CSV target column(s)")
+    features: list[str] | None = Field(None, description="CSV input columns (default: all others)")
+    lookback: int | None = Field(None, gt=0, description="forecast: window length")
+    horizon: int = Field(1, gt=0, description="forecast: steps ahead")
+    split: SplitSection = Field(default_factory=SplitSection)
+    scale: Literal["standard", "minmax", "none"] = "standard"
+    batch_size: int = Field(32, gt=0)
+
+
+class ModelSection(BaseModel):
+    """``name`` plus the builder's keyword arguments (checked by the builder)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="built-in model name or 'package.module:Class'")
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimizerSection(BaseModel):
+    """``name``, ``lr``, ``weight_decay`` and the optimizer class's own keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    decay_exclude: str | list[str] | None = "auto"
+    param_groups: list[dict[str, Any]] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainSection(Section):
+    max_epochs: int = Field(10, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    accumulate: int = Field(1, ge=1)
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_norm_type: float = 2.0
+    clip_grad_value: float | None = Field(None, gt=0)
+    l1: float = Field(0.0, ge=0)
+    l2: float = Field(0.0, ge=0)
+    penalty_exclude: str | list[str] | None = "auto"
+    shuffle: bool = True
+    device: str = "auto"
+    deterministic: bool = False
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+
+class EarlyStoppingSection(Section):
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] | None = None
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    min_delta_mode: Literal["abs", "rel"] = "abs"
+    start_from: int = Field(0, ge=0)
+    check_finite: bool = True
+    stopping_threshold: float | None = None
+    divergence_threshold: float | None = None
+    restore_best: bool = True
+    verbose: bool = True
+
+
+class Recipe(Section):
+    """A training recipe. ``traincraft schema`` prints its JSON schema."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataSection
+    model: ModelSection
+    loss: str | dict[str, Any] | list[dict[str, Any]] = "cross_entropy"
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    early_stopping: EarlyStoppingSection | None = None
+    metrics: list[str | dict[str, Any]] = Field(default_factory=list)
+    logging: list[Literal["csv"]] = Field(default_factory=lambda: ["csv"])
+    _base_dir: str | None = PrivateAttr(None)
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def to_yaml(self) -> str:
+        """The resolved recipe, every default filled in: ``traincraft fit`` on it repeats the run."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_recipe(
+    source: str | Path | dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Recipe:
+    """Read a recipe from a file, a built-in template name, or a dict, and apply overrides.
+
+    Args:
+        source: a YAML path, a template name (``"quickstart"``, ``"sunspots"``, ...), a dict, or
+            None for the quickstart.
+        overrides: ``"key.path=value"`` strings; the value is read as YAML.
+
+    Raises:
+        RecipeError: one line naming the key path, the value and the fix.
+    """
+    raw, origin = read_raw(source)
+    for override in overrides:
+        apply_override(raw, override)
+    return validate(raw, origin)
+
+
+def read_raw(source: str | Path | dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The recipe as a plain dict, and where it came from (for messages)."""
+    if source is None:
+        source = "quickstart"
+    if isinstance(source, dict):
+        return _deep_copy(source), "recipe"
+    path = Path(source)
+    if not path.is_file():
+        template = TEMPLATES / f"{source}.yaml"
+        if template.is_file() and path.suffix == "":
+            path = template
+        else:
+            names = template_names()
+            hint = did_you_mean(str(source), names) or f"; built-in templates: {', '.join(names)}"
+            raise RecipeError(f"recipe file {str(source)!r} not found{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"recipe {path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from err
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("_base_dir", str(path.parent.resolve()))
+    return raw, str(path)
+
+
+def template_names() -> list[str]:
+    return sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``raw[a][b] = value`` for ``"a.b=value"`` (value read as YAML)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override {override!r}: expected key.path=value, e.g. optimizer.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {override!r}: the value is not valid YAML") from err
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None or isinstance(child, str) and part in {"model", "optimizer"}:
+            child = {"name": child} if isinstance(child, str) else {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise RecipeError(
+                f"override {override!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
+    """Validate a raw dict, turning pydantic's report into one clear line."""
+    raw = dict(raw)
+    base_dir = raw.pop("_base_dir", None)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(_first_error(err, raw, origin)) from None
+    recipe._base_dir = base_dir
+    return recipe
+
+
+def base_dir(recipe: Recipe) -> Path | None:
+    """The folder of the recipe file (relative data paths resolve against it)."""
+    value = recipe._base_dir
+    return Path(value) if value else None
+
+
+def _first_error(err: ValidationError, raw: dict[str, Any], origin: str) -> str:
+    problem = err.errors()[0]
+    location = [str(p) for p in problem["loc"]]
+    path = ".".join(location)
+    kind = problem["type"]
+    if kind == "extra_forbidden":
+        parent = _section_model(location[:-1])
+        valid = list(parent.model_fields) if parent else []
+        hint = did_you_mean(location[-1], valid) or (f"; valid keys: {', '.join(valid)}" if valid else "")
+        return f"recipe error at {path}: unknown key{hint}"
+    if kind == "missing":
+        return f"recipe error at {path}: this key is required ({origin})"
+    message = problem["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+    return f"recipe error at {path}: {message}, got {problem.get('input')!r}"
+
+
+def _section_model(location: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Recipe
+    for part in location:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a recipe, for editors."""
+    return Recipe.model_json_schema()

@@ -1,0 +1,205 @@
+"""A recipe turned into a run: data, model, trainer, and the run folder they leave behind.
+
+Run folder (``runs/<name>/<YYYYmmdd-HHMMSS>/`` unless given)::
+
+    recipe.yaml        the resolved recipe, every default filled in (fit it again to repeat the run)
+    env.json           versions, device, seed, threads
+    data.json          task, shapes, class names, the input scaler (for predict and load_model)
+    metrics.csv        one row per epoch, rewritten at each epoch end
+    best.safetensors   the final weights (the best ones when early stopping restores them)
+    results.json       the test split evaluated with those weights, when there is a test split
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from traincraft.callbacks.base import Callback
+from traincraft.errors import TraincraftError
+from traincraft.files import atomic_write_text
+from traincraft.recipe import Recipe, base_dir, load_recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from traincraft.datasets import PreparedData
+    from traincraft.trainer import Trainer
+
+
+def default_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
+    """``runs/<name>/<YYYYmmdd-HHMMSS>`` (a suffix keeps two runs in one second apart)."""
+    folder = Path(root) / recipe.name / time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = folder, 1
+    while candidate.exists():
+        n += 1
+        candidate = folder.with_name(f"{folder.name}-{n}")
+    return candidate
+
+
+def prepare_data(recipe: Recipe) -> PreparedData:
+    from traincraft import datasets
+
+    d = recipe.data
+    return datasets.prepare(
+        d.dataset, task=d.task, target=d.target, features=d.features, lookback=d.lookback,
+        horizon=d.horizon, split={"val": d.split.val, "test": d.split.test}, scale=d.scale,
+        seed=recipe.seed, base_dir=base_dir(recipe),
+    )
+
+
+def build_model(recipe: Recipe, info: dict[str, Any]) -> torch.nn.Module:
+    from traincraft import models
+
+    spec = {"name": recipe.model.name, **recipe.model.kwargs()}
+    stats = info.get("target_stats")
+    return models.build(
+        spec, input_shape=tuple(info["input_shape"]), output_size=int(info["output_size"]),
+        target_stats=tuple(stats) if stats else None,
+    )
+
+
+def data_info(data: PreparedData) -> dict[str, Any]:
+    """What a model needs to be rebuilt without loading the data again."""
+    return {
+        "task": data.task,
+        "input_shape": list(data.input_shape),
+        "output_size": data.output_size,
+        "num_classes": data.num_classes,
+        "feature_names": list(data.feature_names),
+        "target_names": list(data.target_names),
+        "class_names": list(data.class_names) if data.class_names is not None else None,
+        "target_stats": [list(s) for s in data.target_stats] if data.target_stats else None,
+        "scaler": data.scaler.to_dict(),
+        "sizes": {
+            split: (len(pair[1]) if pair is not None else 0)
+            for split, pair in (("train", data.train), ("val", data.val), ("test", data.test))
+        },
+    }
+
+
+def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """The ``Trainer`` keyword arguments a recipe stands for (model and data aside)."""
+    from traincraft.callbacks.early_stopping import EarlyStopping
+
+    t, o = recipe.train, recipe.optimizer
+    optimizer: Any = {"name": o.name, **o.kwargs()} if o.kwargs() else o.name
+    callbacks = []
+    if recipe.early_stopping is not None:
+        callbacks.append(EarlyStopping(**recipe.early_stopping.model_dump()))
+    return dict(
+        loss=recipe.loss, optimizer=optimizer, lr=o.lr, weight_decay=o.weight_decay,
+        decay_exclude=o.decay_exclude, param_groups=o.param_groups, l1=t.l1, l2=t.l2,
+        penalty_exclude=t.penalty_exclude, metrics=list(recipe.metrics), max_epochs=t.max_epochs,
+        max_steps=t.max_steps, batch_size=recipe.data.batch_size, shuffle=t.shuffle,
+        accumulate=t.accumulate, precision=t.precision, clip_grad_norm=t.clip_grad_norm,
+        clip_norm_type=t.clip_norm_type, clip_grad_value=t.clip_grad_value, callbacks=callbacks,
+        device=t.device, seed=recipe.seed, deterministic=t.deterministic,
+    )
+
+
+def trainer_from_recipe(
+    recipe: Recipe | str | Path | dict[str, Any], *, run_dir: str | Path | None = None,
+    progress: bool = True, callbacks: list[Callback] | None = None,
+) -> Trainer:
+    """Build data, model and trainer from a recipe (``Trainer.from_recipe``)."""
+    from traincraft.seeding import seed_everything
+    from traincraft.trainer import Trainer
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    data = prepare_data(recipe)
+    info = data_info(data)
+    seed_everything(recipe.seed)  # the model's initial weights follow the recipe's seed
+    model = build_model(recipe, info)
+    kwargs = trainer_kwargs(recipe)
+    kwargs["callbacks"] = [*kwargs["callbacks"], *(callbacks or [])]
+    if run_dir is not None:
+        kwargs["callbacks"].append(RunFolder(run_dir, recipe, info))
+    trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress)
+    trainer.data, trainer.recipe = data, recipe
+    return trainer
+
+
+class RunFolder(Callback):
+    """Writes recipe.yaml, env.json and data.json at the start, results.json at the end."""
+
+    def __init__(self, folder: str | Path, recipe: Recipe, info: dict[str, Any]):
+        self.folder, self.recipe, self.info = Path(folder), recipe, info
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not trainer.is_main_process:
+            return
+        atomic_write_text(self.folder / "recipe.yaml", self.recipe.to_yaml())
+        atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
+        atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if not trainer.is_main_process or trainer.state.stop_reason is None:
+            return  # an exception ended the run: nothing to evaluate
+        results: dict[str, Any] = {
+            "stop_reason": trainer.state.stop_reason,
+            "epochs": trainer.state.epoch,
+            "steps": trainer.state.step,
+            "best": trainer._best(),
+        }
+        data = getattr(trainer, "data", None)
+        if data is not None and data.test is not None:
+            results["test"] = trainer.evaluate(data.test)
+        atomic_write_text(self.folder / "results.json", json.dumps(results, indent=2))
+        self.results = results
+
+
+def environment(trainer: Trainer) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    from traincraft import __version__
+
+    return {
+        "traincraft": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "device": str(trainer.device),
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "seed": trainer.seed,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def load_run(run_dir: str | Path) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe and data info a run folder holds."""
+    folder = Path(run_dir)
+    for name in ("recipe.yaml", "data.json"):
+        if not (folder / name).is_file():
+            raise TraincraftError(f"{folder} is not a run folder: {name} is missing")
+    recipe = load_recipe(folder / "recipe.yaml")
+    info = json.loads((folder / "data.json").read_text())
+    return recipe, info
+
+
+def load_model(run_dir: str | Path, weights: str = "best.safetensors") -> torch.nn.Module:
+    """The model of a run, rebuilt from its recipe with its saved weights, in eval mode.
+
+    Example:
+        >>> model = load_model("runs/quickstart/20261121-101500")
+        >>> model(x)
+    """
+    from traincraft.checkpoint import load_weights
+
+    recipe, info = load_run(run_dir)
+    model = build_model(recipe, info)
+    path = Path(run_dir) / weights
+    if not path.is_file():
+        raise TraincraftError(f"{path} not found: the run saved no weights")
+    model.load_state_dict(load_weights(path))
+    return model.eval()

@@ -1,0 +1,105 @@
+import pytest
+import yaml
+
+from traincraft.recipe import Recipe, RecipeError, apply_override, json_schema, load_recipe, template_names
+
+MINIMAL = {"data": {"dataset": "iris"}, "model": "mlp"}
+
+
+def test_defaults_are_filled_in_and_round_trip_through_yaml(tmp_path):
+    recipe = load_recipe(MINIMAL)
+    assert recipe.optimizer.name == "adamw" and recipe.optimizer.lr == 1e-3
+    assert recipe.train.max_epochs == 10 and recipe.data.batch_size == 32
+    assert recipe.model.name == "mlp" and recipe.early_stopping is None
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.to_yaml())
+    again = load_recipe(path)
+    assert again.model_dump() == recipe.model_dump()
+
+
+def test_every_template_loads():
+    assert {"quickstart", "sunspots", "regression"} <= set(template_names())
+    for name in template_names():
+        assert isinstance(load_recipe(name), Recipe)
+    assert load_recipe(None).name == "quickstart"
+
+
+def test_overrides_are_read_as_yaml_and_create_sections():
+    recipe = load_recipe(
+        MINIMAL,
+        ["optimizer.lr=3e-4", "train.max_epochs=5", "metrics=[mae, rmse]", "model.hidden_sizes=[8, 4]",
+         "early_stopping.patience=3", "data.split.test=0"],
+    )
+    assert recipe.optimizer.lr == 3e-4 and recipe.train.max_epochs == 5
+    assert recipe.metrics == ["mae", "rmse"]
+    assert recipe.model.kwargs() == {"hidden_sizes": [8, 4]}
+    assert recipe.early_stopping.patience == 3 and recipe.data.split.test == 0
+
+
+def test_model_and_optimizer_may_be_plain_names_and_still_take_overrides():
+    recipe = load_recipe({"data": {"dataset": "iris"}, "model": "mlp", "optimizer": "sgd"},
+                         ["optimizer.momentum=0.9"])
+    assert recipe.optimizer.name == "sgd" and recipe.optimizer.kwargs() == {"momentum": 0.9}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer.lr=-1"], "recipe error at optimizer.lr: must be greater than 0, got -1"),
+        (["optimzer.lr=1"], "recipe error at optimzer: unknown key (did you mean 'optimizer'?)"),
+        (["train.max_epoch=3"], "recipe error at train.max_epoch: unknown key (did you mean 'max_epochs'"),
+        (["train.precision=fp8"], "recipe error at train.precision: must be '32', 'bf16' or 'fp16', got 'fp8'"),
+        (["data.split.val=1.5"], "recipe error at data.split.val: must be less than 1, got 1.5"),
+        (["train.max_epochs=3=4"], "recipe error at train.max_epochs: must be a valid integer"),
+        (["lr"], "override 'lr': expected key.path=value"),
+        (["seed.x=1"], "recipe error at seed: must be a valid integer, got {'x': 1}"),
+    ],
+)
+def test_recipe_mistakes_get_one_line_naming_the_key(overrides, message):
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(MINIMAL, overrides)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_section_and_bad_files(tmp_path):
+    with pytest.raises(RecipeError, match="recipe error at data: this key is required"):
+        load_recipe({"model": "mlp"})
+    with pytest.raises(RecipeError, match="recipe file 'quickstrat' not found \\(did you mean 'quickstart'\\?\\)"):
+        load_recipe("quickstrat")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {dataset: iris\nmodel: mlp\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml: line \d+, column \d+ is not valid YAML"):
+        load_recipe(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(RecipeError, match="expected a mapping of sections, got list"):
+        load_recipe(listed)
+
+
+def test_relative_data_paths_resolve_against_the_recipe_folder(tmp_path):
+    from traincraft.recipe import base_dir
+
+    path = tmp_path / "sub" / "r.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(MINIMAL))
+    assert base_dir(load_recipe(path)) == path.parent.resolve()
+
+
+def test_an_override_below_a_plain_value_is_refused():
+    with pytest.raises(RecipeError, match="override 'name.x=1': name is 'run', not a section"):
+        load_recipe({**MINIMAL, "name": "run"}, ["name.x=1"])
+
+
+def test_apply_override_sets_nested_keys():
+    raw = {"a": {"b": 1}}
+    apply_override(raw, "a.c.d=[1, 2]")
+    assert raw == {"a": {"b": 1, "c": {"d": [1, 2]}}}
+
+
+def test_json_schema_lists_the_sections():
+    schema = json_schema()
+    assert {"data", "model", "loss", "optimizer", "train", "early_stopping", "metrics", "logging"} <= set(
+        schema["properties"]
+    )
+    assert schema["additionalProperties"] is False
