@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -232,13 +233,13 @@ class Trainer:
         return _concatenate(outputs)
 
     def log(self, message: str) -> None:
-        """Print one line (main process only) without breaking the progress bar."""
+        """Print one line on stderr (main process only) without breaking the progress bar."""
         if not self.is_main_process:
             return
         if self.progress is not None:
             self.progress.write(message)
         else:
-            print(message, flush=True)
+            print(message, file=sys.stderr, flush=True)
 
     def running_figures(self) -> dict[str, float]:
         """The current epoch's figures so far (reads the device: call it rarely)."""
