@@ -1,7 +1,14 @@
 import pytest
 import yaml
 
-from traincraft.recipe import Recipe, RecipeError, apply_override, json_schema, load_recipe, template_names
+from traincraft.recipe import (
+    Recipe,
+    RecipeError,
+    apply_override,
+    json_schema,
+    load_recipe,
+    template_names,
+)
 
 MINIMAL = {"data": {"dataset": "iris"}, "model": "mlp"}
 
