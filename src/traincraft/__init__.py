@@ -29,16 +29,16 @@ _EXPORTS = {
     "load_model": "traincraft.run",
     "TraincraftError": "traincraft.errors",
 }
-_MODULES = {"losses", "optim", "metrics", "data", "datasets", "models"}
+_MODULES = {"losses", "optim", "metrics", "data", "datasets", "models", "schedules"}
 
 __all__ = [
     "CSVLogger", "Callback", "EarlyStopping", "History", "ProgressBar", "Recipe", "TrainState",
     "TraincraftError", "Trainer", "__version__", "data", "datasets", "load_model", "load_recipe",
-    "losses", "metrics", "models", "optim",
+    "losses", "metrics", "models", "optim", "schedules",
 ]
 
 if TYPE_CHECKING:
-    from traincraft import data, datasets, losses, metrics, models, optim
+    from traincraft import data, datasets, losses, metrics, models, optim, schedules
     from traincraft.callbacks.base import Callback
     from traincraft.callbacks.early_stopping import EarlyStopping
     from traincraft.callbacks.progress import ProgressBar

@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("what", nargs="?", choices=sorted(LISTS), help="one kind (default: all)")
 
     command("schema", cmd_schema, "print the recipe's JSON schema")
+    schedule = commands.add_parser(
+        "schedule", help="preview a recipe's learning-rate schedule without training", add_help=False,
+    )
+    schedule.add_argument("rest", nargs=argparse.REMAINDER)
+    schedule.set_defaults(handler=cmd_schedule, debug=False)
     return parser
 
 
@@ -134,7 +139,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress)
-    print(f"{recipe.name}: {trainer.data.summary()}", file=sys.stderr)
+    print(trainer.data.summary(), file=sys.stderr)
     history = trainer.fit()
     print_summary(trainer, history, run_dir, time.perf_counter() - started)
     if history.stop_reason == "interrupted":
@@ -266,6 +271,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in [args.what] if args.what else sorted(LISTS):
         print(f"{kind}: {', '.join(LISTS[kind]())}")
     return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from traincraft.schedules import preview_main
+
+    return preview_main(args.rest)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -119,6 +119,9 @@ class Recipe(Section):
     loss: str | dict[str, Any] | list[dict[str, Any]] = "cross_entropy"
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    schedule: str | dict[str, Any] | None = Field(
+        None, description="learning-rate schedule: a name or {name, warmup, cooldown, ...}; see docs/schedules.md"
+    )
     early_stopping: EarlyStoppingSection | None = None
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)
     logging: list[Literal["csv"]] = Field(default_factory=lambda: ["csv"])

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from traincraft import losses, metrics, optim
+from traincraft import losses, metrics, optim, schedules
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.progress import ProgressBar
 from traincraft.data import (
@@ -65,6 +65,10 @@ class Trainer:
         precision: ``"32"``, ``"bf16"`` or ``"fp16"``.
         clip_grad_norm: clip the total gradient norm (``clip_norm_type``) once per step.
         clip_grad_value: clip every gradient element to ``[-v, v]`` once per step.
+        schedule: the learning-rate schedule: a name, ``{"name": "cosine", "warmup": "5%", ...}``,
+            or a function building a torch scheduler from the optimizer. Counted in optimizer
+            steps; durations may be steps, ``"3ep"`` or ``"10%"``. See :mod:`traincraft.schedules`.
+        schedule_interval: ``"step"`` or ``"epoch"`` for a torch scheduler you bring.
         callbacks: :class:`traincraft.Callback` objects, called in the order given.
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
         seed: seeds python, numpy, torch and the data order; None draws one (see ``trainer.seed``).
@@ -104,6 +108,8 @@ class Trainer:
         clip_grad_norm: float | None = None,
         clip_norm_type: float = 2.0,
         clip_grad_value: float | None = None,
+        schedule: Any = None,
+        schedule_interval: str | None = None,
         callbacks: Sequence[Callback] = (),
         device: str | torch.device = "auto",
         seed: int | None = None,
@@ -130,6 +136,8 @@ class Trainer:
             precision=precision, clip_grad_norm=clip_grad_norm, clip_norm_type=clip_norm_type,
             clip_grad_value=clip_grad_value,
         )
+        self.schedule_spec, self.schedule_interval = schedule, schedule_interval
+        self.schedule: Any = None  # built at the start of fit, when the run's length is known
         self.max_epochs, self.max_steps = int(max_epochs), max_steps
         self.batch_size, self.val_split, self.shuffle = int(batch_size), val_split, shuffle
         self.seed = new_seed() if seed is None else int(seed)
@@ -262,9 +270,11 @@ class Trainer:
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         self.state.metrics = figures
-        row = {"epoch": self.state.epoch, "step": self.state.step, "lr": self.lr, **figures}
+        row = {"epoch": self.state.epoch, "step": self.state.step, **self._lr_figures(), **figures}
         self.history.append({**row, "seconds": time.perf_counter() - started})
         self._emit("on_validation_end")
+        if self.schedule.epoch_end(self.state.epoch, figures) and self.schedule.restore_best_on_reduce:
+            self._restore_best("the schedule cut the learning rate")
         if self.state.epoch >= self.max_epochs:
             self.state.request_stop("max_epochs")
         self._emit("on_epoch_end")
@@ -302,10 +312,12 @@ class Trainer:
     def _optimizer_step(self) -> None:
         self.stepper.prepare()
         self._emit("on_before_step")
+        self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
         if not self.stepper.step():
             self.state.skipped_steps += 1
             return
         self.state.step += 1
+        self.schedule.step_end(self.state.step)
         self._emit("on_step_end")
         if self.max_steps is not None and self.state.step >= self.max_steps:
             self.state.request_stop("max_steps")
@@ -378,6 +390,17 @@ class Trainer:
         self.state.steps_per_epoch = per_epoch
         total = self.max_epochs * per_epoch if per_epoch else 0
         self.state.max_steps = min(total, self.max_steps) if self.max_steps else total
+        self.schedule = schedules.build(
+            self.schedule_spec, self.optimizer, steps_per_epoch=per_epoch,
+            total_steps=self.state.max_steps, schedule_interval=self.schedule_interval,
+        )
+        self.schedule.start()
+        self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        if self.schedule.restore_best_on_reduce and self._best_keeper() is None:
+            raise TraincraftError(
+                "schedule restore_best_on_reduce needs EarlyStopping(restore_best=True): "
+                "it keeps the best weights to go back to"
+            )
         if self.progress is not None:
             self.log(self._summary(train_batches, val_batches))
 
@@ -388,6 +411,31 @@ class Trainer:
             from traincraft.checkpoint import save_weights
 
             save_weights(self.model, self.run_dir / "best.safetensors")
+
+    def _lr_figures(self) -> dict[str, float]:
+        """``lr`` (first group) and ``lr/<group>`` for each group when their base LRs differ, as used
+        by the epoch's last optimizer step; ``momentum`` when the schedule cycles it."""
+        groups = self.optimizer.param_groups
+        figures = {"lr": float(self._step_lrs[0])}
+        # The decay/no-decay split alone makes groups with equal LRs: a column each only when they differ.
+        if len({group.get("initial_lr", group["lr"]) for group in groups}) > 1:
+            for i, (group, lr) in enumerate(zip(groups, self._step_lrs)):
+                figures[f"lr/{group.get('name', i)}"] = float(lr)
+        momenta = self.schedule.momenta()
+        if momenta:
+            figures["momentum"] = float(momenta[0])
+        return figures
+
+    def _best_keeper(self) -> Any:
+        for callback in self.callbacks:
+            if getattr(callback, "restore_best", False) and hasattr(callback, "restore_best_weights"):
+                return callback
+        return None
+
+    def _restore_best(self, why: str) -> None:
+        keeper = self._best_keeper()
+        if keeper is not None and keeper.restore_best_weights(self):
+            self.log(f"{why}: restored the best weights (epoch {keeper.best_epoch})")
 
     def _best(self) -> dict[str, Any] | None:
         for callback in self.callbacks:

@@ -146,18 +146,24 @@ class EarlyStopping(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         if not self.restore_best:
             return
-        if self._snapshot is None:
+        if not self.restore_best_weights(trainer):
             trainer.log(
                 f"EarlyStopping: {self.monitor} never improved (no finite value); "
                 "the model keeps its last weights"
             )
             return
-        # load_state_dict copies into the live tensors, on whatever device they are.
-        trainer.model.load_state_dict(self._snapshot)
         trainer.log(
             f"EarlyStopping: restored the best weights, from epoch {self.best_epoch} "
             f"({self.monitor} {format_value(self._tracker.best)})"
         )
+
+    def restore_best_weights(self, trainer: Trainer) -> bool:
+        """Load the best weights seen so far into the model; False when there are none yet."""
+        if self._snapshot is None:
+            return False
+        # load_state_dict copies into the live tensors, on whatever device they are.
+        trainer.model.load_state_dict(self._snapshot)
+        return True
 
     # ---- state --------------------------------------------------------------------------------
 
