@@ -1228,7 +1228,7 @@ def test_preview_main_on_a_real_recipe_without_a_schedule(
     from traincraft.recipe import load_recipe
     from traincraft.run import prepare_data
 
-    code = schedules.preview_main(["quickstart", "train.accumulate=2", "--epochs", "3"])
+    code = schedules.preview_main(["quickstart", "schedule=null", "train.accumulate=2", "--epochs", "3"])
     out = capsys.readouterr().out
     assert code == 0
     n_train = len(prepare_data(load_recipe("quickstart")).train[1])

@@ -1,15 +1,29 @@
-"""Saving and loading weights: atomic writes, safe reads, unwrapped keys."""
+"""Checkpoints: atomic saves, safe loads, unwrapped keys.
+
+A training checkpoint (``.ckpt``) holds only tensors and plain Python types and is read with
+``torch.load(weights_only=True)``: a file that carries any other pickle payload is refused before
+the payload can run. Weights-only files are ``.safetensors``.
+"""
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from traincraft.errors import TraincraftError
 from traincraft.files import atomic_write
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+FORMAT = 1
+
+
+class CheckpointError(TraincraftError):
+    """A checkpoint that cannot be used: missing, damaged, unsafe, or from another run."""
 
 
 def unwrap_key(key: str) -> str:
@@ -19,14 +33,14 @@ def unwrap_key(key: str) -> str:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights with wrapper prefixes removed, contiguous, on the CPU."""
+    """The model's weights with wrapper prefixes removed, detached, on the CPU."""
     return {
-        unwrap_key(k): v.detach().to("cpu").contiguous()
+        unwrap_key(k): v.detach().to("cpu")
         for k, v in model.state_dict().items()
         if isinstance(v, torch.Tensor)
     }
@@ -36,20 +50,91 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     """Write the model's weights as ``.safetensors``, atomically."""
     from safetensors.torch import save
 
-    tensors = plain_state_dict(model)
+    tensors = {k: v.contiguous() for k, v in plain_state_dict(model).items()}
     # safetensors refuses tensors that share memory; clone those (tied weights).
-    seen: dict[int, str] = {}
+    seen: set[int] = set()
     for key, value in tensors.items():
         pointer = value.untyped_storage().data_ptr()
         if pointer in seen and value.numel():
             tensors[key] = value.clone()
-        seen.setdefault(pointer, key)
+        seen.add(pointer)
     data = save(tensors)
     return atomic_write(path, lambda handle: handle.write(data))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read weights from ``.safetensors``."""
+    """Read weights from ``.safetensors`` (or the model part of a ``.ckpt``), keys unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found")
+    if path.suffix == ".ckpt":
+        return {unwrap_key(k): v for k, v in load_checkpoint(path)["model"].items()}
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return {unwrap_key(k): v for k, v in load_file(str(path)).items()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({err})") from err
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a training checkpoint atomically (temporary file, flush, fsync, rename)."""
+    return atomic_write(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint safely; a damaged or unsafe file gets a clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            raise CheckpointError(
+                f"{path} was refused: it holds Python objects other than tensors and plain types, "
+                "which could run code when loaded. Only load checkpoints you trust, with torch.load yourself"
+            ) from None
+        raise CheckpointError(f"{path} is damaged (truncated or garbled): {err}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged (truncated or garbled): {err}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a traincraft training checkpoint")
+    return state
+
+
+def checkpoint_candidates(folder: Path) -> list[Path]:
+    """The checkpoints of a run folder, newest first: ``last.ckpt``, then the kept step/epoch ones."""
+    folder = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+    kept = sorted(folder.glob("step-*.ckpt"), reverse=True)
+    last = folder / "last.ckpt"
+    return ([last] if last.is_file() else []) + kept
+
+
+def find_resume_checkpoint(source: str | Path, warn: Any = print) -> tuple[Path, dict[str, Any]]:
+    """The newest good checkpoint of a run folder (or the file given), and its content.
+
+    A damaged newest checkpoint is reported through ``warn`` and the next kept one is used.
+    """
+    source = Path(source)
+    if source.is_file():
+        return source, load_checkpoint(source)
+    if not source.is_dir():
+        raise CheckpointError(f"resume: {source} is neither a checkpoint file nor a run folder")
+    candidates = checkpoint_candidates(source)
+    if not candidates:
+        raise CheckpointError(f"resume: {source} holds no checkpoint (checkpoints/last.ckpt is missing)")
+    problems = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        for problem in problems:
+            warn(f"warning: {problem}; resuming from {path} instead")
+        return path, state
+    raise CheckpointError("resume: no usable checkpoint: " + "; ".join(problems))

@@ -20,7 +20,11 @@ EXAMPLES = {
   traincraft fit                                    # the quickstart: digits with a small CNN
   traincraft fit sunspots                           # a built-in template
   traincraft fit recipe.yaml optimizer.lr=3e-4 train.max_epochs=5 metrics=[mae]
-  traincraft fit recipe.yaml --run-dir runs/try1""",
+  traincraft fit recipe.yaml --run-dir runs/try1
+  traincraft fit recipe.yaml --resume runs/try1     # continue an interrupted run exactly""",
+    "resume": """examples:
+  traincraft resume runs/quickstart/20261121-101500
+  traincraft resume runs/quickstart/20261121-101500 train.max_epochs=80   # train longer""",
     "evaluate": """example:
   traincraft evaluate runs/quickstart/20261121-101500 --split test""",
     "predict": """example:
@@ -81,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a recipe file or template name, then overrides read as YAML")
     fit.add_argument("--run-dir", help="the run folder (default runs/<name>/<YYYYmmdd-HHMMSS>)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    fit.add_argument("--allow-changes", action="store_true",
+                     help="resume even though the recipe differs from the run's")
+
+    resume = command("resume", cmd_resume, "continue an interrupted run with its own recipe")
+    resume.add_argument("run_dir", metavar="RUN_DIR")
+    resume.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="e.g. train.max_epochs=50 to train longer")
+    resume.add_argument("--allow-changes", action="store_true",
+                        help="allow overrides other than train.max_epochs / train.max_steps")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = command("evaluate", cmd_evaluate, "evaluate a run's best weights on a split")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -133,17 +148,61 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if "=" not in override:
             raise TraincraftError(f"expected key.path=value after the recipe, got {override!r}")
     recipe = load_recipe(source, overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+    if args.resume:
+        if args.run_dir and Path(args.run_dir) != Path(args.resume):
+            raise TraincraftError("--resume continues in its own run folder: leave out --run-dir")
+        return train(recipe, Path(args.resume), args, resume=True)
+    return train(recipe, Path(args.run_dir) if args.run_dir else default_run_dir(recipe), args)
 
+
+# Raising the limits is the common reason to resume with a changed recipe.
+CHANGES_ALLOWED_ON_RESUME = {"train.max_epochs", "train.max_steps"}
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from traincraft.errors import TraincraftError
+    from traincraft.recipe import load_recipe
+
+    recipe_file = Path(args.run_dir) / "recipe.yaml"
+    if not recipe_file.is_file():
+        raise TraincraftError(f"{args.run_dir} is not a run folder: recipe.yaml is missing")
+    for override in args.overrides:
+        if "=" not in override:
+            raise TraincraftError(f"expected key.path=value, got {override!r}")
+    return train(load_recipe(recipe_file, args.overrides), Path(args.run_dir), args, resume=True)
+
+
+def check_recipe_changes(recipe: Any, run_dir: Path, allow: bool) -> None:
+    """Refuse to resume with a recipe that differs from the run's, unless allowed."""
+    from traincraft.errors import TraincraftError
+    from traincraft.recipe import changed_keys, load_recipe
+
+    saved_file = run_dir / "recipe.yaml"
+    if not saved_file.is_file():
+        raise TraincraftError(f"cannot resume: {run_dir} is not a run folder (recipe.yaml is missing)")
+    changes = changed_keys(load_recipe(saved_file), recipe)
+    refused = {k: v for k, v in changes.items() if k not in CHANGES_ALLOWED_ON_RESUME}
+    if refused and not allow:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise TraincraftError(
+            f"the recipe differs from the run's in {listed}. Resuming would not continue the same "
+            "run: add --allow-changes to resume anyway, or start a new run"
+        )
+
+
+def train(recipe: Any, run_dir: Path, args: argparse.Namespace, resume: bool = False) -> int:
+    """Train (or resume) a recipe in ``run_dir`` and print the summary."""
     from traincraft.trainer import Trainer
 
+    if resume:
+        check_recipe_changes(recipe, run_dir, args.allow_changes)
     started = time.perf_counter()
     trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress)
     print(trainer.data.summary(), file=sys.stderr)
-    history = trainer.fit()
+    history = trainer.fit(resume=run_dir if resume else None)
     print_summary(trainer, history, run_dir, time.perf_counter() - started)
-    if history.stop_reason == "interrupted":
-        print(f"interrupted: what was done so far is in {run_dir}", file=sys.stderr)
+    if history.stop_reason in ("interrupted", "terminated"):
+        print(f"{history.stop_reason}: what was done so far is in {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

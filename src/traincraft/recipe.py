@@ -109,6 +109,15 @@ class EarlyStoppingSection(Section):
     verbose: bool = True
 
 
+class CheckpointSection(Section):
+    every_n_epochs: int = Field(1, ge=1)
+    every_n_steps: int | None = Field(None, ge=1)
+    keep_last: int = Field(2, ge=1)
+    save_top_k: int = Field(0, ge=0)
+    monitor: str | None = None
+    mode: Literal["min", "max"] | None = None
+
+
 class Recipe(Section):
     """A training recipe. ``traincraft schema`` prints its JSON schema."""
 
@@ -123,6 +132,7 @@ class Recipe(Section):
         None, description="learning-rate schedule: a name or {name, warmup, cooldown, ...}; see docs/schedules.md"
     )
     early_stopping: EarlyStoppingSection | None = None
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)
     logging: list[Literal["csv"]] = Field(default_factory=lambda: ["csv"])
     _base_dir: str | None = PrivateAttr(None)
@@ -136,6 +146,12 @@ class Recipe(Section):
     @classmethod
     def _model_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    def fingerprint(self) -> str:
+        """A hash of the resolved recipe (kept in checkpoints)."""
+        import hashlib
+
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         """The resolved recipe, every default filled in: ``traincraft fit`` on it repeats the run."""
@@ -274,6 +290,21 @@ def _deep_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+def changed_keys(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
+    """``{"optimizer.lr": (0.001, 0.0003), ...}``: every leaf that differs between two recipes."""
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+        elif a != b:
+            changes[path] = (a, b)
+
+    walk(old.model_dump(mode="json"), new.model_dump(mode="json"), "")
+    return changes
 
 
 def json_schema() -> dict[str, Any]:

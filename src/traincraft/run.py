@@ -99,7 +99,7 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         max_steps=t.max_steps, batch_size=recipe.data.batch_size, shuffle=t.shuffle,
         accumulate=t.accumulate, precision=t.precision, clip_grad_norm=t.clip_grad_norm,
         clip_norm_type=t.clip_norm_type, clip_grad_value=t.clip_grad_value,
-        schedule=recipe.schedule, callbacks=callbacks,
+        schedule=recipe.schedule, callbacks=callbacks, checkpoint=recipe.checkpoint.model_dump(),
         device=t.device, seed=recipe.seed, deterministic=t.deterministic,
     )
 
@@ -151,9 +151,24 @@ class RunFolder(Callback):
         }
         data = getattr(trainer, "data", None)
         if data is not None and data.test is not None:
-            results["test"] = trainer.evaluate(data.test)
+            results["test"] = self._evaluate_best(trainer, data.test)
         atomic_write_text(self.folder / "results.json", json.dumps(results, indent=2))
         self.results = results
+
+
+    def _evaluate_best(self, trainer: Trainer, split: Any) -> dict[str, float]:
+        """The split evaluated with the weights of best.safetensors; the model keeps its own."""
+        from traincraft.checkpoint import load_weights
+
+        best = self.folder / "best.safetensors"
+        if not best.is_file():
+            return trainer.evaluate(split)
+        current = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        trainer.model.load_state_dict(load_weights(best))
+        try:
+            return trainer.evaluate(split)
+        finally:
+            trainer.model.load_state_dict(current)
 
 
 def environment(trainer: Trainer) -> dict[str, Any]:

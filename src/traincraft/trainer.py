@@ -17,6 +17,8 @@ from torch import nn
 
 from traincraft import losses, metrics, optim, schedules
 from traincraft.callbacks.base import Callback
+from traincraft.callbacks.checkpoint import Checkpoint
+from traincraft.callbacks.early_stopping import EarlyStopping
 from traincraft.callbacks.progress import ProgressBar
 from traincraft.data import (
     Batches,
@@ -34,7 +36,13 @@ from traincraft.errors import ModelError, TraincraftError
 from traincraft.history import History
 from traincraft.loggers import CSVLogger
 from traincraft.penalties import Penalty
-from traincraft.seeding import new_seed, seed_everything, set_deterministic
+from traincraft.seeding import (
+    new_seed,
+    rng_state,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+)
 from traincraft.state import TrainState
 from traincraft.step import Stepper
 
@@ -73,7 +81,9 @@ class Trainer:
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
         seed: seeds python, numpy, torch and the data order; None draws one (see ``trainer.seed``).
         deterministic: use torch's deterministic algorithms.
-        run_dir: a folder for ``metrics.csv`` and the weights; None writes no files.
+        run_dir: a folder for ``metrics.csv``, checkpoints and the best weights; None writes no files.
+        checkpoint: with a ``run_dir``: True for the default :class:`~traincraft.callbacks.checkpoint.Checkpoint`,
+            a dict of its arguments (``{"every_n_steps": 500, "keep_last": 3}``), or False for none.
         progress: show a progress bar (a line per epoch when output is not a terminal).
 
     Example:
@@ -115,6 +125,7 @@ class Trainer:
         seed: int | None = None,
         deterministic: bool = False,
         run_dir: str | Path | None = None,
+        checkpoint: dict[str, Any] | bool = True,
         progress: bool = True,
     ):
         if not isinstance(model, nn.Module):
@@ -144,8 +155,14 @@ class Trainer:
         self.deterministic = deterministic
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = ProgressBar() if progress else None
-        # The progress bar comes first, so that an epoch's line precedes what callbacks say of it.
-        self.callbacks: list[Callback] = [*([self.progress] if self.progress else []), *callbacks]
+        # The progress bar comes first, so that an epoch's line precedes what callbacks say of it;
+        # then the checkpoint, so that a resume file is written before early stopping restores weights.
+        self.callbacks: list[Callback] = [*([self.progress] if self.progress else [])]
+        if self.run_dir is not None and checkpoint is not False and not any(
+            isinstance(c, Checkpoint) for c in callbacks
+        ):
+            self.callbacks.append(Checkpoint(self.run_dir, **(checkpoint if isinstance(checkpoint, dict) else {})))
+        self.callbacks.extend(callbacks)
         if self.run_dir is not None:
             self.callbacks.append(CSVLogger(self.run_dir))
         self.rank, self.world_size = 0, 1
@@ -178,13 +195,15 @@ class Trainer:
     def is_main_process(self) -> bool:
         return self.rank == 0
 
-    def fit(self, train: Any = None, val: Any = None) -> History:
+    def fit(self, train: Any = None, val: Any = None, *, resume: str | Path | None = None) -> History:
         """Train on ``train``, validating on ``val`` after every epoch.
 
         ``train``/``val``: a tuple ``(X, y)`` of tensors or numpy arrays (``X`` may be a tuple or a
         dict of them, passed as ``model(*X)`` / ``model(**X)``), a ``Dataset`` yielding
         ``(inputs, target)``, or a ``DataLoader``. Each call is a new run over the current weights
         (the optimizer keeps its state). With no ``train``, the recipe's data is used.
+        ``resume`` (a run folder or a ``.ckpt`` file) continues an interrupted run exactly: the same
+        next batch, learning rate, random numbers and early-stopping counters.
 
         Order of events::
 
@@ -216,6 +235,8 @@ class Trainer:
         train_batches = self._batches(train, shuffle=self.shuffle, what="train")
         val_batches = self._batches(val, shuffle=False, what="val") if val is not None else None
         self._start_run(train_batches, val_batches)
+        if resume is not None:
+            self._resume(resume)
         with self._stop_on_interrupt():
             try:
                 self._emit("on_fit_start")
@@ -240,6 +261,75 @@ class Trainer:
                 outputs.append(map_tensors(lambda t: t.float().cpu() if t.is_floating_point() else t.cpu(), pred))
         return _concatenate(outputs)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: weights, optimizer, schedule, scaler,
+        callbacks, counters, history, the epoch's running sums and every random generator."""
+        from traincraft import __version__
+        from traincraft.checkpoint import plain_state_dict
+
+        return {
+            "traincraft": __version__,
+            "seed": self.seed,
+            "recipe_hash": self.recipe.fingerprint() if self.recipe is not None else None,
+            "model": plain_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "stepper": self.stepper.state_dict(),
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks()},
+            "state": self.state.state_dict(),
+            "history": self.history.state_dict(),
+            "epoch_sums": self._sums.state_dict(),
+            "metrics": self.metrics.state_dict(),
+            "step_lrs": list(self._step_lrs),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (called by ``fit(resume=...)`` after the run is set up)."""
+        from traincraft.checkpoint import unwrap_key
+
+        self.model.load_state_dict({unwrap_key(k): v for k, v in state["model"].items()})
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None and state.get("schedule") is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        self.stepper.load_state_dict(state["stepper"])
+        saved = state.get("callbacks", {})
+        for key, callback in self._keyed_callbacks():
+            if key in saved:
+                callback.load_state_dict(saved[key])
+        self.state.load_state_dict(state["state"])
+        self.history.load_state_dict(state["history"])
+        self._sums.load_state_dict(state["epoch_sums"])
+        self.metrics.load_state_dict(state["metrics"])
+        self._step_lrs = list(state["step_lrs"])
+        set_rng_state(state["rng"])
+
+    def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
+        """Callbacks under stable keys (class name, numbered when a class appears twice)."""
+        counts: dict[str, int] = {}
+        keyed = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            counts[name] = counts.get(name, 0) + 1
+            keyed.append((name if counts[name] == 1 else f"{name}-{counts[name]}", callback))
+        return keyed
+
+    def _resume(self, source: str | Path) -> None:
+        from traincraft.checkpoint import find_resume_checkpoint
+
+        path, state = find_resume_checkpoint(source, warn=self.log)
+        self.load_state_dict(state)
+        # A finished or stopped run goes on only as far as the (possibly raised) limits allow.
+        self.state.should_stop, self.state.stop_reason = False, None
+        if self.state.epoch >= self.max_epochs:
+            self.state.request_stop("max_epochs")
+        if self.max_steps is not None and self.state.step >= self.max_steps:
+            self.state.request_stop("max_steps")
+        self.log(
+            f"Resuming from {path}: epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}, "
+            f"step {self.state.step}"
+        )
+
     def log(self, message: str) -> None:
         """Print one line on stderr (main process only) without breaking the progress bar."""
         if not self.is_main_process:
@@ -263,7 +353,7 @@ class Trainer:
         started = time.perf_counter()
         self._emit("on_epoch_start")
         figures = self._train_epoch(train_batches)
-        if self.state.stop_reason == "interrupted":
+        if self.state.stop_reason in ("interrupted", "terminated"):
             return  # a partial epoch: no validation, no history row
         if val_batches is not None:
             figures.update(self._evaluate(val_batches, prefix="val_"))
@@ -282,8 +372,9 @@ class Trainer:
     def _train_epoch(self, batches: Batches) -> dict[str, float]:
         model, state, stepper, sums = self.model, self.state, self.stepper, self._sums
         model.train()
-        sums.reset()
-        self.metrics.reset()
+        if state.batch_in_epoch == 0:  # not a mid-epoch resume: a fresh epoch
+            sums.reset()
+            self.metrics.reset()
         for inputs, target in batches.epoch(state.epoch, start=state.batch_in_epoch):
             inputs, target = to_device(inputs, self.device), to_device(target, self.device)
             samples = num_samples(target)
@@ -407,10 +498,6 @@ class Trainer:
     def _finish_run(self) -> None:
         self.history.stop_reason = self.state.stop_reason
         self.history.best = self._best()
-        if self.run_dir is not None and self.is_main_process:
-            from traincraft.checkpoint import save_weights
-
-            save_weights(self.model, self.run_dir / "best.safetensors")
 
     def _lr_figures(self) -> dict[str, float]:
         """``lr`` (first group) and ``lr/<group>`` for each group when their base LRs differ, as used
@@ -426,11 +513,14 @@ class Trainer:
             figures["momentum"] = float(momenta[0])
         return figures
 
-    def _best_keeper(self) -> Any:
-        for callback in self.callbacks:
-            if getattr(callback, "restore_best", False) and hasattr(callback, "restore_best_weights"):
-                return callback
-        return None
+    @property
+    def early_stopping(self) -> EarlyStopping | None:
+        """The first EarlyStopping callback, if any."""
+        return next((c for c in self.callbacks if isinstance(c, EarlyStopping)), None)
+
+    def _best_keeper(self) -> EarlyStopping | None:
+        stopper = self.early_stopping
+        return stopper if stopper is not None and stopper.restore_best else None
 
     def _restore_best(self, why: str) -> None:
         keeper = self._best_keeper()
@@ -438,11 +528,11 @@ class Trainer:
             self.log(f"{why}: restored the best weights (epoch {keeper.best_epoch})")
 
     def _best(self) -> dict[str, Any] | None:
-        for callback in self.callbacks:
-            if hasattr(callback, "best_epoch") and hasattr(callback, "monitor"):
-                if callback.best_epoch is None:
-                    return None
-                return {"epoch": callback.best_epoch, "monitor": callback.monitor, "value": callback.best_value}
+        stopper = self.early_stopping
+        if stopper is not None:
+            if stopper.best_epoch is None:
+                return None
+            return {"epoch": stopper.best_epoch, "monitor": stopper.monitor, "value": stopper.best_value}
         monitor = "val_loss" if any("val_loss" in r for r in self.history.epochs) else "train_loss"
         return self.history.best_by(monitor, "min")
 
@@ -472,22 +562,25 @@ class Trainer:
 
     @contextlib.contextmanager
     def _stop_on_interrupt(self) -> Iterator[None]:
-        """Ctrl-C stops after the current step (a second Ctrl-C aborts at once)."""
+        """Ctrl-C (and SIGTERM) stop after the current step; a second Ctrl-C aborts at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        reasons = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
         def handler(signum: int, frame: Any) -> None:
-            if self.state.stop_reason == "interrupted":
+            if self.state.stop_reason in reasons.values():
                 raise KeyboardInterrupt
-            self.state.should_stop, self.state.stop_reason = True, "interrupted"
-            self.log("Interrupted: stopping after this step (Ctrl-C again to abort at once)")
+            self.state.should_stop, self.state.stop_reason = True, reasons[signal.Signals(signum)]
+            what = "Interrupted" if signum == signal.SIGINT else "Terminated"
+            self.log(f"{what}: stopping after this step (Ctrl-C again to abort at once)")
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in reasons}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 class _RunningSums:
@@ -510,6 +603,13 @@ class _RunningSums:
             self.counts[name] = 0
         total.add_(value.detach(), alpha=samples)
         self.counts[name] += samples
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: v.to(self.device, self.dtype) for k, v in state["sums"].items()}
+        self.counts = dict(state["counts"])
 
     def mean(self, name: str) -> float:
         count = self.counts.get(name, 0)

@@ -1,0 +1,201 @@
+"""Checkpointing: the resume file, the kept history of it, and the best weights.
+
+In the run folder::
+
+    checkpoints/last.ckpt          the newest full training state (what resume reads)
+    checkpoints/step-00000120.ckpt the ``keep_last`` newest ones (hard links: no extra writing)
+    checkpoints/top-*.ckpt         the ``save_top_k`` best by the monitored value
+    best.safetensors, best.json    the weights of the best epoch so far, and which epoch that was
+
+Retention never deletes the newest checkpoint nor the best.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from traincraft.callbacks.base import Callback
+from traincraft.callbacks.monitor import Monitor
+from traincraft.checkpoint import save_checkpoint, save_weights
+from traincraft.errors import TraincraftError
+from traincraft.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from traincraft.trainer import Trainer
+
+STOPPED_BY_SIGNAL = ("interrupted", "terminated")
+
+
+class Checkpoint(Callback):
+    """Saves the full training state for exact resume, and the best weights.
+
+    Added by the trainer when it has a ``run_dir``. Put your own in ``callbacks=`` to change it.
+
+    Args:
+        folder: the run folder.
+        every_n_epochs: save ``last.ckpt`` at the end of every n-th epoch (and the last one).
+        every_n_steps: also save every n optimizer steps (None: only at epoch ends).
+        keep_last: how many of the newest checkpoints to keep (at least 1: ``last.ckpt``).
+        save_top_k: also keep the k best epoch checkpoints by ``monitor``.
+        monitor: the figure that decides "best"; default: early stopping's monitor if there is
+            one, else ``val_loss`` (``train_loss`` without validation data).
+        mode: "min" or "max"; inferred from the name when None.
+
+    Example:
+        >>> trainer = Trainer(model, loss="mse", run_dir="runs/a",
+        ...                   callbacks=[Checkpoint("runs/a", every_n_steps=500, keep_last=3)])
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        keep_last: int = 2,
+        save_top_k: int = 0,
+        monitor: str | None = None,
+        mode: str | None = None,
+    ):
+        for name, value in (("every_n_epochs", every_n_epochs), ("keep_last", keep_last)):
+            if int(value) < 1:
+                raise TraincraftError(f"checkpoint {name} must be >= 1, got {value}")
+        if every_n_steps is not None and int(every_n_steps) < 1:
+            raise TraincraftError(f"checkpoint every_n_steps must be >= 1, got {every_n_steps}")
+        if int(save_top_k) < 0:
+            raise TraincraftError(f"checkpoint save_top_k must be >= 0, got {save_top_k}")
+        self.folder = Path(folder)
+        self.every_n_epochs, self.every_n_steps = int(every_n_epochs), every_n_steps
+        self.keep_last, self.save_top_k = int(keep_last), int(save_top_k)
+        self.monitor_name, self.mode = monitor, mode
+        self.monitor: Monitor | None = None
+        self.kept: list[str] = []  # newest last
+        self.top: list[tuple[float, str]] = []  # (value, file), best first
+        self.best_epoch: int | None = None
+        self._loaded = False
+
+    @property
+    def directory(self) -> Path:
+        return self.folder / "checkpoints"
+
+    # ------------------------------------------------------------------ events
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self._loaded and self.monitor is not None:
+            return  # a resumed run keeps its best and its kept files
+        name, mode = self.monitor_name, self.mode
+        if name is None:
+            stopper = trainer.early_stopping
+            name, mode = (stopper.monitor, stopper.mode) if stopper is not None else (None, None)
+        self._default_monitor = name is None
+        self.monitor = Monitor(name or "val_loss", mode=mode)
+        self.kept, self.top, self.best_epoch = [], [], None
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self.every_n_steps and trainer.state.step % self.every_n_steps == 0:
+            self.save(trainer)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        value = self._track_best(trainer)
+        state = trainer.state
+        ranked = self.save_top_k > 0 and value is not None and math.isfinite(value)
+        if state.epoch % self.every_n_epochs == 0 or state.should_stop or ranked:
+            self.save(trainer)
+            if ranked:
+                self._keep_top(value, state.epoch)  # type: ignore[arg-type]
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        # Before early stopping puts the best weights back: the resume file holds the live state.
+        if trainer.state.stop_reason in STOPPED_BY_SIGNAL:
+            path = self.save(trainer)
+            trainer.log(f"Saved {path}; resume with: traincraft resume {self.folder}")
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, trainer: Trainer) -> Path:
+        """Write ``last.ckpt`` (atomically) and keep a hard link under the step's name."""
+        if not trainer.is_main_process:
+            return self.directory / "last.ckpt"
+        last = save_checkpoint(trainer.state_dict(), self.directory / "last.ckpt")
+        named = self.directory / f"step-{trainer.state.step:08d}.ckpt"
+        if self.keep_last > 1 or self.save_top_k:
+            _link(last, named)
+            if named.name in self.kept:
+                self.kept.remove(named.name)
+            self.kept.append(named.name)
+            self._retain()
+        return named if named.exists() else last
+
+    def _track_best(self, trainer: Trainer) -> float | None:
+        """The monitored value (None when not reported); on improvement, write the best weights."""
+        assert self.monitor is not None
+        metrics = trainer.state.metrics
+        if self.monitor.monitor not in metrics and getattr(self, "_default_monitor", False):
+            self.monitor = Monitor("train_loss", mode="min")  # no validation data
+        try:
+            value = self.monitor.value_from(metrics)
+        except TraincraftError:
+            if getattr(self, "_default_monitor", False):
+                return None
+            raise
+        if not self.monitor.update(value):
+            return value
+        self.best_epoch = trainer.state.epoch
+        if trainer.is_main_process:
+            save_weights(trainer.model, self.folder / "best.safetensors")
+            best = {"epoch": self.best_epoch, "step": trainer.state.step,
+                    "monitor": self.monitor.monitor, "value": value}
+            atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2))
+        return value
+
+    def _keep_top(self, value: float, epoch: int) -> None:
+        top_name = f"top-epoch-{epoch:04d}.ckpt"
+        _link(self.directory / "last.ckpt", self.directory / top_name)
+        self.top.append((value, top_name))
+        self.top.sort(key=lambda item: item[0], reverse=self.monitor.mode == "max")  # type: ignore[union-attr]
+        for _, name in self.top[self.save_top_k :]:
+            (self.directory / name).unlink(missing_ok=True)
+        self.top = self.top[: self.save_top_k]
+
+    def _retain(self) -> None:
+        # last.ckpt counts as one of keep_last; the newest named link is the same file.
+        while len(self.kept) > self.keep_last:
+            (self.directory / self.kept.pop(0)).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor.state_dict() if self.monitor else None,
+            "monitor_name": self.monitor.monitor if self.monitor else None,
+            "monitor_mode": self.monitor.mode if self.monitor else None,
+            "kept": list(self.kept),
+            "top": [[v, n] for v, n in self.top],
+            "best_epoch": self.best_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("monitor_name"):
+            self.monitor = Monitor(state["monitor_name"], mode=state["monitor_mode"])
+            self.monitor.load_state_dict(state["monitor"])
+        self.kept = list(state["kept"])
+        self.top = [(float(v), str(n)) for v, n in state["top"]]
+        self.best_epoch = state["best_epoch"]
+        self._loaded = True
+
+
+def _link(source: Path, target: Path) -> None:
+    """Make ``target`` name the same file as ``source`` (a copy where hard links are refused)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

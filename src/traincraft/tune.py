@@ -1,0 +1,1478 @@
+"""Hyperparameter search with Optuna: the recipe's ``tune:`` section, ``traincraft tune``, ``tc.tune``.
+
+Every trial is an ordinary run of the recipe with the sampled values filled in, in its own run
+folder under the study's folder. The monitored figure is reported to Optuna after every epoch so
+that a pruner can stop bad trials early; the trial's value is the best figure of its epochs (the
+one early stopping restores). The study lives in a storage that several worker processes share,
+so running again continues it up to the requested number of trials.
+
+Study folder (``runs/<recipe name>-tune/`` unless given)::
+
+    study.journal              Optuna's journal file: the study itself (unless --storage)
+    trial-<n>/                 each trial's run folder (recipe.yaml, metrics.csv, ...)
+    trials.csv                 one row per trial: state, value, sampled values, error
+    best.yaml                  the recipe with the best trial's values: ``traincraft fit best.yaml``
+    history.png, importances.png, parallel_coordinates.png
+
+Example:
+    >>> study = tc.tune("recipe.yaml", trials=40)
+    >>> study.best_value, study.best_params
+    (0.0712, {'optimizer.lr': 0.0031, 'model.dropout': 0.12})
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import gc
+import io
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+import types
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from traincraft.callbacks.base import Callback
+from traincraft.callbacks.monitor import Monitor, format_value, infer_mode
+from traincraft.errors import TraincraftError, did_you_mean
+from traincraft.files import atomic_write_text
+from traincraft.recipe import Recipe, RecipeError, apply_override, read_raw, validate
+from traincraft.registry import Registry, split_spec
+
+if TYPE_CHECKING:
+    import optuna
+
+    from traincraft.trainer import Trainer
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "Dimension",
+    "MetricNotReported",
+    "TuneSection",
+    "build_pruner",
+    "build_sampler",
+    "parse_duration",
+    "summarize",
+    "tune",
+    "tune_main",
+]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+KINDS = ("loguniform", "uniform", "int", "choice")
+JOURNAL_NAME = "study.journal"
+LOCK_NAME = ".tune.lock"
+PLOTS = ("history.png", "importances.png", "parallel_coordinates.png")
+# Parameter importances compare complete trials; with fewer they are noise.
+MIN_TRIALS_FOR_IMPORTANCES = 4
+
+
+# ============================================================================== search space
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched recipe key: a range or a list of choices.
+
+    ``labels`` are what Optuna stores for a choice. Optuna accepts only plain scalars as
+    categorical values, so when a choice is a list or a mapping (``hidden_sizes: [[32], [64,
+    64]]``) every choice is stored as its JSON text and turned back into the value for the trial.
+
+    Example:
+        >>> d = Dimension.parse("model.hidden_sizes", {"choice": [[32], [64, 64]]})
+        >>> d.labels, d.value("[64, 64]")
+        (('[32]', '[64, 64]'), [64, 64])
+    """
+
+    key: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+    labels: tuple[Any, ...] = ()
+
+    @classmethod
+    def parse(cls, key: str, spec: Any) -> Dimension:
+        """``{loguniform: [a, b]}``, ``{uniform: [a, b], step: s}``, ``{int: [a, b], step: s}``
+        or ``{choice: [...]}``; a ValueError names the key and the fix."""
+        if not isinstance(spec, Mapping):
+            raise ValueError(
+                f"{key}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}}, got {spec!r}"
+            )
+        kinds = [k for k in spec if k in KINDS]
+        unknown = [k for k in spec if k not in (*KINDS, "step")]
+        if unknown:
+            hint = did_you_mean(str(unknown[0]), (*KINDS, "step")) or f"; use one of {', '.join(KINDS)}"
+            raise ValueError(f"{key}: unknown key {unknown[0]!r}{hint}")
+        if len(kinds) != 1:
+            raise ValueError(f"{key}: give exactly one of {', '.join(KINDS)}, got {list(spec)}")
+        kind = kinds[0]
+        step = spec.get("step")
+        if kind == "choice":
+            return cls._choice(key, spec[kind], step)
+        low, high = _bounds(key, kind, spec[kind])
+        if step is not None:
+            low, high, step = _stepped(key, kind, low, high, step)
+        return cls(key, kind, low, high, step)
+
+    @classmethod
+    def _choice(cls, key: str, choices: Any, step: Any) -> Dimension:
+        if step is not None:
+            raise ValueError(f"{key}: 'step' applies to uniform and int ranges, not to a choice")
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"{key}: choice needs a non-empty list of values, got {choices!r}")
+        scalar = all(c is None or isinstance(c, (bool, int, float, str)) for c in choices)
+        labels = tuple(choices) if scalar else tuple(json.dumps(c, sort_keys=True) for c in choices)
+        if len(set(map(json.dumps, labels))) != len(labels):
+            raise ValueError(f"{key}: choice lists the same value twice: {choices!r}")
+        return cls(key, "choice", choices=tuple(choices), labels=labels)
+
+    def distribution(self) -> Any:
+        """The Optuna distribution of this dimension."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "choice":
+            return CategoricalDistribution(self.labels)
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))  # type: ignore[arg-type]
+        return FloatDistribution(
+            float(self.low), float(self.high), log=self.kind == "loguniform", step=self.step  # type: ignore[arg-type]
+        )
+
+    def value(self, param: Any) -> Any:
+        """The recipe value for what Optuna sampled (a label for a choice)."""
+        if self.kind == "choice":
+            return _copy(self.choices[self.labels.index(param)])
+        return int(param) if self.kind == "int" else float(param)
+
+    def probes(self) -> list[Any]:
+        """Values checked before the search starts: every choice, or both ends of the range."""
+        if self.kind == "choice":
+            return [_copy(c) for c in self.choices]
+        return [self.low, self.high]
+
+    def grid(self) -> list[Any]:
+        """The values the grid sampler walks through (labels for a choice)."""
+        if self.kind == "choice":
+            return list(self.labels)
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))  # type: ignore[arg-type]
+        if self.kind == "uniform" and self.step is not None:
+            count = round((self.high - self.low) / self.step)  # type: ignore[operator]
+            return [self.low + i * self.step for i in range(count + 1)]  # type: ignore[operator]
+        raise TraincraftError(
+            f"tune.space {self.key!r}: the grid sampler needs a finite set of values; give "
+            f"{{choice: [...]}}, {{int: [a, b]}} or {{uniform: [a, b], step: s}}"
+        )
+
+
+def _bounds(key: str, kind: str, value: Any) -> tuple[float | int, float | int]:
+    pair = value if isinstance(value, (list, tuple)) else None
+    ok = pair is not None and len(pair) == 2 and all(_is_number(v) for v in pair)
+    if not ok:
+        raise ValueError(f"{key}: {kind} needs [low, high], got {value!r}")
+    low, high = pair  # type: ignore[misc]
+    if kind == "int" and not all(isinstance(v, int) or float(v).is_integer() for v in (low, high)):
+        raise ValueError(f"{key}: int needs whole numbers [low, high], got {value!r}")
+    low, high = (int(low), int(high)) if kind == "int" else (float(low), float(high))
+    if not low < high:
+        raise ValueError(f"{key}: {kind} needs low < high, got {value!r}")
+    if kind == "loguniform" and low <= 0:
+        raise ValueError(f"{key}: loguniform needs 0 < low < high, got {value!r}")
+    return low, high
+
+
+def _stepped(
+    key: str, kind: str, low: float | int, high: float | int, step: Any
+) -> tuple[float | int, float | int, float | int]:
+    if kind == "loguniform":
+        raise ValueError(f"{key}: 'step' does not apply to loguniform; use uniform or choice")
+    if not _is_number(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
+        raise ValueError(f"{key}: step must be a positive {'whole ' if kind == 'int' else ''}number, got {step!r}")
+    count = (high - low) / step
+    if abs(count - round(count)) > 1e-9:
+        raise ValueError(f"{key}: [{low}, {high}] is not a whole number of steps of {step}")
+    return low, high, int(step) if kind == "int" else float(step)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _copy(value: Any) -> Any:
+    # Choices are shared by every trial: hand each one its own lists and dicts.
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
+
+
+# ============================================================================== samplers, pruners
+
+
+def _tpe(**kwargs: Any) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(**kwargs)
+
+
+def _random(**kwargs: Any) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(**kwargs)
+
+
+def _grid(search_space: Mapping[str, Sequence[Any]], **kwargs: Any) -> Any:
+    import optuna
+
+    class LoopGridSampler(optuna.samplers.GridSampler):
+        # Optuna's grid sampler ends the study from after_trial with study.stop(), which only
+        # works inside study.optimize; our worker loop counts the grid's points itself.
+        def after_trial(self, *args: Any, **kw: Any) -> None:
+            return None
+
+    return LoopGridSampler(search_space, **kwargs)
+
+
+def _cmaes(**kwargs: Any) -> Any:
+    import importlib.util
+
+    import optuna
+
+    if importlib.util.find_spec("cmaes") is None:
+        raise TraincraftError("sampler 'cmaes' needs the cmaes package: pip install cmaes")
+    return optuna.samplers.CmaEsSampler(**kwargs)
+
+
+def _median(**kwargs: Any) -> Any:
+    import optuna
+
+    return optuna.pruners.MedianPruner(**kwargs)
+
+
+def _hyperband(**kwargs: Any) -> Any:
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(**kwargs)
+
+
+def _no_pruner() -> Any:
+    import optuna
+
+    return optuna.pruners.NopPruner()
+
+
+SAMPLERS = Registry("sampler")
+SAMPLERS.add("tpe", _tpe, doc="tree-structured Parzen estimator (Optuna's default)")
+SAMPLERS.add("random", _random, doc="independent uniform draws")
+SAMPLERS.add("grid", _grid, doc="every combination of finite values, in random order")
+SAMPLERS.add("cmaes", _cmaes, aliases=["cma_es", "cma"], doc="CMA-ES (needs the cmaes package)")
+
+PRUNERS = Registry("pruner")
+PRUNERS.add("median", _median, doc="stop a trial worse than the median of earlier ones at an epoch")
+PRUNERS.add("hyperband", _hyperband, doc="Hyperband over epochs")
+PRUNERS.add("none", _no_pruner, aliases=["nop", "off"], doc="never prune")
+
+
+def build_sampler(
+    spec: str | Mapping[str, Any], dimensions: Mapping[str, Dimension], *, seed: int | None = None,
+    parallel: bool = False,
+) -> Any:
+    """An Optuna sampler from a name or ``{"name": ..., **kwargs}``.
+
+    Args:
+        spec: ``tpe``, ``random``, ``grid`` or ``cmaes``, or a dict with the class's arguments.
+        dimensions: the search space (the grid sampler's values come from it).
+        seed: the sampler's seed (a key ``seed`` in ``spec`` wins).
+        parallel: several workers share the study: TPE then assumes the running trials'
+            points are taken (``constant_liar``) unless ``spec`` says otherwise.
+
+    Example:
+        >>> build_sampler({"name": "tpe", "n_startup_trials": 5}, dims, seed=0)
+    """
+    name, kwargs = split_spec(spec, "sampler")
+    name = SAMPLERS.canonical(name)
+    kwargs.setdefault("seed", seed)
+    if name == "grid":
+        kwargs["search_space"] = {key: d.grid() for key, d in dimensions.items()}
+    if name == "tpe" and parallel:
+        kwargs.setdefault("constant_liar", True)
+    with _quiet_warnings():
+        try:
+            return SAMPLERS.create({"name": name, **kwargs})
+        except ValueError as err:
+            raise TraincraftError(f"sampler {name!r}: {err}") from err
+
+
+def build_pruner(spec: str | Mapping[str, Any], *, max_epochs: int | None = None) -> Any:
+    """An Optuna pruner from a name or ``{"name": ..., **kwargs}``; steps are epochs.
+
+    Hyperband's ``max_resource`` defaults to the recipe's ``train.max_epochs``.
+
+    Example:
+        >>> build_pruner({"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2})
+    """
+    name, kwargs = split_spec(spec, "pruner")
+    name = PRUNERS.canonical(name)
+    if name == "hyperband" and max_epochs is not None:
+        kwargs.setdefault("max_resource", int(max_epochs))
+    try:
+        return PRUNERS.create({"name": name, **kwargs})
+    except ValueError as err:
+        raise TraincraftError(f"pruner {name!r}: {err}") from err
+
+
+# ============================================================================== the tune: section
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(d|h|m|min|s|sec)?", re.IGNORECASE)
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0, None: 1.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"`` or ``"1h30m"``.
+
+    Example:
+        >>> parse_duration("1h30m"), parse_duration(45)
+        (5400.0, 45.0)
+    """
+    if _is_number(value):
+        seconds = float(value)
+    else:
+        text = str(value).strip().replace(" ", "")
+        parts = list(_DURATION.finditer(text))
+        if not text or not parts or "".join(p.group(0) for p in parts) != text:
+            raise ValueError(f"timeout {value!r}: expected seconds or a duration such as 90s, 30m, 2h")
+        seconds = sum(float(p.group(1)) * _UNIT_SECONDS[(p.group(2) or "s").lower()] for p in parts)
+    if not seconds > 0:
+        raise ValueError(f"timeout must be > 0, got {value!r}")
+    return seconds
+
+
+class TuneSection(BaseModel):
+    """The recipe's ``tune:`` section.
+
+    Attributes:
+        metric: the figure to optimise, any reported one (``val_loss``, ``val_accuracy``, ...).
+        direction: ``minimize`` or ``maximize`` (``min``/``max`` accepted); None infers it
+            from the metric's name, as early stopping does.
+        trials: trials the study should hold in the end (complete, pruned or failed).
+        timeout: stop starting new trials after this long: seconds, or ``"90s"``, ``"30m"``,
+            ``"2h"``.
+        sampler: ``tpe``, ``random``, ``grid``, ``cmaes``, or ``{name: ..., **kwargs}``.
+        pruner: ``median``, ``hyperband``, ``none``, or ``{name: ..., **kwargs}``.
+        space: ``{dotted.recipe.key: {loguniform: [a, b]} | {uniform: [a, b]} | {int: [a, b]} |
+            {choice: [...]}}``; uniform and int ranges may have a ``step``.
+        seed: the sampler's seed; None uses the recipe's seed.
+
+    Example:
+        >>> TuneSection(metric="val_loss", trials=20,
+        ...             space={"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}).direction_name()
+        'minimize'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "val_loss"
+    direction: Literal["minimize", "maximize"] | None = None
+    trials: int = Field(20, gt=0)
+    timeout: float | None = Field(None, gt=0, description="seconds, or '90s', '30m', '2h'")
+    sampler: str | dict[str, Any] = "tpe"
+    pruner: str | dict[str, Any] = "median"
+    space: dict[str, dict[str, Any]] = Field(min_length=1)
+    seed: int | None = None
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _direction_alias(cls, value: Any) -> Any:
+        aliases = {"min": "minimize", "max": "maximize"}
+        return aliases.get(str(value).strip().lower(), value) if isinstance(value, str) else value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout_seconds(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: Any) -> Any:
+        SAMPLERS.canonical(split_spec(value, "sampler")[0])
+        return value
+
+    @field_validator("pruner")
+    @classmethod
+    def _known_pruner(cls, value: Any) -> Any:
+        PRUNERS.canonical(split_spec(value, "pruner")[0])
+        return value
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _valid_space(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for key, spec in value.items():
+                Dimension.parse(str(key), spec)
+        return value
+
+    def dimensions(self) -> dict[str, Dimension]:
+        """The space, parsed, in the order given."""
+        return {key: Dimension.parse(key, spec) for key, spec in self.space.items()}
+
+    def direction_name(self) -> str:
+        """``"minimize"`` or ``"maximize"``: given, or inferred from the metric's name."""
+        if self.direction is not None:
+            return self.direction
+        try:
+            return "minimize" if infer_mode(self.metric) == "min" else "maximize"
+        except TraincraftError as err:
+            raise RecipeError(f"tune.metric: {err} (set tune.direction: minimize or maximize)") from None
+
+    def mode(self) -> str:
+        return "min" if self.direction_name() == "minimize" else "max"
+
+
+def read_section(raw: Mapping[str, Any]) -> TuneSection:
+    """The ``tune:`` section of a raw recipe dict, validated (one line per mistake)."""
+    section = raw.get("tune")
+    if section is None:
+        raise RecipeError(
+            "the recipe has no tune section: add tune: {metric: val_loss, trials: 20, space: "
+            "{optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}}} (see docs/tuning.md)"
+        )
+    if not isinstance(section, Mapping):
+        raise RecipeError(f"recipe error at tune: expected a mapping, got {section!r}")
+    try:
+        return TuneSection.model_validate(dict(section))
+    except ValidationError as err:
+        raise RecipeError(_section_error(err)) from None
+
+
+def _section_error(err: ValidationError) -> str:
+    problem = err.errors()[0]
+    location = ".".join(["tune", *(str(p) for p in problem["loc"])])
+    kind = problem["type"]
+    if kind == "extra_forbidden":
+        name = str(problem["loc"][-1])
+        valid = list(TuneSection.model_fields)
+        return f"recipe error at {location}: unknown key{did_you_mean(name, valid) or '; valid keys: ' + ', '.join(valid)}"
+    if kind == "missing":
+        return f"recipe error at {location}: this key is required"
+    message = problem["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+    if kind == "value_error":
+        return f"recipe error at {location}: {message}"
+    return f"recipe error at {location}: {message}, got {problem.get('input')!r}"
+
+
+# ============================================================================== recipe keys
+
+
+def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``raw[a][b] = value`` for ``key = "a.b"``, as a ``a.b=value`` override would set it."""
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        # Like overrides: a section given as a bare name (``model: mlp``) becomes {name: mlp}.
+        if child is None or isinstance(child, str) and part in {"model", "optimizer"}:
+            child = {"name": child} if isinstance(child, str) else {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise RecipeError(
+                f"tune.space {key!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section"
+            )
+        node = child
+    node[parts[-1]] = _copy(value)
+
+
+def recipe_with(raw: Mapping[str, Any], values: Mapping[str, Any]) -> Recipe:
+    """The recipe ``raw`` with ``values`` (dotted keys) filled in, validated."""
+    candidate = _copy(dict(raw))
+    for key, value in values.items():
+        set_value(candidate, key, value)
+    return validate(candidate)
+
+
+def check_key(key: str) -> None:
+    """Refuse a space key that names nothing in the recipe schema.
+
+    Sections with a fixed set of keys are checked here, with the closest valid names. The model
+    and optimizer sections pass any key on to the class, and free-form values (``loss``,
+    ``schedule``) have no schema: those keys are checked by building the trainer.
+    """
+    parts = key.split(".")
+    if parts[0] == "tune":
+        raise RecipeError(f"tune.space {key!r}: the tune section itself cannot be searched")
+    if any(not part for part in parts):
+        raise RecipeError(f"tune.space {key!r}: expected a dotted recipe key such as optimizer.lr")
+    section: type[BaseModel] = Recipe
+    for i, part in enumerate(parts):
+        fields = {name: f for name, f in section.model_fields.items() if name != "tune"}
+        if part not in fields:
+            if section.model_config.get("extra") == "allow" and i == len(parts) - 1:
+                return
+            where = ".".join(parts[:i]) or "the recipe"
+            hint = did_you_mean(part, fields) or f"; valid keys: {', '.join(fields)}"
+            raise RecipeError(f"tune.space {key!r}: {where} has no key {part!r}{hint}")
+        sub = _section_model(fields[part].annotation)
+        if sub is None:
+            return
+        section = sub
+    return
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    candidates = getattr(annotation, "__args__", (annotation,))
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def check_space(raw: Mapping[str, Any], dimensions: Mapping[str, Dimension]) -> None:
+    """Everything about the space that can fail before a trial runs, with one clear line.
+
+    1. every key names something in the recipe schema (:func:`check_key`);
+    2. every choice, and both ends of every range, gives a valid recipe;
+    3. the recipe with the first value of every key builds (data, model, loss, optimizer,
+       schedule), and so does the model, optimizer and the rest with each other value of each
+       key outside ``data`` (a model or optimizer keyword that the class does not take fails
+       here, since those sections accept any key by design).
+
+    Raises:
+        RecipeError, TraincraftError: naming the key and the value.
+    """
+    for key, dim in dimensions.items():
+        check_key(key)
+        for value in dim.probes():
+            try:
+                recipe_with(raw, {key: value})
+            except RecipeError as err:
+                raise RecipeError(f"tune.space {key!r} = {value!r}: {err}") from None
+    base = {key: dim.probes()[0] for key, dim in dimensions.items()}
+    try:
+        info = _build_check(recipe_with(raw, base))
+    except TraincraftError as err:
+        shown = ", ".join(f"{k}={v!r}" for k, v in base.items())
+        raise TraincraftError(f"tune.space: the recipe with {shown} does not build: {err}") from None
+    for key, dim in dimensions.items():
+        if key.startswith("data."):
+            continue  # a new data set per value would cost a load each; validated above
+        for value in dim.probes()[1:]:
+            try:
+                _build_check(recipe_with(raw, {**base, key: value}), info)
+            except TraincraftError as err:
+                raise TraincraftError(f"tune.space {key!r} = {value!r}: {err}") from None
+
+
+def _build_check(recipe: Recipe, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build what a trial builds (data only when ``info`` is None), then drop it."""
+    from traincraft import schedules
+    from traincraft.run import build_model, data_info, prepare_data, trainer_kwargs
+    from traincraft.trainer import Trainer
+
+    try:
+        if info is None:
+            info = data_info(prepare_data(recipe))
+        model = build_model(recipe, info)
+        trainer = Trainer(model, **trainer_kwargs(recipe), progress=False)
+        if recipe.schedule is not None:
+            per_epoch = _steps_per_epoch(recipe, info)
+            total = recipe.train.max_epochs * per_epoch
+            if recipe.train.max_steps:
+                total = min(total, recipe.train.max_steps)
+            schedules.build(recipe.schedule, trainer.optimizer, steps_per_epoch=per_epoch, total_steps=total)
+    except TraincraftError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's class raising for a value is a space mistake
+        raise TraincraftError(f"{type(err).__name__}: {err}") from err
+    finally:
+        model = trainer = None  # noqa: F841 - released before the study starts
+        gc.collect()
+    return info
+
+
+def _steps_per_epoch(recipe: Recipe, info: Mapping[str, Any]) -> int:
+    batches = math.ceil(int(info["sizes"]["train"]) / recipe.data.batch_size)
+    return math.ceil(batches / recipe.train.accumulate)
+
+
+# ============================================================================== one trial
+
+
+class MetricNotReported(TraincraftError):
+    """The tuned metric is not among the figures a trial reports: every trial would fail."""
+
+
+class _Reporter(Callback):
+    """Reports the tuned figure to the trial after every epoch and stops a pruned trial."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, mode: str):
+        self.trial = trial
+        self.monitor = Monitor(metric, mode)
+        self.best_epoch: int | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.monitor.reset()
+        self.best_epoch = None
+
+    def on_validation_end(self, trainer: Trainer) -> None:
+        try:
+            value = self.monitor.value_from(trainer.state.metrics)
+        except TraincraftError as err:
+            raise MetricNotReported(f"tune.metric: {err}") from None
+        if not math.isfinite(value):
+            return  # nan is no evidence for the pruner; the best finite value stays
+        epoch = trainer.state.epoch
+        if self.monitor.update(value):
+            self.best_epoch = epoch
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            trainer.state.request_stop("pruned")
+
+    @property
+    def best(self) -> float | None:
+        return None if self.best_epoch is None else self.monitor.best
+
+
+@dataclass
+class _Fitted:
+    reason: str | None
+    epochs: int
+    value: float | None
+    best_epoch: int | None
+
+
+@dataclass
+class _Outcome:
+    number: int
+    state: str  # complete | pruned | failed | interrupted
+    value: float | None = None
+    epochs: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _fit_trial(plan: _Plan, values: dict[str, Any], run_dir: Path, reporter: _Reporter) -> _Fitted:
+    from traincraft.trainer import Trainer
+
+    recipe = recipe_with(plan.trial_raw, values)
+    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=False, callbacks=[reporter])
+    trainer.fit()
+    value, best_epoch = reporter.best, reporter.best_epoch
+    stop = recipe.early_stopping
+    best = trainer.history.best
+    if stop is not None and stop.restore_best and best and best["monitor"] == plan.section.metric:
+        # The weights the run keeps are early stopping's best: the trial's value is theirs.
+        value, best_epoch = float(best["value"]), int(best["epoch"])
+    fitted = _Fitted(trainer.state.stop_reason, trainer.state.epoch, value, best_epoch)
+    del trainer, recipe
+    return fitted
+
+
+def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial) -> _Outcome:
+    """Fit one trial and tell the study how it ended. The model, optimizer and data are
+    released before this returns, whatever happened."""
+    from optuna.trial import TrialState
+
+    started = time.perf_counter()
+    values = plan.values(trial.params)
+    run_dir = plan.study_dir / f"trial-{trial.number}"
+    trial.set_user_attr("values", values)
+    trial.set_user_attr("run_dir", str(run_dir))
+    outcome = _Outcome(trial.number, "failed", values=values)
+    try:
+        fitted = _fit_trial(plan, values, run_dir, _Reporter(trial, plan.section.metric, plan.mode))
+    except KeyboardInterrupt:
+        fitted = _Fitted("interrupted", 0, None, None)
+    except MetricNotReported as err:
+        trial.set_user_attr("error", str(err))
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the study goes on
+        outcome.error = _one_line(err)
+        fitted = None
+    finally:
+        gc.collect()
+    outcome.seconds = time.perf_counter() - started
+    if fitted is None:
+        trial.set_user_attr("error", outcome.error)
+        study.tell(trial, state=TrialState.FAIL)
+        return outcome
+    outcome.epochs = fitted.epochs
+    trial.set_user_attr("epochs", fitted.epochs)
+    if fitted.reason == "interrupted":
+        # Not counted among the done trials: running again makes it up.
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL)
+        outcome.state = "interrupted"
+    elif fitted.reason == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        outcome.state, outcome.value = "pruned", fitted.value
+    elif fitted.value is None:
+        outcome.error = f"{plan.section.metric} was never finite (the run diverged)"
+        trial.set_user_attr("error", outcome.error)
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        trial.set_user_attr("best_epoch", fitted.best_epoch)
+        study.tell(trial, fitted.value)
+        outcome.state, outcome.value = "complete", fitted.value
+    return outcome
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) if isinstance(err, TraincraftError) else f"{type(err).__name__}: {err}"
+    return " ".join(text.split())
+
+
+# ============================================================================== the study
+
+
+@dataclass
+class _Plan:
+    """Everything a worker needs; plain data, so that it travels to spawned processes."""
+
+    raw: dict[str, Any]
+    section: TuneSection
+    study_name: str
+    study_dir: Path
+    storage: Any
+    trials: int
+    dims: dict[str, Dimension] = field(init=False)
+    trial_raw: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dims = self.section.dimensions()
+        self.trial_raw = _quiet_recipe(self.raw, self.dims)
+
+    @property
+    def mode(self) -> str:
+        return self.section.mode()
+
+    @property
+    def max_epochs(self) -> int:
+        return int(validate(self.raw).train.max_epochs)
+
+    def values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: dim.value(params[key]) for key, dim in self.dims.items()}
+
+    def target(self) -> int:
+        """Trials to reach: the grid sampler has no more than its points to offer."""
+        name = SAMPLERS.canonical(split_spec(self.section.sampler, "sampler")[0])
+        if name != "grid":
+            return self.trials
+        return min(self.trials, math.prod(len(d.grid()) for d in self.dims.values()))
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "raw": self.raw, "section": self.section.model_dump(), "study_name": self.study_name,
+            "study_dir": str(self.study_dir), "storage": self.storage, "trials": self.trials,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> _Plan:
+        return cls(
+            payload["raw"], TuneSection.model_validate(payload["section"]), payload["study_name"],
+            Path(payload["study_dir"]), payload["storage"], payload["trials"],
+        )
+
+
+def _quiet_recipe(raw: Mapping[str, Any], dims: Mapping[str, Dimension]) -> dict[str, Any]:
+    """The recipe trials run: early stopping's per-epoch lines off (they change no figure)."""
+    trial_raw = _copy(dict(raw))
+    stop = trial_raw.get("early_stopping")
+    if isinstance(stop, dict) and "early_stopping.verbose" not in dims:
+        stop["verbose"] = False
+    return trial_raw
+
+
+def _storage(spec: Any, study_dir: Path) -> Any:
+    """The storage: a journal file (default ``<study_dir>/study.journal``), a database URL, or
+    an Optuna storage object."""
+    import optuna
+
+    if isinstance(spec, optuna.storages.BaseStorage):
+        return spec
+    if spec is not None and "://" in str(spec):
+        return str(spec)
+    path = Path(spec) if spec is not None else study_dir / JOURNAL_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = optuna.storages.journal.JournalFileBackend(str(path))
+    return optuna.storages.JournalStorage(backend)
+
+
+def _open_study(plan: _Plan, *, worker: int, parallel: bool) -> optuna.Study:
+    """Create the study, or load it to continue; refuse one that optimises something else."""
+    import numpy as np
+    import optuna
+
+    direction = plan.section.direction_name()
+    try:
+        study = optuna.create_study(
+            storage=_storage(plan.storage, plan.study_dir), study_name=plan.study_name,
+            direction=direction, load_if_exists=True,
+        )
+    except (ImportError, optuna.exceptions.OptunaError) as err:
+        raise TraincraftError(f"cannot open the study's storage {plan.storage!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a database driver's own errors
+        if plan.storage is None or "://" not in str(plan.storage):
+            raise
+        raise TraincraftError(f"cannot open the storage {plan.storage!r}: {_one_line(err)}") from err
+    _check_same_goal(study, plan, direction)
+    done = len(study.get_trials(deepcopy=False))
+    base = plan.section.seed if plan.section.seed is not None else int(plan.raw.get("seed", 0) or 0)
+    # A different seed per worker and per continuation: the same seed would draw the points of
+    # the earlier run, or of the other worker, again.
+    seed = int(np.random.SeedSequence([base, worker, done]).generate_state(1)[0])
+    study.sampler = build_sampler(plan.section.sampler, plan.dims, seed=seed, parallel=parallel)
+    study.pruner = build_pruner(plan.section.pruner, max_epochs=plan.max_epochs)
+    return study
+
+
+def _check_same_goal(study: optuna.Study, plan: _Plan, direction: str) -> None:
+    metric = plan.section.metric
+    saved = study.user_attrs.get("metric")
+    if saved is None:
+        study.set_user_attr("metric", metric)
+        saved = metric
+    if saved != metric or study.direction.name.lower() != direction:
+        raise TraincraftError(
+            f"study {plan.study_name!r} {study.direction.name.lower()}s {saved} but this recipe "
+            f"asks to {direction} {metric}: give another --study name (or study=...)"
+        )
+
+
+def _counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Done by itself: complete, pruned, or failed with an error of its own. Trials cut short
+    by Ctrl-C or by a worker that went away are not counted: running again makes them up."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and "error" in trial.user_attrs
+
+
+def _trial_label(trial: optuna.trial.FrozenTrial) -> str:
+    """complete, pruned, failed, interrupted, abandoned, running or waiting."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.FAIL:
+        if "error" in trial.user_attrs:
+            return "failed"
+        return "interrupted" if trial.user_attrs.get("interrupted") else "abandoned"
+    return trial.state.name.lower()
+
+
+_LIVE_TOKENS: set[str] = set()  # worker loops running in this process
+
+
+def _fail_abandoned(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
+    """Close the running trials of this machine's workers that have gone away (killed, crashed)
+    so that they do not hold a place for ever. True when any was closed."""
+    from optuna.trial import TrialState
+
+    host, closed = socket.gethostname(), False
+    for trial in trials:
+        worker = str(trial.user_attrs.get("worker", ""))
+        if trial.state != TrialState.RUNNING or worker.count(":") < 2:
+            continue
+        trial_host, pid, token = worker.rsplit(":", 2)
+        if trial_host != host:
+            continue
+        gone = token not in _LIVE_TOKENS if int(pid) == os.getpid() else not _alive(int(pid))
+        if gone:
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            closed = True
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap check: a worker's trials are never taken for abandoned
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _study_lock(folder: Path) -> Iterator[None]:
+    """One worker at a time counts the trials and starts the next, so that workers sharing
+    the study folder together run exactly the requested number."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here: parallel workers may start a trial too many
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _work(
+    plan: _Plan, study: optuna.Study, *, deadline: float | None, progress: bool, worker: int
+) -> bool:
+    """Run trials until the study holds ``plan.trials`` of them or time is up. Returns True
+    when interrupted (Ctrl-C)."""
+    from optuna.trial import TrialState
+
+    distributions = {key: dim.distribution() for key, dim in plan.dims.items()}
+    token = uuid.uuid4().hex[:12]
+    me = f"{socket.gethostname()}:{os.getpid()}:{token}"
+    target = plan.target()
+    started_one = False
+    _LIVE_TOKENS.add(token)
+    try:
+        while True:
+            # Like Optuna's own timeout: checked between trials, so each worker runs at least one.
+            if started_one and deadline is not None and time.time() >= deadline:
+                return False
+            with _study_lock(plan.study_dir):
+                trials = study.get_trials(deepcopy=False)
+                if _fail_abandoned(study, trials):
+                    trials = study.get_trials(deepcopy=False)
+                taken = sum(1 for t in trials if _counted(t) or t.state == TrialState.RUNNING)
+                if taken >= target:
+                    return False
+                trial = study.ask(distributions)
+                trial.set_user_attr("worker", me)
+            started_one = True
+            outcome = _run_trial(plan, study, trial)
+            if progress:
+                print(_trial_line(study, plan, outcome, worker), file=sys.stderr, flush=True)
+            if outcome.state == "interrupted":
+                return True
+    except KeyboardInterrupt:
+        return True
+    finally:
+        _LIVE_TOKENS.discard(token)
+
+
+def _trial_line(study: optuna.Study, plan: _Plan, outcome: _Outcome, worker: int) -> str:
+    who = f"[worker {worker}] " if worker else ""
+    shown = "  ".join(f"{k}={_short(v)}" for k, v in outcome.values.items())
+    if outcome.state == "failed":
+        return f"{who}trial {outcome.number} failed: {outcome.error}  ({shown})"
+    if outcome.state == "interrupted":
+        return f"{who}trial {outcome.number} interrupted"
+    figure = f"{plan.section.metric} {format_value(outcome.value) if outcome.value is not None else '-'}"
+    head = f"{who}trial {outcome.number} {outcome.state} after {outcome.epochs} epochs: {figure}"
+    try:
+        best = study.best_trial
+        tail = f"  (best {format_value(best.value)}, trial {best.number})"  # type: ignore[arg-type]
+    except ValueError:
+        tail = ""
+    return f"{head}{tail}  {shown}  {outcome.seconds:.1f} s"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+# ============================================================================== workers
+
+
+def _worker_main(payload: dict[str, Any]) -> None:
+    """A spawned worker process: open the shared study and run trials until there are enough."""
+    import torch
+
+    worker = int(payload["worker"])
+    try:
+        torch.set_num_threads(int(payload["threads"]))
+        plan = _Plan.from_payload(payload)
+        with _quiet_optuna():
+            study = _open_study(plan, worker=worker, parallel=True)
+            interrupted = _work(
+                plan, study, deadline=payload["deadline"], progress=payload["progress"],
+                worker=worker,
+            )
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except TraincraftError as err:
+        print(f"error: worker {worker}: {err}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+    sys.exit(EXIT_INTERRUPTED if interrupted else 0)
+
+
+def _start_workers(
+    plan: _Plan, workers: int, *, deadline: float | None, progress: bool, threads: int
+) -> list[Any]:
+    import multiprocessing
+
+    # spawn, not fork: a forked copy of a process that already runs torch threads can hang.
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for worker in range(1, workers):
+        payload = {
+            **plan.payload(), "worker": worker, "deadline": deadline, "progress": progress,
+            "threads": threads,
+        }
+        process = context.Process(target=_worker_main, args=(payload,), name=f"tune-worker-{worker}")
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def _join_workers(processes: list[Any], *, interrupt: bool) -> list[str]:
+    """Wait for the workers (after passing Ctrl-C on to them when asked); what went wrong."""
+    import signal
+
+    if interrupt:
+        _signal_all(processes, signal.SIGINT)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        _signal_all(processes, signal.SIGINT)  # they stop after their current step
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+    problems = []
+    for i, process in enumerate(processes, start=1):
+        if process.exitcode not in (0, EXIT_INTERRUPTED):
+            problems.append(f"worker {i} ended with exit code {process.exitcode}")
+    return problems
+
+
+def _signal_all(processes: list[Any], signum: int) -> None:
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(count)`` for the block (None: leave it)."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines off while we report ourselves; its warnings stay."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    # Optuna marks some arguments and every matplotlib plot as experimental, once per call.
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+# ============================================================================== outputs
+
+
+def write_trials_csv(study: optuna.Study, path: str | Path, keys: Sequence[str] = ()) -> Path:
+    """``trials.csv``: number, state, value, best_epoch, epochs, seconds, one column per
+    searched key (the recipe values), error, run_dir."""
+    trials = study.get_trials(deepcopy=False)
+    seen = {k: None for t in trials for k in t.user_attrs.get("values", t.params)}
+    columns = [*keys, *sorted(k for k in seen if k not in keys)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["number", "state", "value", "best_epoch", "epochs", "seconds", *columns, "error", "run_dir"])
+    for t in trials:
+        attrs = t.user_attrs
+        values = attrs.get("values", t.params)
+        seconds = t.duration.total_seconds() if t.duration is not None else ""
+        writer.writerow([
+            t.number, _trial_label(t), "" if t.value is None else repr(float(t.value)),
+            attrs.get("best_epoch", ""), attrs.get("epochs", ""),
+            f"{seconds:.3f}" if seconds != "" else "",
+            *(_cell(values[k]) if k in values else "" for k in columns),
+            attrs.get("error", ""), attrs.get("run_dir", ""),
+        ])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def best_recipe(raw: Mapping[str, Any], values: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """The recipe with ``values`` filled in, as a plain dict to write into ``folder``.
+
+    A relative data file path is rewritten relative to ``folder``, so that the file still
+    points at the data from where it is written.
+    """
+    recipe = _copy(dict(raw))
+    base_dir = recipe.pop("_base_dir", None)
+    recipe.pop("tune", None)
+    for key, value in values.items():
+        set_value(recipe, key, value)
+    data = recipe.get("data")
+    if base_dir and isinstance(data, dict) and isinstance(data.get("dataset"), str):
+        source = Path(data["dataset"])
+        if not source.is_absolute() and (Path(base_dir) / source).is_file():
+            target = Path(base_dir) / source
+            try:
+                data["dataset"] = os.path.relpath(target, folder.resolve())
+            except ValueError:  # another drive
+                data["dataset"] = str(target)
+    return recipe
+
+
+def write_best_yaml(study: optuna.Study, raw: Mapping[str, Any], folder: Path) -> Path | None:
+    """``best.yaml``: the recipe with the best trial's values; None when no trial completed."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    values = best.user_attrs.get("values", best.params)
+    recipe = best_recipe(raw, values, folder)
+    metric = study.user_attrs.get("metric", "value")
+    header = (
+        f"# The best trial of study {study.study_name!r}: trial {best.number}, {metric} "
+        f"{format_value(best.value)}.\n"  # type: ignore[arg-type]
+        f"# Train it again with: traincraft fit {folder / 'best.yaml'}\n"
+    )
+    text = header + yaml.safe_dump(recipe, sort_keys=False)
+    return atomic_write_text(folder / "best.yaml", text)
+
+
+def write_plots(study: optuna.Study, folder: Path, keys: Sequence[str]) -> list[Path]:
+    """Optimisation history, parameter importances (with at least two searched keys and
+    enough complete trials) and parallel coordinates, as PNG files. A plot that cannot be
+    drawn is skipped with a line on stderr: the study matters more than its pictures."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    metric = str(study.user_attrs.get("metric", "value"))
+    params = [k for k in keys if any(k in t.params for t in complete)]
+    drawings: list[tuple[str, Any]] = [
+        ("history.png", lambda: plots.plot_optimization_history(study, target_name=metric))
+    ]
+    if len(params) >= 2 and len(complete) >= MIN_TRIALS_FOR_IMPORTANCES:
+        drawings.append(
+            ("importances.png", lambda: plots.plot_param_importances(study, params=params, target_name=metric))
+        )
+    if params:
+        drawings.append(
+            ("parallel_coordinates.png", lambda: plots.plot_parallel_coordinate(study, params=params, target_name=metric))
+        )
+    written = []
+    for name, draw in drawings:
+        try:
+            with _quiet_warnings():
+                axes = draw()
+            figure = getattr(axes, "figure", None) or axes.flat[0].figure
+            figure.savefig(folder / name, dpi=100, bbox_inches="tight")
+            plt.close(figure)
+            written.append(folder / name)
+        except Exception as err:  # noqa: BLE001
+            print(f"tune: could not draw {name}: {_one_line(err)}", file=sys.stderr)
+    return written
+
+
+def summarize(study: optuna.Study, study_dir: str | Path | None = None) -> str:
+    """A few lines: trials by state, the best trial and its values, where the files are.
+
+    Example:
+        >>> print(summarize(study, "runs/iris-tune"))
+        study 'iris': 20 trials (14 complete, 5 pruned, 1 failed)
+        best:  trial 7, val_loss 0.0712
+               optimizer.lr = 0.003102
+        files: runs/iris-tune (best.yaml: traincraft fit runs/iris-tune/best.yaml)
+    """
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for trial in trials:
+        label = _trial_label(trial)
+        counts[label] = counts.get(label, 0) + 1
+    order = ("complete", "pruned", "failed", "interrupted", "abandoned", "running", "waiting")
+    states = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+    lines = [f"study {study.study_name!r}: {len(trials)} trials" + (f" ({states})" if states else "")]
+    metric = study.user_attrs.get("metric", "value")
+    try:
+        best = study.best_trial
+    except ValueError:
+        lines.append("best:  no trial completed")
+    else:
+        lines.append(f"best:  trial {best.number}, {metric} {format_value(best.value)}")  # type: ignore[arg-type]
+        for key, value in best.user_attrs.get("values", best.params).items():
+            lines.append(f"       {key} = {_short(value)}")
+    if study_dir is not None:
+        folder = Path(study_dir)
+        best_file = folder / "best.yaml"
+        again = f" (best.yaml: traincraft fit {best_file})" if best_file.is_file() else ""
+        lines.append(f"files: {folder}{again}")
+    return "\n".join(lines)
+
+
+# ============================================================================== entry points
+
+
+@dataclass
+class _Result:
+    study: optuna.Study
+    interrupted: bool
+    summary: str
+    problems: list[str]
+
+
+def _as_raw(recipe: Any) -> dict[str, Any]:
+    """A recipe (path, template name, dict or Recipe) as a raw dict with its tune section."""
+    if isinstance(recipe, Recipe):
+        raw = recipe.model_dump(mode="json")
+        if getattr(recipe, "_base_dir", None):
+            raw["_base_dir"] = recipe._base_dir
+        return raw
+    raw, _ = read_raw(recipe)
+    return raw
+
+
+def _search(
+    recipe: Any, *, trials: int | None, workers: int, storage: Any, study: str | None,
+    study_dir: str | Path | None, progress: bool, plots: bool,
+) -> _Result:
+    raw = _as_raw(recipe)
+    section = read_section(raw)
+    raw.pop("tune")
+    base = validate(raw)
+    _check_counts(trials, workers)
+    dims = section.dimensions()
+    check_space(raw, dims)
+    _require_optuna()
+    import optuna
+
+    if workers > 1 and isinstance(storage, optuna.storages.BaseStorage):
+        raise TraincraftError(
+            "workers > 1 need a storage they can each open: give a file path or a database URL"
+        )
+    name = study or base.name
+    folder = Path(study_dir) if study_dir is not None else Path("runs") / f"{base.name}-tune"
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = _Plan(raw, section, name, folder, storage, trials or section.trials)
+    deadline = time.time() + section.timeout if section.timeout else None
+    threads = max(1, _cpus() // workers) if workers > 1 else None
+    with _quiet_optuna():
+        the_study = _open_study(plan, worker=0, parallel=workers > 1)
+        processes = _start_workers(plan, workers, deadline=deadline, progress=progress, threads=threads or 1)
+        try:
+            with _threads(threads):
+                interrupted = _work(plan, the_study, deadline=deadline, progress=progress, worker=0)
+        except BaseException:
+            _join_workers(processes, interrupt=True)
+            raise
+        problems = _join_workers(processes, interrupt=interrupted)
+    keys = list(dims)
+    write_trials_csv(the_study, folder / "trials.csv", keys)
+    write_best_yaml(the_study, raw, folder)
+    if plots:
+        write_plots(the_study, folder, keys)
+    summary = summarize(the_study, folder)
+    if interrupted:
+        summary += "\ninterrupted: running the same command again continues the study"
+    if problems:
+        summary += "\n" + "\n".join(problems)
+    return _Result(the_study, interrupted, summary, problems)
+
+
+def _check_counts(trials: int | None, workers: int) -> None:
+    for name, value in (("trials", trials), ("workers", workers)):
+        if value is None and name == "trials":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TraincraftError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _require_optuna() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise TraincraftError("tuning needs Optuna: pip install 'traincraft[tune]'")
+
+
+def tune(
+    recipe: str | Path | Mapping[str, Any] | Recipe,
+    *,
+    trials: int | None = None,
+    workers: int = 1,
+    storage: str | Path | Any = None,
+    study: str | None = None,
+    study_dir: str | Path | None = None,
+    progress: bool = False,
+    plots: bool = True,
+) -> optuna.Study:
+    """Search the recipe's ``tune.space`` with Optuna; every trial is an ordinary run.
+
+    Running again with the same study continues it until it holds ``trials`` trials (complete,
+    pruned or failed; trials cut short by Ctrl-C or a killed worker do not count). A trial that
+    fails is recorded with its error (user attribute ``error``) and the search goes on. Ctrl-C
+    stops after the current step of each worker; the study stays as it was.
+
+    Args:
+        recipe: a recipe file, a template name, a dict or a :class:`~traincraft.recipe.Recipe`,
+            with a ``tune:`` section.
+        trials: trials the study should hold in the end (default ``tune.trials``).
+        workers: processes running trials at once on this machine, sharing the study.
+        storage: None for a journal file in the study folder; a file path (journal); a database
+            URL (``postgresql://...``, ``mysql://...``) for workers on several machines; or an
+            Optuna storage object (one worker only).
+        study: the study's name (default: the recipe's ``name``).
+        study_dir: the study folder (default ``runs/<recipe name>-tune``).
+        progress: print a line per trial and a summary at the end (on stderr).
+        plots: write the PNG plots.
+
+    Returns:
+        The ``optuna.Study`` (``best_value``, ``best_params``, ``trials``, ...).
+
+    Raises:
+        RecipeError: a mistake in the tune section, or a space key that names nothing in the
+            recipe (before any trial runs).
+        MetricNotReported: the tuned metric is not among the reported figures.
+
+    Example:
+        >>> study = tune("recipe.yaml", trials=20, study_dir="runs/search")
+        >>> study.best_trial.user_attrs["values"]
+        {'optimizer.lr': 0.0031, 'model.dropout': 0.12}
+    """
+    result = _search(
+        recipe, trials=trials, workers=workers, storage=storage, study=study,
+        study_dir=study_dir, progress=progress, plots=plots,
+    )
+    if progress:
+        print(result.summary, file=sys.stderr, flush=True)
+    return result.study
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    """``traincraft tune RECIPE [key=value ...] [--trials N] [--workers K] [--storage URL]
+    [--study NAME] [--study-dir DIR] [--no-progress] [--debug]``.
+
+    Returns the exit code: 0 done, 2 with ``error: ...`` on stderr for a mistake (``--debug``
+    shows the traceback instead), 130 when interrupted.
+    """
+    args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _tune_command(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TraincraftError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="traincraft tune",
+        description="search a recipe's tune.space with Optuna; each trial is an ordinary run",
+        epilog=(
+            "examples:\n  traincraft tune recipe.yaml --trials 40\n"
+            "  traincraft tune recipe.yaml --workers 2            # two processes, one study\n"
+            "  traincraft tune recipe.yaml --storage postgresql://user@host/db --study search1"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("recipe", metavar="RECIPE", help="a recipe file or template name with a tune section")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML")
+    parser.add_argument("--trials", type=int, help="trials the study should hold (default tune.trials)")
+    parser.add_argument("--workers", type=int, default=1, help="processes running trials at once")
+    parser.add_argument("--storage", metavar="URL", help="journal file path or database URL (default: a journal file in the study folder)")
+    parser.add_argument("--study", metavar="NAME", help="study name (default: the recipe's name)")
+    parser.add_argument("--study-dir", metavar="DIR", help="study folder (default runs/<name>-tune)")
+    parser.add_argument("--no-progress", action="store_true", help="no line per trial")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return parser
+
+
+def _tune_command(args: argparse.Namespace) -> int:
+    raw, _ = read_raw(args.recipe)
+    for override in args.overrides:
+        if "=" not in override:
+            raise TraincraftError(f"expected key.path=value after the recipe, got {override!r}")
+        apply_override(raw, override)
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no window, no display needed
+    result = _search(
+        raw, trials=args.trials, workers=args.workers, storage=args.storage, study=args.study,
+        study_dir=args.study_dir, progress=not args.no_progress, plots=True,
+    )
+    print(result.summary, file=sys.stderr)
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+class _CallableModule(types.ModuleType):
+    """``traincraft.tune`` is both this module and its main function: once the module has been
+    imported, ``import traincraft as tc; tc.tune`` is the module, so calling it runs
+    :func:`tune`."""
+
+    def __call__(
+        self, recipe: str | Path | Mapping[str, Any] | Recipe, **kwargs: Any
+    ) -> optuna.Study:
+        return tune(recipe, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+
+if __name__ == "__main__":
+    from traincraft.tune import tune_main as _main  # the importable module, for spawned workers
+
+    sys.exit(_main())
