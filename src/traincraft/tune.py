@@ -37,6 +37,7 @@ import time
 import types
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,12 +346,12 @@ def build_pruner(spec: str | Mapping[str, Any], *, max_epochs: int | None = None
 
 # ============================================================================== the tune: section
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(d|h|m|min|s|sec)?", re.IGNORECASE)
-_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0, None: 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|min|sec|d|h|m|s)?", re.IGNORECASE)
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0, "ms": 1e-3}
 
 
 def parse_duration(value: str | float | int) -> float:
-    """Seconds in ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"`` or ``"1h30m"``.
+    """Seconds in ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"500ms"`` or ``"1h30m"``.
 
     Example:
         >>> parse_duration("1h30m"), parse_duration(45)
@@ -565,8 +566,9 @@ def check_space(raw: Mapping[str, Any], dimensions: Mapping[str, Dimension]) -> 
             except RecipeError as err:
                 raise RecipeError(f"tune.space {key!r} = {value!r}: {err}") from None
     base = {key: dim.probes()[0] for key, dim in dimensions.items()}
+    built: list[weakref.ref[Any]] = []
     try:
-        info = _build_check(recipe_with(raw, base))
+        info = _build_check(recipe_with(raw, base), None, built)
     except TraincraftError as err:
         shown = ", ".join(f"{k}={v!r}" for k, v in base.items())
         raise TraincraftError(f"tune.space: the recipe with {shown} does not build: {err}") from None
@@ -575,12 +577,15 @@ def check_space(raw: Mapping[str, Any], dimensions: Mapping[str, Dimension]) -> 
             continue  # a new data set per value would cost a load each; validated above
         for value in dim.probes()[1:]:
             try:
-                _build_check(recipe_with(raw, {**base, key: value}), info)
+                _build_check(recipe_with(raw, {**base, key: value}), info, built)
             except TraincraftError as err:
                 raise TraincraftError(f"tune.space {key!r} = {value!r}: {err}") from None
+    _release(built)
 
 
-def _build_check(recipe: Recipe, info: dict[str, Any] | None = None) -> dict[str, Any]:
+def _build_check(
+    recipe: Recipe, info: dict[str, Any] | None, built: list[weakref.ref[Any]]
+) -> dict[str, Any]:
     """Build what a trial builds (data only when ``info`` is None), then drop it."""
     from traincraft import schedules
     from traincraft.run import build_model, data_info, prepare_data, trainer_kwargs
@@ -590,6 +595,7 @@ def _build_check(recipe: Recipe, info: dict[str, Any] | None = None) -> dict[str
         if info is None:
             info = data_info(prepare_data(recipe))
         model = build_model(recipe, info)
+        built.append(weakref.ref(model))
         trainer = Trainer(model, **trainer_kwargs(recipe), progress=False)
         if recipe.schedule is not None:
             per_epoch = _steps_per_epoch(recipe, info)
@@ -601,10 +607,16 @@ def _build_check(recipe: Recipe, info: dict[str, Any] | None = None) -> dict[str
         raise
     except Exception as err:  # noqa: BLE001 - a user's class raising for a value is a space mistake
         raise TraincraftError(f"{type(err).__name__}: {err}") from err
-    finally:
-        model = trainer = None  # noqa: F841 - released before the study starts
-        gc.collect()
     return info
+
+
+def _release(built: list[weakref.ref[Any]]) -> None:
+    """Make sure what a trial (or a check) built is gone. Reference counting frees it as soon
+    as the last name goes; a full collection, which costs a good fraction of a second in a
+    process that has imported torch and Optuna, runs only when a cycle still holds it."""
+    if any(ref() is not None for ref in built):
+        gc.collect()
+    built.clear()
 
 
 def _steps_per_epoch(recipe: Recipe, info: Mapping[str, Any]) -> int:
@@ -620,18 +632,24 @@ class MetricNotReported(TraincraftError):
 
 
 class _Reporter(Callback):
-    """Reports the tuned figure to the trial after every epoch and stops a pruned trial."""
+    """Reports the tuned figure to the trial after every epoch and stops a pruned trial (and
+    a trial whose worker was asked to stop before it began, or lost its parent process)."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, mode: str):
+    def __init__(self, trial: optuna.Trial, metric: str, mode: str, stop: _Stop):
         self.trial = trial
         self.monitor = Monitor(metric, mode)
+        self.stop = stop
         self.best_epoch: int | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.monitor.reset()
         self.best_epoch = None
+        if self.stop.requested:
+            trainer.state.request_stop("interrupted")
 
     def on_validation_end(self, trainer: Trainer) -> None:
+        if self.stop.parent_gone():
+            trainer.state.request_stop("interrupted")
         try:
             value = self.monitor.value_from(trainer.state.metrics)
         except TraincraftError as err:
@@ -669,11 +687,15 @@ class _Outcome:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-def _fit_trial(plan: _Plan, values: dict[str, Any], run_dir: Path, reporter: _Reporter) -> _Fitted:
+def _fit_trial(
+    plan: _Plan, values: dict[str, Any], run_dir: Path, reporter: _Reporter,
+    built: list[weakref.ref[Any]],
+) -> _Fitted:
     from traincraft.trainer import Trainer
 
     recipe = recipe_with(plan.trial_raw, values)
     trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=False, callbacks=[reporter])
+    built.extend([weakref.ref(trainer), weakref.ref(trainer.model), weakref.ref(trainer.optimizer)])
     trainer.fit()
     value, best_epoch = reporter.best, reporter.best_epoch
     stop = recipe.early_stopping
@@ -686,7 +708,7 @@ def _fit_trial(plan: _Plan, values: dict[str, Any], run_dir: Path, reporter: _Re
     return fitted
 
 
-def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial) -> _Outcome:
+def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial, stop: _Stop) -> _Outcome:
     """Fit one trial and tell the study how it ended. The model, optimizer and data are
     released before this returns, whatever happened."""
     from optuna.trial import TrialState
@@ -697,8 +719,10 @@ def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial) -> _Outcom
     trial.set_user_attr("values", values)
     trial.set_user_attr("run_dir", str(run_dir))
     outcome = _Outcome(trial.number, "failed", values=values)
+    reporter = _Reporter(trial, plan.section.metric, plan.mode, stop)
+    built: list[weakref.ref[Any]] = []
     try:
-        fitted = _fit_trial(plan, values, run_dir, _Reporter(trial, plan.section.metric, plan.mode))
+        fitted = _fit_trial(plan, values, run_dir, reporter, built)
     except KeyboardInterrupt:
         fitted = _Fitted("interrupted", 0, None, None)
     except MetricNotReported as err:
@@ -708,8 +732,7 @@ def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial) -> _Outcom
     except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the study goes on
         outcome.error = _one_line(err)
         fitted = None
-    finally:
-        gc.collect()
+    _release(built)  # after the except clause: its traceback held the trial's frames
     outcome.seconds = time.perf_counter() - started
     if fitted is None:
         trial.set_user_attr("error", outcome.error)
@@ -717,7 +740,7 @@ def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial) -> _Outcom
         return outcome
     outcome.epochs = fitted.epochs
     trial.set_user_attr("epochs", fitted.epochs)
-    if fitted.reason == "interrupted":
+    if fitted.reason in ("interrupted", "terminated"):
         # Not counted among the done trials: running again makes it up.
         trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
@@ -813,8 +836,10 @@ def _storage(spec: Any, study_dir: Path) -> Any:
         return str(spec)
     path = Path(spec) if spec is not None else study_dir / JOURNAL_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(path))
-    return optuna.storages.JournalStorage(backend)
+    journal = optuna.storages.journal
+    # Optuna's default lock is a symbolic link, which Windows allows only to administrators.
+    lock = journal.JournalFileOpenLock(str(path)) if os.name == "nt" else None
+    return optuna.storages.JournalStorage(journal.JournalFileBackend(str(path), lock_obj=lock))
 
 
 def _open_study(plan: _Plan, *, worker: int, parallel: bool) -> optuna.Study:
@@ -932,11 +957,59 @@ def _study_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class _Stop:
+    """Ctrl-C and SIGTERM while a worker is between trials.
+
+    During a trial the trainer's own handler is in charge (stop after this step; a second
+    Ctrl-C aborts). Between trials a first signal only marks the worker as stopping, so that no
+    new trial starts and one being set up ends at once; a second one aborts. A spawned worker
+    also stops when its parent process has gone.
+    """
+
+    def __init__(self, watch_parent: bool = False):
+        self.requested = False
+        self.watch_parent = watch_parent
+
+    def parent_gone(self) -> bool:
+        if not self.watch_parent:
+            return False
+        import multiprocessing
+
+        parent = multiprocessing.parent_process()
+        gone = parent is not None and not parent.is_alive()
+        if gone:
+            self.requested = True
+        return gone
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[_Stop]:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals reach the main thread only
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
 def _work(
-    plan: _Plan, study: optuna.Study, *, deadline: float | None, progress: bool, worker: int
+    plan: _Plan, study: optuna.Study, stop: _Stop, *, deadline: float | None, progress: bool,
+    worker: int,
 ) -> bool:
     """Run trials until the study holds ``plan.trials`` of them or time is up. Returns True
-    when interrupted (Ctrl-C)."""
+    when interrupted (Ctrl-C, SIGTERM, or a spawned worker's parent gone)."""
     from optuna.trial import TrialState
 
     distributions = {key: dim.distribution() for key, dim in plan.dims.items()}
@@ -947,6 +1020,8 @@ def _work(
     _LIVE_TOKENS.add(token)
     try:
         while True:
+            if stop.requested or stop.parent_gone():
+                return True
             # Like Optuna's own timeout: checked between trials, so each worker runs at least one.
             if started_one and deadline is not None and time.time() >= deadline:
                 return False
@@ -960,7 +1035,7 @@ def _work(
                 trial = study.ask(distributions)
                 trial.set_user_attr("worker", me)
             started_one = True
-            outcome = _run_trial(plan, study, trial)
+            outcome = _run_trial(plan, study, trial, stop)
             if progress:
                 print(_trial_line(study, plan, outcome, worker), file=sys.stderr, flush=True)
             if outcome.state == "interrupted":
@@ -979,7 +1054,8 @@ def _trial_line(study: optuna.Study, plan: _Plan, outcome: _Outcome, worker: int
     if outcome.state == "interrupted":
         return f"{who}trial {outcome.number} interrupted"
     figure = f"{plan.section.metric} {format_value(outcome.value) if outcome.value is not None else '-'}"
-    head = f"{who}trial {outcome.number} {outcome.state} after {outcome.epochs} epochs: {figure}"
+    epochs = f"{outcome.epochs} epoch{'' if outcome.epochs == 1 else 's'}"
+    head = f"{who}trial {outcome.number} {outcome.state} after {epochs}: {figure}"
     try:
         best = study.best_trial
         tail = f"  (best {format_value(best.value)}, trial {best.number})"  # type: ignore[arg-type]
@@ -1002,13 +1078,17 @@ def _worker_main(payload: dict[str, Any]) -> None:
     import torch
 
     worker = int(payload["worker"])
+    if hasattr(os, "setpgid"):
+        # Out of the terminal's process group: Ctrl-C reaches the parent alone, which passes it
+        # on once, so that one press stops each worker after its current step, not twice.
+        os.setpgid(0, 0)
     try:
         torch.set_num_threads(int(payload["threads"]))
         plan = _Plan.from_payload(payload)
-        with _quiet_optuna():
+        with _quiet_optuna(), _Stop(watch_parent=True).handling() as stop:
             study = _open_study(plan, worker=worker, parallel=True)
             interrupted = _work(
-                plan, study, deadline=payload["deadline"], progress=payload["progress"],
+                plan, study, stop, deadline=payload["deadline"], progress=payload["progress"],
                 worker=worker,
             )
     except KeyboardInterrupt:
@@ -1038,19 +1118,22 @@ def _start_workers(
     return processes
 
 
-def _join_workers(processes: list[Any], *, interrupt: bool) -> list[str]:
-    """Wait for the workers (after passing Ctrl-C on to them when asked); what went wrong."""
+def _join_workers(processes: list[Any], stop: _Stop) -> list[str]:
+    """Wait for the workers, passing Ctrl-C on to them (once per press); what went wrong."""
     import signal
+    from multiprocessing.connection import wait
 
-    if interrupt:
-        _signal_all(processes, signal.SIGINT)
+    passed_on = False
     try:
+        while any(process.is_alive() for process in processes):
+            if stop.requested and not passed_on:
+                _signal_all(processes, signal.SIGINT)  # they stop after their current step
+                passed_on = True
+            wait([process.sentinel for process in processes], timeout=0.2)
+    except KeyboardInterrupt:  # a second press: they abort their trials at once
+        _signal_all(processes, signal.SIGINT)
         for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        _signal_all(processes, signal.SIGINT)  # they stop after their current step
-        for process in processes:
-            process.join(timeout=60)
+            process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
                 process.join()
@@ -1208,14 +1291,16 @@ def write_plots(study: optuna.Study, folder: Path, keys: Sequence[str]) -> list[
         drawings.append(
             ("importances.png", lambda: plots.plot_param_importances(study, params=params, target_name=metric))
         )
-    if params:
+    if params and len(complete) >= 2:  # one line has no spread to show
         drawings.append(
             ("parallel_coordinates.png", lambda: plots.plot_parallel_coordinate(study, params=params, target_name=metric))
         )
     written = []
     for name, draw in drawings:
         try:
-            with _quiet_warnings():
+            with warnings.catch_warnings():
+                # Experimental-API notices, and matplotlib's about axes of a single value.
+                warnings.simplefilter("ignore")
                 axes = draw()
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
             figure.savefig(folder / name, dpi=100, bbox_inches="tight")
@@ -1307,16 +1392,19 @@ def _search(
     plan = _Plan(raw, section, name, folder, storage, trials or section.trials)
     deadline = time.time() + section.timeout if section.timeout else None
     threads = max(1, _cpus() // workers) if workers > 1 else None
-    with _quiet_optuna():
+    with _quiet_optuna(), _Stop().handling() as stop:
         the_study = _open_study(plan, worker=0, parallel=workers > 1)
         processes = _start_workers(plan, workers, deadline=deadline, progress=progress, threads=threads or 1)
         try:
             with _threads(threads):
-                interrupted = _work(plan, the_study, deadline=deadline, progress=progress, worker=0)
+                interrupted = _work(plan, the_study, stop, deadline=deadline, progress=progress, worker=0)
         except BaseException:
-            _join_workers(processes, interrupt=True)
+            stop.requested = True
+            _join_workers(processes, stop)
             raise
-        problems = _join_workers(processes, interrupt=interrupted)
+        # The trainer's handler took a Ctrl-C during the trial: the workers get it from here.
+        stop.requested = stop.requested or interrupted
+        problems = _join_workers(processes, stop)
     keys = list(dims)
     write_trials_csv(the_study, folder / "trials.csv", keys)
     write_best_yaml(the_study, raw, folder)

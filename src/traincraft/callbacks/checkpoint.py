@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor
-from traincraft.checkpoint import save_checkpoint, save_weights
+from traincraft.checkpoint import CheckpointWriter, save_weights
 from traincraft.errors import TraincraftError
 from traincraft.files import atomic_write_text
 
@@ -77,6 +77,7 @@ class Checkpoint(Callback):
         self.top: list[tuple[float, str]] = []  # (value, file), best first
         self.best_epoch: int | None = None
         self._loaded = False
+        self.writer = CheckpointWriter()
 
     @property
     def directory(self) -> Path:
@@ -104,31 +105,45 @@ class Checkpoint(Callback):
         state = trainer.state
         ranked = self.save_top_k > 0 and value is not None and math.isfinite(value)
         if state.epoch % self.every_n_epochs == 0 or state.should_stop or ranked:
-            self.save(trainer)
-            if ranked:
-                self._keep_top(value, state.epoch)  # type: ignore[arg-type]
+            epoch = state.epoch
+            then = (lambda: self._keep_top(value, epoch)) if ranked else None  # type: ignore[arg-type]
+            self.save(trainer, then=then)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         # Before early stopping puts the best weights back: the resume file holds the live state.
         if trainer.state.stop_reason in STOPPED_BY_SIGNAL:
             path = self.save(trainer)
+            self.writer.wait()
             trainer.log(f"Saved {path}; resume with: traincraft resume {self.folder}")
+        self.writer.wait()
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, trainer: Trainer) -> Path:
-        """Write ``last.ckpt`` (atomically) and keep a hard link under the step's name."""
+    def save(self, trainer: Trainer, then: Any = None) -> Path:
+        """Write ``last.ckpt`` (atomically, in the background) and keep a hard link under the
+        step's name once it is written."""
+        last = self.directory / "last.ckpt"
         if not trainer.is_main_process:
-            return self.directory / "last.ckpt"
-        last = save_checkpoint(trainer.state_dict(), self.directory / "last.ckpt")
+            return last
+        self.writer.wait()  # the previous write's bookkeeping is part of this state
         named = self.directory / f"step-{trainer.state.step:08d}.ckpt"
-        if self.keep_last > 1 or self.save_top_k:
-            _link(last, named)
+        keep = self.keep_last > 1 or self.save_top_k > 0
+        if keep:
             if named.name in self.kept:
                 self.kept.remove(named.name)
             self.kept.append(named.name)
-            self._retain()
-        return named if named.exists() else last
+            dropped, self.kept = self.kept[: -self.keep_last], self.kept[-self.keep_last :]
+
+        def after_write() -> None:
+            if keep:
+                _link(last, named)
+                for name in dropped:  # last.ckpt is the newest of keep_last
+                    (self.directory / name).unlink(missing_ok=True)
+            if then is not None:
+                then()
+
+        self.writer.submit(trainer.state_dict(), last, then=after_write)
+        return named if keep else last
 
     def _track_best(self, trainer: Trainer) -> float | None:
         """The monitored value (None when not reported); on improvement, write the best weights."""
@@ -160,11 +175,6 @@ class Checkpoint(Callback):
         for _, name in self.top[self.save_top_k :]:
             (self.directory / name).unlink(missing_ok=True)
         self.top = self.top[: self.save_top_k]
-
-    def _retain(self) -> None:
-        # last.ckpt counts as one of keep_last; the newest named link is the same file.
-        while len(self.kept) > self.keep_last:
-            (self.directory / self.kept.pop(0)).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ state
 

@@ -18,6 +18,7 @@ import torch
 
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor, format_value
+from traincraft.checkpoint import stage
 from traincraft.errors import TraincraftError
 
 if TYPE_CHECKING:
@@ -220,9 +221,7 @@ class EarlyStopping(Callback):
     def _take_snapshot(self, model: torch.nn.Module) -> None:
         # Drop the old copy first so that the host never holds two snapshots at once.
         self._snapshot = None
-        self._snapshot = {
-            key: tensor.detach().to("cpu", copy=True) for key, tensor in model.state_dict().items()
-        }
+        self._snapshot = stage(model.state_dict())  # detached CPU copies, never aliases
 
     def _threshold_reason(self, value: float) -> str | None:
         # "Reaching" a target includes equality; "going past" a divergence limit does not.

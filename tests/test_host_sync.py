@@ -1,0 +1,217 @@
+"""No host sync per step: ``Trainer.fit`` reads tensor values per epoch and per progress refresh.
+
+Every way Python code can pull a tensor's value to the host is counted while ``fit`` runs:
+``Tensor.item``, ``.cpu``, ``.tolist``, ``.numpy`` and the conversions ``float()``, ``int()``,
+``bool()`` and ``operator.index()`` (``__float__``, ``__int__``, ``__bool__``, ``__index__``).
+``.to("cpu")`` is left out: on the CPU every batch goes through ``.to(device)`` without reading
+anything, and a real device-to-host copy by ``.to`` is only done per epoch (the best-weights
+snapshot) or per checkpoint.
+
+The progress bar writes to a stream that says it is a terminal, so tqdm really renders, and its
+clock is replaced by one that ticks with the optimizer steps, so each epoch has exactly
+``REFRESHES_PER_EPOCH`` refreshes whatever the machine's speed.
+
+The budget, derived from what the loop must read:
+
+* per epoch, for training and for validation: the loss sum (one ``float``) and, per metric, its
+  accumulators copied to the host (one ``cpu`` each) plus the reads of ``finalize`` (``mae``: two
+  accumulators, then ``float(total)`` and ``int(count)`` twice): 2 × (1 + 5) = 12 reads with one
+  metric. ``PER_EPOCH`` allows 16.
+* per progress refresh: the running loss (one ``float``). ``PER_REFRESH`` allows 2.
+* per fit: nothing is read at the start or the end today. ``PER_FIT`` allows 8.
+
+With 200 steps per epoch, one extra read per step is 200 reads per epoch: far past the budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import traincraft.callbacks.progress as progress_module
+from traincraft import EarlyStopping, Trainer
+
+READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+EPOCHS = 3
+REFRESHES_PER_EPOCH = 4
+PER_EPOCH, PER_REFRESH, PER_FIT = 16, 2, 8
+
+
+@contextlib.contextmanager
+def counting_reads() -> Iterator[collections.Counter[str]]:
+    """Count calls of the methods in ``READS`` on any tensor, for the duration of the block."""
+    counts: collections.Counter[str] = collections.Counter()
+    patched = []
+
+    def counted(name: str, original: Any) -> Any:
+        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    try:
+        for name in READS:
+            own = name in vars(torch.Tensor)  # else inherited from the C base class
+            patched.append((name, own, getattr(torch.Tensor, name)))
+            setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+        yield counts
+    finally:
+        for name, own, original in reversed(patched):
+            if own:
+                setattr(torch.Tensor, name, original)
+            else:
+                delattr(torch.Tensor, name)
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal, so the progress bar renders into it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@dataclass
+class Run:
+    reads: collections.Counter[str]
+    refreshes: int
+    steps: int
+    output: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.reads.values())
+
+
+def budget(epochs: int, refreshes: int) -> int:
+    return PER_EPOCH * epochs + PER_REFRESH * refreshes + PER_FIT
+
+
+def regression(steps: int, batch_size: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(steps * batch_size, 8, generator=g)
+    xv = torch.randn(5 * batch_size, 8, generator=g)
+    return (x, x.sum(1, keepdim=True)), (xv, xv.sum(1, keepdim=True))
+
+
+def classification(steps: int, batch_size: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(steps * batch_size, 8, generator=g)
+    xv = torch.randn(5 * batch_size, 8, generator=g)
+    return (x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()), (xv, (xv[:, 0] > 0).long())
+
+
+def fit_counting(
+    monkeypatch: pytest.MonkeyPatch, steps: int, *, task: str = "regression", loss: Any = "mse",
+    run_dir: Path | None = None, refreshes_per_epoch: int = REFRESHES_PER_EPOCH, **kwargs: Any,
+) -> Run:
+    """Fit ``EPOCHS`` epochs of ``steps`` optimizer steps with the defaults on, counting reads.
+
+    The progress clock moves every ``steps // refreshes_per_epoch`` optimizer steps, by more
+    than the refresh interval (0: it never moves, so the bar never refreshes mid-epoch).
+    """
+    batch_size, accumulate = 16, kwargs.get("accumulate", 1)
+    make = regression if task == "regression" else classification
+    train, val = make(steps * accumulate, batch_size)
+    torch.manual_seed(0)
+    outputs = 1 if task == "regression" else 3
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, outputs))
+    metrics = ["mae"] if task == "regression" else ["accuracy", "f1_macro"]
+    trainer = Trainer(
+        model, loss=loss, metrics=metrics, max_epochs=EPOCHS, batch_size=batch_size,
+        callbacks=[EarlyStopping(patience=EPOCHS)], seed=0, device="cpu", run_dir=run_dir,
+        **kwargs,
+    )
+    tick = steps // refreshes_per_epoch if refreshes_per_epoch else 0
+    clock = types.SimpleNamespace(
+        monotonic=lambda: float(trainer.state.step // tick) if tick else 0.0
+    )
+    monkeypatch.setattr(progress_module, "time", clock)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    refreshes = 0
+    running_figures = trainer.running_figures
+
+    def counted_figures() -> dict[str, float]:
+        nonlocal refreshes
+        refreshes += 1
+        return running_figures()
+
+    monkeypatch.setattr(trainer, "running_figures", counted_figures)
+    with counting_reads() as reads:
+        trainer.fit(train, val=val)
+    return Run(collections.Counter(reads), refreshes, trainer.state.step, terminal.getvalue())
+
+
+def test_reads_are_bounded_per_epoch_and_per_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = fit_counting(monkeypatch, steps=200)
+    assert run.steps == 200 * EPOCHS
+    assert run.refreshes == REFRESHES_PER_EPOCH * EPOCHS
+    # The bar really rendered, on a terminal: carriage returns, the last epoch, the figures.
+    assert "\r" in run.output and "Epoch 3/3" in run.output and "train_loss" in run.output
+    assert run.total <= budget(EPOCHS, run.refreshes), dict(run.reads)
+    assert run.reads["item"] == 0 and run.reads["tolist"] == 0, dict(run.reads)
+
+
+def test_each_refresh_reads_a_bounded_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    still = fit_counting(monkeypatch, steps=100, refreshes_per_epoch=0)
+    moving = fit_counting(monkeypatch, steps=100)
+    assert still.refreshes == 0 and moving.refreshes == REFRESHES_PER_EPOCH * EPOCHS
+    assert still.total <= PER_EPOCH * EPOCHS + PER_FIT, dict(still.reads)
+    # A refresh shows the running loss: it reads the device, but only a fixed amount.
+    assert 0 < moving.total - still.total <= PER_REFRESH * moving.refreshes
+
+
+CLASSIFICATION = {
+    "task": "classification", "loss": "cross_entropy", "clip_grad_norm": 1.0, "accumulate": 2,
+    "schedule": {"name": "cosine", "warmup": "10%"},
+}
+
+
+@pytest.mark.parametrize(
+    ("settings", "run_folder"),
+    [
+        pytest.param({}, False, id="regression"),
+        pytest.param(CLASSIFICATION, False, id="classification-clip-accumulate-schedule"),
+        pytest.param({}, True, id="run-folder"),
+    ],
+)
+def test_reads_do_not_grow_with_steps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: dict[str, Any], run_folder: bool
+) -> None:
+    short, long = (
+        fit_counting(
+            monkeypatch, steps, run_dir=tmp_path / f"run{steps}" if run_folder else None,
+            **settings,
+        )
+        for steps in (40, 80)
+    )
+    assert long.steps == 2 * short.steps
+    assert short.refreshes == long.refreshes == REFRESHES_PER_EPOCH * EPOCHS
+    assert long.reads == short.reads  # twice the steps, not one read more
+
+
+def loss_reading_every_batch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    loss = nn.functional.mse_loss(pred, target)
+    loss.item()  # the classic `running_loss += loss.item()`
+    return loss
+
+
+def test_one_read_per_step_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The harness itself: a single .item() per batch must break both checks above.
+    short = fit_counting(monkeypatch, steps=40, loss=loss_reading_every_batch)
+    long = fit_counting(monkeypatch, steps=200, loss=loss_reading_every_batch)
+    assert long.reads["item"] >= long.steps
+    assert long.total > budget(EPOCHS, long.refreshes)
+    assert long.reads != short.reads
