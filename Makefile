@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= datasets,dev
+EXTRAS ?= datasets,tune,dev
 
 .PHONY: setup demo test bench lint clean
 

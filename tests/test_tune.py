@@ -1,4 +1,4 @@
-"""Hyperparameter search: the tune section, space checks, pruning, workers, continuation, outputs."""
+"""Hyperparameter search: tune section, space checks, pruning, workers, continuation, outputs."""
 
 import copy
 import csv
@@ -24,7 +24,7 @@ from traincraft.cli import main as cli_main  # noqa: E402
 from traincraft.errors import TraincraftError  # noqa: E402
 from traincraft.recipe import RecipeError, load_recipe  # noqa: E402
 from traincraft.trainer import Trainer  # noqa: E402
-from traincraft.tune import (  # noqa: E402
+from traincraft.tuning import (  # noqa: E402
     Dimension,
     MetricNotReported,
     TuneSection,
@@ -60,7 +60,7 @@ def metric_column(run_dir, column="val_loss"):
 
 
 def labels(study):
-    from traincraft.tune import _trial_label
+    from traincraft.tuning import _trial_label
 
     return [_trial_label(t) for t in study.trials]
 
@@ -146,7 +146,9 @@ def test_a_small_search_beats_a_deliberately_bad_learning_rate(tmp_path):
 
 
 def test_direction_is_inferred_from_the_metric_and_the_value_is_the_best_epoch(tmp_path):
-    raw = recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=2, metric="val_accuracy")
+    raw = recipe(
+        {"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=2, metric="val_accuracy"
+    )
     study = tune(raw, study_dir=tmp_path, plots=False)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     for trial in study.trials:
@@ -158,7 +160,10 @@ def test_the_median_pruner_stops_trials_with_an_awful_learning_rate(tmp_path):
     base = copy.deepcopy(BASE)
     base["train"]["max_epochs"] = 4
     raw = recipe(
-        {"optimizer.lr": {"choice": [awful, good]}}, base=base, trials=8, seed=4,
+        {"optimizer.lr": {"choice": [awful, good]}},
+        base=base,
+        trials=8,
+        seed=4,
         pruner={"name": "median", "n_startup_trials": 1},
     )
     study = tune(raw, study_dir=tmp_path, plots=False)
@@ -190,7 +195,9 @@ def test_two_workers_together_finish_exactly_the_requested_trials(tmp_path, monk
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
     pids = {t.user_attrs["worker"].split(":")[1] for t in study.trials}
     assert len(pids) == 2 and str(os.getpid()) in pids
-    assert sorted(p.name for p in (tmp_path / "study").glob("trial-*")) == [f"trial-{i}" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "study").glob("trial-*")) == [
+        f"trial-{i}" for i in range(5)
+    ]
 
 
 def test_running_again_continues_the_study_up_to_the_requested_trials(tmp_path):
@@ -225,8 +232,12 @@ def test_best_yaml_reproduces_the_best_trial_on_cpu(tmp_path):
     base = copy.deepcopy(BASE)
     base["early_stopping"] = {"patience": 2}
     raw = recipe(
-        {"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}, "model.hidden_sizes": {"choice": [[8], [16, 16]]}},
-        base=base, trials=3,
+        {
+            "optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]},
+            "model.hidden_sizes": {"choice": [[8], [16, 16]]},
+        },
+        base=base,
+        trials=3,
     )
     study = tune(raw, study_dir=tmp_path / "study", plots=False)
     best_file = tmp_path / "study" / "best.yaml"
@@ -241,16 +252,24 @@ def test_best_yaml_reproduces_the_best_trial_on_cpu(tmp_path):
     assert again == pytest.approx(study.best_value, abs=1e-9, rel=0)
 
 
-# ----------------------------------------------------------------------------- mistakes and failures
+# ------------------------------------------------------------------------- mistakes and failures
 
 
 @pytest.mark.parametrize(
     ("key", "spec", "expected"),
     [
         ("optimizer.lrr", {"choice": [0.01]}, "no argument 'lrr' (did you mean 'lr'"),
-        ("data.batchsize", {"choice": [8]}, "data has no key 'batchsize' (did you mean 'batch_size'"),
+        (
+            "data.batchsize",
+            {"choice": [8]},
+            "data has no key 'batchsize' (did you mean 'batch_size'",
+        ),
         ("model.hiden_sizes", {"choice": [[8]]}, "unknown argument 'hiden_sizes'"),
-        ("trian.max_epochs", {"int": [1, 3]}, "the recipe has no key 'trian' (did you mean 'train'"),
+        (
+            "trian.max_epochs",
+            {"int": [1, 3]},
+            "the recipe has no key 'trian' (did you mean 'train'",
+        ),
         ("train.max_epochs.x", {"int": [1, 3]}, "train.max_epochs is 3, not a section"),
         ("tune.trials", {"int": [1, 3]}, "the tune section itself cannot be searched"),
         ("data.batch_size", {"choice": [16, 0]}, "tune.space 'data.batch_size' = 0"),
@@ -286,7 +305,9 @@ def test_a_metric_that_is_never_reported_stops_the_search(tmp_path):
     raw = recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=3, metric="val_f1")
     with pytest.raises(MetricNotReported, match="'val_f1' is not among the reported figures"):
         tune(raw, study_dir=tmp_path, plots=False)
-    study = optuna.load_study(study_name="iris-tune-test", storage=_journal(tmp_path / "study.journal"))
+    study = optuna.load_study(
+        study_name="iris-tune-test", storage=_journal(tmp_path / "study.journal")
+    )
     assert len(study.trials) == 1 and study.trials[0].state.name == "FAIL"
 
 
@@ -294,25 +315,37 @@ def test_ctrl_c_stops_cleanly_and_running_again_makes_up_the_trial(tmp_path, cap
     base = copy.deepcopy(BASE)
     base["model"] = {"name": f"{MODULE}:Interrupting"}
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, base=base, trials=2)))
+    path.write_text(
+        yaml.safe_dump(
+            recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, base=base, trials=2)
+        )
+    )
     INTERRUPT["armed"] = True
     try:
         code = tune_main([str(path), "--study-dir", str(tmp_path / "study"), "--no-progress"])
     finally:
         INTERRUPT["armed"] = False
     assert code == 130
-    assert "interrupted: running the same command again continues the study" in capsys.readouterr().err
+    assert (
+        "interrupted: running the same command again continues the study" in capsys.readouterr().err
+    )
 
-    study = optuna.load_study(study_name="iris-tune-test", storage=_journal(tmp_path / "study" / "study.journal"))
+    study = optuna.load_study(
+        study_name="iris-tune-test", storage=_journal(tmp_path / "study" / "study.journal")
+    )
     assert labels(study) == ["interrupted"]
     assert tune_main([str(path), "--study-dir", str(tmp_path / "study"), "--no-progress"]) == 0
-    study = optuna.load_study(study_name="iris-tune-test", storage=_journal(tmp_path / "study" / "study.journal"))
+    study = optuna.load_study(
+        study_name="iris-tune-test", storage=_journal(tmp_path / "study" / "study.journal")
+    )
     assert labels(study) == ["interrupted", "complete", "complete"]
 
 
 def test_a_trial_left_running_by_a_dead_worker_is_closed_and_made_up(tmp_path):
     raw = recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=2)
-    study = optuna.create_study(study_name="iris-tune-test", storage=_journal(tmp_path / "study.journal"))
+    study = optuna.create_study(
+        study_name="iris-tune-test", storage=_journal(tmp_path / "study.journal")
+    )
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     orphan = study.ask()
@@ -324,13 +357,21 @@ def test_a_trial_left_running_by_a_dead_worker_is_closed_and_made_up(tmp_path):
 
 
 def test_a_study_of_another_metric_is_not_continued(tmp_path):
-    tune(recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=1), study_dir=tmp_path, plots=False)
-    other = recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=2, metric="val_accuracy")
-    with pytest.raises(TraincraftError, match="minimizes val_loss but this recipe asks to maximize val_accuracy"):
+    tune(
+        recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=1),
+        study_dir=tmp_path,
+        plots=False,
+    )
+    other = recipe(
+        {"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=2, metric="val_accuracy"
+    )
+    with pytest.raises(
+        TraincraftError, match="minimizes val_loss but this recipe asks to maximize val_accuracy"
+    ):
         tune(other, study_dir=tmp_path, plots=False)
 
 
-# ----------------------------------------------------------------------------- samplers, timeout, CLI
+# ------------------------------------------------------------------------- samplers, timeout, CLI
 
 
 def test_the_grid_sampler_visits_every_point_once_and_stops(tmp_path):
@@ -349,7 +390,10 @@ def test_the_timeout_stops_starting_trials(tmp_path):
 
 def test_the_command_writes_the_outputs_and_a_summary(tmp_path, capsys):
     path = tmp_path / "recipe.yaml"
-    space = {"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}, "model.hidden_sizes": {"choice": [[8], [16, 16]]}}
+    space = {
+        "optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]},
+        "model.hidden_sizes": {"choice": [[8], [16, 16]]},
+    }
     path.write_text(yaml.safe_dump(recipe(space, trials=2), sort_keys=False))
     folder = tmp_path / "out"
     code = tune_main([str(path), "train.max_epochs=2", "--trials", "4", "--study-dir", str(folder)])
@@ -361,7 +405,14 @@ def test_the_command_writes_the_outputs_and_a_summary(tmp_path, capsys):
     rows = list(csv.DictReader((folder / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["complete"] * 4
     assert list(rows[0])[:8] == [
-        "number", "state", "value", "best_epoch", "epochs", "seconds", "optimizer.lr", "model.hidden_sizes"
+        "number",
+        "state",
+        "value",
+        "best_epoch",
+        "epochs",
+        "seconds",
+        "optimizer.lr",
+        "model.hidden_sizes",
     ]
     for name in ("history.png", "importances.png", "parallel_coordinates.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -382,12 +433,31 @@ def test_the_command_reports_a_mistake_in_one_line(tmp_path, capsys):
 
 def test_the_section_reads_durations_directions_and_names():
     section = TuneSection.model_validate(
-        {"metric": "val_accuracy", "timeout": "1h30m", "space": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}}
+        {
+            "metric": "val_accuracy",
+            "timeout": "1h30m",
+            "space": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
+        }
     )
-    assert section.timeout == 5400.0 and section.direction_name() == "maximize" and section.trials == 20
-    assert TuneSection(metric="score", direction="min", space={"a.b": {"uniform": [0, 1]}}).direction_name() == "minimize"
+    assert (
+        section.timeout == 5400.0
+        and section.direction_name() == "maximize"
+        and section.trials == 20
+    )
+    assert (
+        TuneSection(
+            metric="score", direction="min", space={"a.b": {"uniform": [0, 1]}}
+        ).direction_name()
+        == "minimize"
+    )
     assert [parse_duration(v) for v in ("90s", "30m", "2h", "1d", 45, "2.5m", "1m30s")] == [
-        90, 1800, 7200, 86400, 45, 150, 90
+        90,
+        1800,
+        7200,
+        86400,
+        45,
+        150,
+        90,
     ]
     assert parse_duration("250ms") == pytest.approx(0.25)
     with pytest.raises(ValueError, match="duration"):
@@ -397,14 +467,29 @@ def test_the_section_reads_durations_directions_and_names():
 @pytest.mark.parametrize(
     ("tune_section", "expected"),
     [
-        ({"space": {"optimizer.lr": {"loguniform": [0, 1]}}}, "tune.space: optimizer.lr: loguniform needs 0 < low < high"),
-        ({"space": {"optimizer.lr": {"logunifrom": [1e-4, 1]}}}, "unknown key 'logunifrom' (did you mean 'loguniform'"),
+        (
+            {"space": {"optimizer.lr": {"loguniform": [0, 1]}}},
+            "tune.space: optimizer.lr: loguniform needs 0 < low < high",
+        ),
+        (
+            {"space": {"optimizer.lr": {"logunifrom": [1e-4, 1]}}},
+            "unknown key 'logunifrom' (did you mean 'loguniform'",
+        ),
         ({"space": {"train.max_epochs": {"int": [1.5, 3]}}}, "int needs whole numbers"),
-        ({"space": {"model.dropout": {"uniform": [0, 0.5], "step": 0.2}}}, "not a whole number of steps"),
+        (
+            {"space": {"model.dropout": {"uniform": [0, 0.5], "step": 0.2}}},
+            "not a whole number of steps",
+        ),
         ({"space": {"model.dropout": {"choice": []}}}, "choice needs a non-empty list"),
         ({"space": {}}, "recipe error at tune.space"),
-        ({"space": {"a": {"uniform": [0, 1]}}, "sampler": "tpee"}, "unknown sampler 'tpee' (did you mean 'tpe'"),
-        ({"space": {"a": {"uniform": [0, 1]}}, "trails": 3}, "tune.trails: unknown key (did you mean 'trials'"),
+        (
+            {"space": {"a": {"uniform": [0, 1]}}, "sampler": "tpee"},
+            "unknown sampler 'tpee' (did you mean 'tpe'",
+        ),
+        (
+            {"space": {"a": {"uniform": [0, 1]}}, "trails": 3},
+            "tune.trails: unknown key (did you mean 'trials'",
+        ),
         ({"space": {"a": {"uniform": [0, 1]}}, "timeout": "soon"}, "tune.timeout"),
     ],
 )
@@ -439,7 +524,9 @@ def test_samplers_and_pruners_by_name():
     assert isinstance(build_sampler({"name": "random"}, dims), optuna.samplers.RandomSampler)
     assert isinstance(build_sampler("grid", dims), optuna.samplers.GridSampler)
     assert isinstance(build_pruner("hyperband", max_epochs=9), optuna.pruners.HyperbandPruner)
-    assert isinstance(build_pruner({"name": "median", "n_startup_trials": 2}), optuna.pruners.MedianPruner)
+    assert isinstance(
+        build_pruner({"name": "median", "n_startup_trials": 2}), optuna.pruners.MedianPruner
+    )
     assert isinstance(build_pruner("none"), optuna.pruners.NopPruner)
     with pytest.raises(TraincraftError, match="pruner 'median'"):
         build_pruner({"name": "median", "n_startup": 2})
@@ -450,10 +537,14 @@ def test_samplers_and_pruners_by_name():
             build_sampler("cmaes", dims)
 
 
-def test_the_module_is_callable_as_tc_tune(tmp_path):
-    import traincraft.tune as module
+def test_tc_tune_is_the_function(tmp_path):
+    import traincraft as tc
 
-    study = module(recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=1), study_dir=tmp_path, plots=False)
+    study = tc.tune(
+        recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=1),
+        study_dir=tmp_path,
+        plots=False,
+    )
     assert len(study.trials) == 1
 
 

@@ -28,18 +28,21 @@ _EXPORTS = {
     "Recipe": "traincraft.recipe",
     "load_model": "traincraft.run",
     "TraincraftError": "traincraft.errors",
+    "Checkpoint": "traincraft.callbacks.checkpoint",
+    "tune": "traincraft.tuning",
 }
 _MODULES = {"losses", "optim", "metrics", "data", "datasets", "models", "schedules"}
 
 __all__ = [
-    "CSVLogger", "Callback", "EarlyStopping", "History", "ProgressBar", "Recipe", "TrainState",
+    "CSVLogger", "Callback", "Checkpoint", "EarlyStopping", "History", "ProgressBar", "Recipe", "TrainState",
     "TraincraftError", "Trainer", "__version__", "data", "datasets", "load_model", "load_recipe",
-    "losses", "metrics", "models", "optim", "schedules",
+    "losses", "metrics", "models", "optim", "schedules", "tune",
 ]
 
 if TYPE_CHECKING:
     from traincraft import data, datasets, losses, metrics, models, optim, schedules
     from traincraft.callbacks.base import Callback
+    from traincraft.callbacks.checkpoint import Checkpoint
     from traincraft.callbacks.early_stopping import EarlyStopping
     from traincraft.callbacks.progress import ProgressBar
     from traincraft.errors import TraincraftError
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from traincraft.run import load_model
     from traincraft.state import TrainState
     from traincraft.trainer import Trainer
+    from traincraft.tuning import tune
 
 
 def __getattr__(name: str) -> Any:

@@ -40,7 +40,17 @@ EXAMPLES = {
 }
 
 
+# Commands with a parser of their own: everything after the name is theirs (--help included).
+PASSTHROUGH = {"schedule": "traincraft.schedules:preview_main", "tune": "traincraft.tuning:tune_main"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        module, _, function = PASSTHROUGH[argv[0]].partition(":")
+        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -115,11 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("what", nargs="?", choices=sorted(LISTS), help="one kind (default: all)")
 
     command("schema", cmd_schema, "print the recipe's JSON schema")
-    schedule = commands.add_parser(
-        "schedule", help="preview a recipe's learning-rate schedule without training", add_help=False,
-    )
-    schedule.add_argument("rest", nargs=argparse.REMAINDER)
-    schedule.set_defaults(handler=cmd_schedule, debug=False)
+    # Listed for --help; main() hands their arguments to their own parsers (PASSTHROUGH).
+    commands.add_parser("schedule", help="preview a recipe's learning-rate schedule without training")
+    commands.add_parser("tune", help="search hyperparameters with Optuna (the recipe's tune: section)")
     return parser
 
 
@@ -330,12 +338,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     for kind in [args.what] if args.what else sorted(LISTS):
         print(f"{kind}: {', '.join(LISTS[kind]())}")
     return 0
-
-
-def cmd_schedule(args: argparse.Namespace) -> int:
-    from traincraft.schedules import preview_main
-
-    return preview_main(args.rest)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from traincraft.errors import TraincraftError, did_you_mean
+from traincraft.tuning import TuneSection
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -133,6 +134,7 @@ class Recipe(Section):
     )
     early_stopping: EarlyStoppingSection | None = None
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    tune: TuneSection | None = None
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)
     logging: list[Literal["csv"]] = Field(default_factory=lambda: ["csv"])
     _base_dir: str | None = PrivateAttr(None)

@@ -106,7 +106,7 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
 
 def trainer_from_recipe(
     recipe: Recipe | str | Path | dict[str, Any], *, run_dir: str | Path | None = None,
-    progress: bool = True, callbacks: list[Callback] | None = None,
+    progress: bool = True, callbacks: list[Callback] | None = None, checkpoint: bool = True,
 ) -> Trainer:
     """Build data, model and trainer from a recipe (``Trainer.from_recipe``)."""
     from traincraft.seeding import seed_everything
@@ -122,6 +122,8 @@ def trainer_from_recipe(
     kwargs["callbacks"] = [*kwargs["callbacks"], *(callbacks or [])]
     if run_dir is not None:
         kwargs["callbacks"].append(RunFolder(run_dir, recipe, info))
+    if not checkpoint:
+        kwargs["checkpoint"] = False
     trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress)
     trainer.data, trainer.recipe = data, recipe
     return trainer

@@ -176,7 +176,7 @@ class Trainer:
     @classmethod
     def from_recipe(
         cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Sequence[Callback] = (), checkpoint: bool = True,
     ) -> Trainer:
         """Build data, model and trainer from a recipe (a path, a template name, a dict or a
         :class:`~traincraft.recipe.Recipe`); ``fit()`` then trains on the recipe's data.
@@ -187,7 +187,9 @@ class Trainer:
         """
         from traincraft.run import trainer_from_recipe
 
-        return trainer_from_recipe(recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks))
+        return trainer_from_recipe(
+            recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks), checkpoint=checkpoint
+        )
 
     # ------------------------------------------------------------------ public API
 

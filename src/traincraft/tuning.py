@@ -1,4 +1,5 @@
-"""Hyperparameter search with Optuna: the recipe's ``tune:`` section, ``traincraft tune``, ``tc.tune``.
+"""Hyperparameter search with Optuna: the recipe's ``tune:`` section, ``traincraft tune``,
+``tc.tune``.
 
 Every trial is an ordinary run of the recipe with the sampled values filled in, in its own run
 folder under the study's folder. The monitored figure is reported to Optuna after every epoch so
@@ -34,7 +35,6 @@ import re
 import socket
 import sys
 import time
-import types
 import uuid
 import warnings
 import weakref
@@ -50,12 +50,14 @@ from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor, format_value, infer_mode
 from traincraft.errors import TraincraftError, did_you_mean
 from traincraft.files import atomic_write_text
-from traincraft.recipe import Recipe, RecipeError, apply_override, read_raw, validate
 from traincraft.registry import Registry, split_spec
 
+# traincraft.recipe is imported where it is used: the recipe schema holds a TuneSection, so
+# importing it here would be circular.
 if TYPE_CHECKING:
     import optuna
 
+    from traincraft.recipe import Recipe
     from traincraft.trainer import Trainer
 
 __all__ = [
@@ -64,12 +66,21 @@ __all__ = [
     "Dimension",
     "MetricNotReported",
     "TuneSection",
+    "best_recipe",
     "build_pruner",
     "build_sampler",
+    "check_key",
+    "check_space",
     "parse_duration",
+    "read_section",
+    "recipe_with",
+    "set_value",
     "summarize",
     "tune",
     "tune_main",
+    "write_best_yaml",
+    "write_plots",
+    "write_trials_csv",
 ]
 
 EXIT_USER_ERROR = 2
@@ -102,9 +113,9 @@ class Dimension:
 
     key: str
     kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    step: float | int | None = None
+    low: float = 0.0  # ranges only; whole numbers for int
+    high: float = 0.0
+    step: float | None = None
     choices: tuple[Any, ...] = ()
     labels: tuple[Any, ...] = ()
 
@@ -119,7 +130,10 @@ class Dimension:
         kinds = [k for k in spec if k in KINDS]
         unknown = [k for k in spec if k not in (*KINDS, "step")]
         if unknown:
-            hint = did_you_mean(str(unknown[0]), (*KINDS, "step")) or f"; use one of {', '.join(KINDS)}"
+            hint = (
+                did_you_mean(str(unknown[0]), (*KINDS, "step"))
+                or f"; use one of {', '.join(KINDS)}"
+            )
             raise ValueError(f"{key}: unknown key {unknown[0]!r}{hint}")
         if len(kinds) != 1:
             raise ValueError(f"{key}: give exactly one of {', '.join(KINDS)}, got {list(spec)}")
@@ -155,10 +169,9 @@ class Dimension:
         if self.kind == "choice":
             return CategoricalDistribution(self.labels)
         if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))  # type: ignore[arg-type]
-        return FloatDistribution(
-            float(self.low), float(self.high), log=self.kind == "loguniform", step=self.step  # type: ignore[arg-type]
-        )
+            return IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
+        log = self.kind == "loguniform"
+        return FloatDistribution(float(self.low), float(self.high), log=log, step=self.step)
 
     def value(self, param: Any) -> Any:
         """The recipe value for what Optuna sampled (a label for a choice)."""
@@ -177,22 +190,21 @@ class Dimension:
         if self.kind == "choice":
             return list(self.labels)
         if self.kind == "int":
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))  # type: ignore[arg-type]
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.kind == "uniform" and self.step is not None:
-            count = round((self.high - self.low) / self.step)  # type: ignore[operator]
-            return [self.low + i * self.step for i in range(count + 1)]  # type: ignore[operator]
+            count = round((self.high - self.low) / self.step)
+            return [self.low + i * self.step for i in range(count + 1)]
         raise TraincraftError(
             f"tune.space {self.key!r}: the grid sampler needs a finite set of values; give "
             f"{{choice: [...]}}, {{int: [a, b]}} or {{uniform: [a, b], step: s}}"
         )
 
 
-def _bounds(key: str, kind: str, value: Any) -> tuple[float | int, float | int]:
-    pair = value if isinstance(value, (list, tuple)) else None
-    ok = pair is not None and len(pair) == 2 and all(_is_number(v) for v in pair)
-    if not ok:
+def _bounds(key: str, kind: str, value: Any) -> tuple[float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    if not ok or not all(_is_number(v) for v in value):
         raise ValueError(f"{key}: {kind} needs [low, high], got {value!r}")
-    low, high = pair  # type: ignore[misc]
+    low, high = value[0], value[1]
     if kind == "int" and not all(isinstance(v, int) or float(v).is_integer() for v in (low, high)):
         raise ValueError(f"{key}: int needs whole numbers [low, high], got {value!r}")
     low, high = (int(low), int(high)) if kind == "int" else (float(low), float(high))
@@ -209,7 +221,10 @@ def _stepped(
     if kind == "loguniform":
         raise ValueError(f"{key}: 'step' does not apply to loguniform; use uniform or choice")
     if not _is_number(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
-        raise ValueError(f"{key}: step must be a positive {'whole ' if kind == 'int' else ''}number, got {step!r}")
+        raise ValueError(
+            f"{key}: step must be a positive {'whole ' if kind == 'int' else ''}number, "
+            f"got {step!r}"
+        )
     count = (high - low) / step
     if abs(count - round(count)) > 1e-9:
         raise ValueError(f"{key}: [{low}, {high}] is not a whole number of steps of {step}")
@@ -297,7 +312,10 @@ PRUNERS.add("none", _no_pruner, aliases=["nop", "off"], doc="never prune")
 
 
 def build_sampler(
-    spec: str | Mapping[str, Any], dimensions: Mapping[str, Dimension], *, seed: int | None = None,
+    spec: str | Mapping[str, Any],
+    dimensions: Mapping[str, Dimension],
+    *,
+    seed: int | None = None,
     parallel: bool = False,
 ) -> Any:
     """An Optuna sampler from a name or ``{"name": ..., **kwargs}``.
@@ -347,7 +365,15 @@ def build_pruner(spec: str | Mapping[str, Any], *, max_epochs: int | None = None
 # ============================================================================== the tune: section
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|min|sec|d|h|m|s)?", re.IGNORECASE)
-_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0, "ms": 1e-3}
+_UNIT_SECONDS = {
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "min": 60.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "ms": 1e-3,
+}
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -363,7 +389,9 @@ def parse_duration(value: str | float | int) -> float:
         text = str(value).strip().replace(" ", "")
         parts = list(_DURATION.finditer(text))
         if not text or not parts or "".join(p.group(0) for p in parts) != text:
-            raise ValueError(f"timeout {value!r}: expected seconds or a duration such as 90s, 30m, 2h")
+            raise ValueError(
+                f"timeout {value!r}: expected seconds or a duration such as 90s, 30m, 2h"
+            )
         seconds = sum(float(p.group(1)) * _UNIT_SECONDS[(p.group(2) or "s").lower()] for p in parts)
     if not seconds > 0:
         raise ValueError(f"timeout must be > 0, got {value!r}")
@@ -445,26 +473,34 @@ class TuneSection(BaseModel):
         try:
             return "minimize" if infer_mode(self.metric) == "min" else "maximize"
         except TraincraftError as err:
-            raise RecipeError(f"tune.metric: {err} (set tune.direction: minimize or maximize)") from None
+            raise _recipe_error(
+                f"tune.metric: {err} (set tune.direction: minimize or maximize)"
+            ) from None
 
     def mode(self) -> str:
         return "min" if self.direction_name() == "minimize" else "max"
+
+
+def _recipe_error(message: str) -> TraincraftError:
+    from traincraft.recipe import RecipeError
+
+    return RecipeError(message)
 
 
 def read_section(raw: Mapping[str, Any]) -> TuneSection:
     """The ``tune:`` section of a raw recipe dict, validated (one line per mistake)."""
     section = raw.get("tune")
     if section is None:
-        raise RecipeError(
+        raise _recipe_error(
             "the recipe has no tune section: add tune: {metric: val_loss, trials: 20, space: "
             "{optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}}} (see docs/tuning.md)"
         )
     if not isinstance(section, Mapping):
-        raise RecipeError(f"recipe error at tune: expected a mapping, got {section!r}")
+        raise _recipe_error(f"recipe error at tune: expected a mapping, got {section!r}")
     try:
         return TuneSection.model_validate(dict(section))
     except ValidationError as err:
-        raise RecipeError(_section_error(err)) from None
+        raise _recipe_error(_section_error(err)) from None
 
 
 def _section_error(err: ValidationError) -> str:
@@ -474,7 +510,8 @@ def _section_error(err: ValidationError) -> str:
     if kind == "extra_forbidden":
         name = str(problem["loc"][-1])
         valid = list(TuneSection.model_fields)
-        return f"recipe error at {location}: unknown key{did_you_mean(name, valid) or '; valid keys: ' + ', '.join(valid)}"
+        hint = did_you_mean(name, valid) or f"; valid keys: {', '.join(valid)}"
+        return f"recipe error at {location}: unknown key{hint}"
     if kind == "missing":
         return f"recipe error at {location}: this key is required"
     message = problem["msg"].replace("Input should be", "must be").replace("Value error, ", "")
@@ -497,7 +534,7 @@ def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
             child = {"name": child} if isinstance(child, str) else {}
             node[part] = child
         if not isinstance(child, dict):
-            raise RecipeError(
+            raise _recipe_error(
                 f"tune.space {key!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section"
             )
         node = child
@@ -506,6 +543,8 @@ def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def recipe_with(raw: Mapping[str, Any], values: Mapping[str, Any]) -> Recipe:
     """The recipe ``raw`` with ``values`` (dotted keys) filled in, validated."""
+    from traincraft.recipe import validate
+
     candidate = _copy(dict(raw))
     for key, value in values.items():
         set_value(candidate, key, value)
@@ -519,11 +558,15 @@ def check_key(key: str) -> None:
     and optimizer sections pass any key on to the class, and free-form values (``loss``,
     ``schedule``) have no schema: those keys are checked by building the trainer.
     """
+    from traincraft.recipe import Recipe
+
     parts = key.split(".")
     if parts[0] == "tune":
-        raise RecipeError(f"tune.space {key!r}: the tune section itself cannot be searched")
+        raise _recipe_error(f"tune.space {key!r}: the tune section itself cannot be searched")
     if any(not part for part in parts):
-        raise RecipeError(f"tune.space {key!r}: expected a dotted recipe key such as optimizer.lr")
+        raise _recipe_error(
+            f"tune.space {key!r}: expected a dotted recipe key such as optimizer.lr"
+        )
     section: type[BaseModel] = Recipe
     for i, part in enumerate(parts):
         fields = {name: f for name, f in section.model_fields.items() if name != "tune"}
@@ -532,7 +575,7 @@ def check_key(key: str) -> None:
                 return
             where = ".".join(parts[:i]) or "the recipe"
             hint = did_you_mean(part, fields) or f"; valid keys: {', '.join(fields)}"
-            raise RecipeError(f"tune.space {key!r}: {where} has no key {part!r}{hint}")
+            raise _recipe_error(f"tune.space {key!r}: {where} has no key {part!r}{hint}")
         sub = _section_model(fields[part].annotation)
         if sub is None:
             return
@@ -558,20 +601,24 @@ def check_space(raw: Mapping[str, Any], dimensions: Mapping[str, Dimension]) -> 
     Raises:
         RecipeError, TraincraftError: naming the key and the value.
     """
+    from traincraft.recipe import RecipeError
+
     for key, dim in dimensions.items():
         check_key(key)
         for value in dim.probes():
             try:
                 recipe_with(raw, {key: value})
             except RecipeError as err:
-                raise RecipeError(f"tune.space {key!r} = {value!r}: {err}") from None
+                raise _recipe_error(f"tune.space {key!r} = {value!r}: {err}") from None
     base = {key: dim.probes()[0] for key, dim in dimensions.items()}
     built: list[weakref.ref[Any]] = []
     try:
         info = _build_check(recipe_with(raw, base), None, built)
     except TraincraftError as err:
         shown = ", ".join(f"{k}={v!r}" for k, v in base.items())
-        raise TraincraftError(f"tune.space: the recipe with {shown} does not build: {err}") from None
+        raise TraincraftError(
+            f"tune.space: the recipe with {shown} does not build: {err}"
+        ) from None
     for key, dim in dimensions.items():
         if key.startswith("data."):
             continue  # a new data set per value would cost a load each; validated above
@@ -602,7 +649,9 @@ def _build_check(
             total = recipe.train.max_epochs * per_epoch
             if recipe.train.max_steps:
                 total = min(total, recipe.train.max_steps)
-            schedules.build(recipe.schedule, trainer.optimizer, steps_per_epoch=per_epoch, total_steps=total)
+            schedules.build(
+                recipe.schedule, trainer.optimizer, steps_per_epoch=per_epoch, total_steps=total
+            )
     except TraincraftError:
         raise
     except Exception as err:  # noqa: BLE001 - a user's class raising for a value is a space mistake
@@ -688,13 +737,19 @@ class _Outcome:
 
 
 def _fit_trial(
-    plan: _Plan, values: dict[str, Any], run_dir: Path, reporter: _Reporter,
+    plan: _Plan,
+    values: dict[str, Any],
+    run_dir: Path,
+    reporter: _Reporter,
     built: list[weakref.ref[Any]],
 ) -> _Fitted:
     from traincraft.trainer import Trainer
 
     recipe = recipe_with(plan.trial_raw, values)
-    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=False, callbacks=[reporter])
+    # A trial cut short is run again as a new trial, never resumed: no resume checkpoints.
+    trainer = Trainer.from_recipe(
+        recipe, run_dir=run_dir, progress=False, callbacks=[reporter], checkpoint=False
+    )
     built.extend([weakref.ref(trainer), weakref.ref(trainer.model), weakref.ref(trainer.optimizer)])
     trainer.fit()
     value, best_epoch = reporter.best, reporter.best_epoch
@@ -746,8 +801,8 @@ def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial, stop: _Sto
         study.tell(trial, state=TrialState.FAIL)
         outcome.state = "interrupted"
     elif fitted.reason == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
-        outcome.state, outcome.value = "pruned", fitted.value
+        # Optuna gives a pruned trial its last reported figure as its value.
+        outcome.state, outcome.value = "pruned", study.tell(trial, state=TrialState.PRUNED).value
     elif fitted.value is None:
         outcome.error = f"{plan.section.metric} was never finite (the run diverged)"
         trial.set_user_attr("error", outcome.error)
@@ -790,7 +845,7 @@ class _Plan:
 
     @property
     def max_epochs(self) -> int:
-        return int(validate(self.raw).train.max_epochs)
+        return int(recipe_with(self.raw, {}).train.max_epochs)
 
     def values(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {key: dim.value(params[key]) for key, dim in self.dims.items()}
@@ -804,15 +859,23 @@ class _Plan:
 
     def payload(self) -> dict[str, Any]:
         return {
-            "raw": self.raw, "section": self.section.model_dump(), "study_name": self.study_name,
-            "study_dir": str(self.study_dir), "storage": self.storage, "trials": self.trials,
+            "raw": self.raw,
+            "section": self.section.model_dump(),
+            "study_name": self.study_name,
+            "study_dir": str(self.study_dir),
+            "storage": self.storage,
+            "trials": self.trials,
         }
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> _Plan:
         return cls(
-            payload["raw"], TuneSection.model_validate(payload["section"]), payload["study_name"],
-            Path(payload["study_dir"]), payload["storage"], payload["trials"],
+            payload["raw"],
+            TuneSection.model_validate(payload["section"]),
+            payload["study_name"],
+            Path(payload["study_dir"]),
+            payload["storage"],
+            payload["trials"],
         )
 
 
@@ -850,15 +913,19 @@ def _open_study(plan: _Plan, *, worker: int, parallel: bool) -> optuna.Study:
     direction = plan.section.direction_name()
     try:
         study = optuna.create_study(
-            storage=_storage(plan.storage, plan.study_dir), study_name=plan.study_name,
-            direction=direction, load_if_exists=True,
+            storage=_storage(plan.storage, plan.study_dir),
+            study_name=plan.study_name,
+            direction=direction,
+            load_if_exists=True,
         )
     except (ImportError, optuna.exceptions.OptunaError) as err:
         raise TraincraftError(f"cannot open the study's storage {plan.storage!r}: {err}") from err
     except Exception as err:  # noqa: BLE001 - a database driver's own errors
         if plan.storage is None or "://" not in str(plan.storage):
             raise
-        raise TraincraftError(f"cannot open the storage {plan.storage!r}: {_one_line(err)}") from err
+        raise TraincraftError(
+            f"cannot open the storage {plan.storage!r}: {_one_line(err)}"
+        ) from err
     _check_same_goal(study, plan, direction)
     done = len(study.get_trials(deepcopy=False))
     base = plan.section.seed if plan.section.seed is not None else int(plan.raw.get("seed", 0) or 0)
@@ -1005,7 +1072,12 @@ class _Stop:
 
 
 def _work(
-    plan: _Plan, study: optuna.Study, stop: _Stop, *, deadline: float | None, progress: bool,
+    plan: _Plan,
+    study: optuna.Study,
+    stop: _Stop,
+    *,
+    deadline: float | None,
+    progress: bool,
     worker: int,
 ) -> bool:
     """Run trials until the study holds ``plan.trials`` of them or time is up. Returns True
@@ -1053,7 +1125,9 @@ def _trial_line(study: optuna.Study, plan: _Plan, outcome: _Outcome, worker: int
         return f"{who}trial {outcome.number} failed: {outcome.error}  ({shown})"
     if outcome.state == "interrupted":
         return f"{who}trial {outcome.number} interrupted"
-    figure = f"{plan.section.metric} {format_value(outcome.value) if outcome.value is not None else '-'}"
+    figure = (
+        f"{plan.section.metric} {format_value(outcome.value) if outcome.value is not None else '-'}"
+    )
     epochs = f"{outcome.epochs} epoch{'' if outcome.epochs == 1 else 's'}"
     head = f"{who}trial {outcome.number} {outcome.state} after {epochs}: {figure}"
     try:
@@ -1088,7 +1162,11 @@ def _worker_main(payload: dict[str, Any]) -> None:
         with _quiet_optuna(), _Stop(watch_parent=True).handling() as stop:
             study = _open_study(plan, worker=worker, parallel=True)
             interrupted = _work(
-                plan, study, stop, deadline=payload["deadline"], progress=payload["progress"],
+                plan,
+                study,
+                stop,
+                deadline=payload["deadline"],
+                progress=payload["progress"],
                 worker=worker,
             )
     except KeyboardInterrupt:
@@ -1109,10 +1187,15 @@ def _start_workers(
     processes = []
     for worker in range(1, workers):
         payload = {
-            **plan.payload(), "worker": worker, "deadline": deadline, "progress": progress,
+            **plan.payload(),
+            "worker": worker,
+            "deadline": deadline,
+            "progress": progress,
             "threads": threads,
         }
-        process = context.Process(target=_worker_main, args=(payload,), name=f"tune-worker-{worker}")
+        process = context.Process(
+            target=_worker_main, args=(payload,), name=f"tune-worker-{worker}"
+        )
         process.start()
         processes.append(process)
     return processes
@@ -1208,18 +1291,36 @@ def write_trials_csv(study: optuna.Study, path: str | Path, keys: Sequence[str] 
     columns = [*keys, *sorted(k for k in seen if k not in keys)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["number", "state", "value", "best_epoch", "epochs", "seconds", *columns, "error", "run_dir"])
+    writer.writerow(
+        [
+            "number",
+            "state",
+            "value",
+            "best_epoch",
+            "epochs",
+            "seconds",
+            *columns,
+            "error",
+            "run_dir",
+        ]
+    )
     for t in trials:
         attrs = t.user_attrs
         values = attrs.get("values", t.params)
         seconds = t.duration.total_seconds() if t.duration is not None else ""
-        writer.writerow([
-            t.number, _trial_label(t), "" if t.value is None else repr(float(t.value)),
-            attrs.get("best_epoch", ""), attrs.get("epochs", ""),
-            f"{seconds:.3f}" if seconds != "" else "",
-            *(_cell(values[k]) if k in values else "" for k in columns),
-            attrs.get("error", ""), attrs.get("run_dir", ""),
-        ])
+        writer.writerow(
+            [
+                t.number,
+                _trial_label(t),
+                "" if t.value is None else repr(float(t.value)),
+                attrs.get("best_epoch", ""),
+                attrs.get("epochs", ""),
+                f"{seconds:.3f}" if seconds != "" else "",
+                *(_cell(values[k]) if k in values else "" for k in columns),
+                attrs.get("error", ""),
+                attrs.get("run_dir", ""),
+            ]
+        )
     return atomic_write_text(path, buffer.getvalue())
 
 
@@ -1289,11 +1390,17 @@ def write_plots(study: optuna.Study, folder: Path, keys: Sequence[str]) -> list[
     ]
     if len(params) >= 2 and len(complete) >= MIN_TRIALS_FOR_IMPORTANCES:
         drawings.append(
-            ("importances.png", lambda: plots.plot_param_importances(study, params=params, target_name=metric))
+            (
+                "importances.png",
+                lambda: plots.plot_param_importances(study, params=params, target_name=metric),
+            )
         )
     if params and len(complete) >= 2:  # one line has no spread to show
         drawings.append(
-            ("parallel_coordinates.png", lambda: plots.plot_parallel_coordinate(study, params=params, target_name=metric))
+            (
+                "parallel_coordinates.png",
+                lambda: plots.plot_parallel_coordinate(study, params=params, target_name=metric),
+            )
         )
     written = []
     for name, draw in drawings:
@@ -1328,14 +1435,17 @@ def summarize(study: optuna.Study, study_dir: str | Path | None = None) -> str:
         counts[label] = counts.get(label, 0) + 1
     order = ("complete", "pruned", "failed", "interrupted", "abandoned", "running", "waiting")
     states = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
-    lines = [f"study {study.study_name!r}: {len(trials)} trials" + (f" ({states})" if states else "")]
+    lines = [
+        f"study {study.study_name!r}: {len(trials)} trials" + (f" ({states})" if states else "")
+    ]
     metric = study.user_attrs.get("metric", "value")
     try:
         best = study.best_trial
     except ValueError:
         lines.append("best:  no trial completed")
     else:
-        lines.append(f"best:  trial {best.number}, {metric} {format_value(best.value)}")  # type: ignore[arg-type]
+        shown = format_value(best.value)  # type: ignore[arg-type]
+        lines.append(f"best:  trial {best.number}, {metric} {shown}")
         for key, value in best.user_attrs.get("values", best.params).items():
             lines.append(f"       {key} = {_short(value)}")
     if study_dir is not None:
@@ -1359,6 +1469,8 @@ class _Result:
 
 def _as_raw(recipe: Any) -> dict[str, Any]:
     """A recipe (path, template name, dict or Recipe) as a raw dict with its tune section."""
+    from traincraft.recipe import Recipe, read_raw
+
     if isinstance(recipe, Recipe):
         raw = recipe.model_dump(mode="json")
         if getattr(recipe, "_base_dir", None):
@@ -1369,13 +1481,20 @@ def _as_raw(recipe: Any) -> dict[str, Any]:
 
 
 def _search(
-    recipe: Any, *, trials: int | None, workers: int, storage: Any, study: str | None,
-    study_dir: str | Path | None, progress: bool, plots: bool,
+    recipe: Any,
+    *,
+    trials: int | None,
+    workers: int,
+    storage: Any,
+    study: str | None,
+    study_dir: str | Path | None,
+    progress: bool,
+    plots: bool,
 ) -> _Result:
     raw = _as_raw(recipe)
     section = read_section(raw)
     raw.pop("tune")
-    base = validate(raw)
+    base = recipe_with(raw, {})
     _check_counts(trials, workers)
     dims = section.dimensions()
     check_space(raw, dims)
@@ -1394,10 +1513,14 @@ def _search(
     threads = max(1, _cpus() // workers) if workers > 1 else None
     with _quiet_optuna(), _Stop().handling() as stop:
         the_study = _open_study(plan, worker=0, parallel=workers > 1)
-        processes = _start_workers(plan, workers, deadline=deadline, progress=progress, threads=threads or 1)
+        processes = _start_workers(
+            plan, workers, deadline=deadline, progress=progress, threads=threads or 1
+        )
         try:
             with _threads(threads):
-                interrupted = _work(plan, the_study, stop, deadline=deadline, progress=progress, worker=0)
+                interrupted = _work(
+                    plan, the_study, stop, deadline=deadline, progress=progress, worker=0
+                )
         except BaseException:
             stop.requested = True
             _join_workers(processes, stop)
@@ -1478,8 +1601,14 @@ def tune(
         {'optimizer.lr': 0.0031, 'model.dropout': 0.12}
     """
     result = _search(
-        recipe, trials=trials, workers=workers, storage=storage, study=study,
-        study_dir=study_dir, progress=progress, plots=plots,
+        recipe,
+        trials=trials,
+        workers=workers,
+        storage=storage,
+        study=study,
+        study_dir=study_dir,
+        progress=progress,
+        plots=plots,
     )
     if progress:
         print(result.summary, file=sys.stderr, flush=True)
@@ -1517,19 +1646,33 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("recipe", metavar="RECIPE", help="a recipe file or template name with a tune section")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML")
-    parser.add_argument("--trials", type=int, help="trials the study should hold (default tune.trials)")
+    parser.add_argument(
+        "recipe", metavar="RECIPE", help="a recipe file or template name with a tune section"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML"
+    )
+    parser.add_argument(
+        "--trials", type=int, help="trials the study should hold (default tune.trials)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes running trials at once")
-    parser.add_argument("--storage", metavar="URL", help="journal file path or database URL (default: a journal file in the study folder)")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="journal file path or database URL (default: a journal file in the study folder)",
+    )
     parser.add_argument("--study", metavar="NAME", help="study name (default: the recipe's name)")
-    parser.add_argument("--study-dir", metavar="DIR", help="study folder (default runs/<name>-tune)")
+    parser.add_argument(
+        "--study-dir", metavar="DIR", help="study folder (default runs/<name>-tune)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no line per trial")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
 
 
 def _tune_command(args: argparse.Namespace) -> int:
+    from traincraft.recipe import apply_override, read_raw
+
     raw, _ = read_raw(args.recipe)
     for override in args.overrides:
         if "=" not in override:
@@ -1539,25 +1682,19 @@ def _tune_command(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")  # files only: no window, no display needed
     result = _search(
-        raw, trials=args.trials, workers=args.workers, storage=args.storage, study=args.study,
-        study_dir=args.study_dir, progress=not args.no_progress, plots=True,
+        raw,
+        trials=args.trials,
+        workers=args.workers,
+        storage=args.storage,
+        study=args.study,
+        study_dir=args.study_dir,
+        progress=not args.no_progress,
+        plots=True,
     )
     print(result.summary, file=sys.stderr)
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
-class _CallableModule(types.ModuleType):
-    """``traincraft.tune`` is both this module and its main function: once the module has been
-    imported, ``import traincraft as tc; tc.tune`` is the module, so calling it runs
-    :func:`tune`."""
-
-    def __call__(
-        self, recipe: str | Path | Mapping[str, Any] | Recipe, **kwargs: Any
-    ) -> optuna.Study:
-        return tune(recipe, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":
