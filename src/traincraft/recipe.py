@@ -86,6 +86,11 @@ class TrainSection(Section):
     l1: float = Field(0.0, ge=0)
     l2: float = Field(0.0, ge=0)
     penalty_exclude: str | list[str] | None = "auto"
+    on_nonfinite: Literal["raise", "skip", "rollback"] = "raise"
+    rollback_every: int = Field(100, ge=1)
+    rollback_lr_factor: float = Field(0.5, gt=0)
+    max_rollbacks: int = Field(3, ge=0)
+    compile: bool = False
     shuffle: bool = True
     device: str = "auto"
     deterministic: bool = False

@@ -98,6 +98,8 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         penalty_exclude=t.penalty_exclude, metrics=list(recipe.metrics), max_epochs=t.max_epochs,
         max_steps=t.max_steps, batch_size=recipe.data.batch_size, shuffle=t.shuffle,
         accumulate=t.accumulate, precision=t.precision, clip_grad_norm=t.clip_grad_norm,
+        on_nonfinite=t.on_nonfinite, rollback_every=t.rollback_every,
+        rollback_lr_factor=t.rollback_lr_factor, max_rollbacks=t.max_rollbacks, compile=t.compile,
         clip_norm_type=t.clip_norm_type, clip_grad_value=t.clip_grad_value,
         schedule=recipe.schedule, callbacks=callbacks, checkpoint=recipe.checkpoint.model_dump(),
         device=t.device, seed=recipe.seed, deterministic=t.deterministic,

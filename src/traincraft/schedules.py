@@ -1191,11 +1191,20 @@ class Schedule:
         """The current momentum (or beta1) of each group when the schedule cycles it, else None."""
         return None if self._momenta is None else list(self._momenta)
 
+    def scale(self, factor: float) -> None:
+        """Multiply every group's base LR by ``factor`` from now on (a rollback after a
+        non-finite step); the schedule's shape is unchanged."""
+        self._base = [b * factor for b in self._base]
+        if self._plateau is not None:
+            self._plateau.lrs = [lr * factor for lr in self._plateau.lrs]
+        self._apply(self._step)
+
     def state_dict(self) -> dict[str, Any]:
-        """Plain types: the step count and plateau's counters."""
+        """Plain types: the step count, the base LRs and plateau's counters."""
         return {
             "name": self.name,
             "step": self._step,
+            "base": list(self._base),
             "plateau": self._plateau.state_dict() if self._plateau else None,
         }
 
@@ -1207,6 +1216,8 @@ class Schedule:
                 f"{self.name!r}; resume with the same schedule"
             )
         self._step = int(state["step"])
+        if "base" in state:
+            self._base = [float(b) for b in state["base"]]
         if self._plateau is not None and state.get("plateau") is not None:
             self._plateau.load_state_dict(state["plateau"])
         self._apply(self._step)
@@ -1383,6 +1394,12 @@ class TorchSchedule:
             return None
         groups = self.scheduler.optimizer.param_groups
         return [float(g["betas"][0]) if "betas" in g else float(g["momentum"]) for g in groups]
+
+    def scale(self, factor: float) -> None:
+        """Multiply the scheduler's base LRs and the current LRs by ``factor``."""
+        self.scheduler.base_lrs = [b * factor for b in self.scheduler.base_lrs]
+        for group in self.scheduler.optimizer.param_groups:
+            group["lr"] *= factor
 
     def state_dict(self) -> dict[str, Any]:
         """torch's own state dict (whatever the scheduler keeps in it)."""

@@ -17,6 +17,7 @@ class TrainState:
         batch_in_epoch: micro-batches consumed in the current epoch.
         samples_seen: training samples consumed since the start of the run.
         skipped_steps: optimizer steps dropped (fp16 overflow, non-finite policy "skip").
+        rollbacks: times the non-finite policy "rollback" went back to the last good weights.
         steps_per_epoch: optimizer steps in one full epoch (accumulation included), once known.
         max_steps: the run's total optimizer steps (max_epochs × steps_per_epoch, or max_steps).
         should_stop: set by a callback (or Ctrl-C) to end training after the current step.
@@ -29,6 +30,7 @@ class TrainState:
     batch_in_epoch: int = 0
     samples_seen: int = 0
     skipped_steps: int = 0
+    rollbacks: int = 0
     steps_per_epoch: int = 0
     max_steps: int = 0
     should_stop: bool = False

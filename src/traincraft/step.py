@@ -24,6 +24,11 @@ import torch
 from traincraft.errors import TraincraftError
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NONFINITE_POLICIES = ("raise", "skip", "rollback")
+
+
+class NonFiniteError(TraincraftError, FloatingPointError):
+    """Training produced a non-finite loss or gradient."""
 
 
 def parse_precision(precision: str | int) -> str:
@@ -66,7 +71,10 @@ class Stepper:
         clip_grad_norm: float | None = None,
         clip_norm_type: float = 2.0,
         clip_grad_value: float | None = None,
+        on_nonfinite: str = "raise",
     ):
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise TraincraftError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
         if int(accumulate) < 1:
             raise TraincraftError(f"accumulate must be >= 1, got {accumulate}")
         for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
@@ -82,8 +90,11 @@ class Stepper:
         self.scaler = (
             torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         )
+        # "skip" and "rollback" look at every window (one host read per step); "raise" does not.
+        self.check_every_step = on_nonfinite != "raise"
         self.micro_batches = 0  # in the current window
         self.window_samples = 0
+        self.window_loss: torch.Tensor | None = None  # summed, only when checking every step
         self.grad_norm: torch.Tensor | None = None  # before clipping, of the last step
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -98,6 +109,9 @@ class Stepper:
             loss = loss * samples
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
+        if self.check_every_step:
+            detached = loss.detach()
+            self.window_loss = detached if self.window_loss is None else self.window_loss + detached
         loss.backward()
         self.micro_batches += 1
         self.window_samples += samples
@@ -121,8 +135,29 @@ class Stepper:
             self.grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.params, self.clip_grad_norm, norm_type=self.clip_norm_type, foreach=None
             )
+        elif self.check_every_step:
+            self.grad_norm = torch.nn.utils.get_total_norm(grads, foreach=None) if grads else None
         if self.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(self.params, self.clip_grad_value, foreach=None)
+
+    def window_is_finite(self) -> bool:
+        """Whether the window's loss and gradient norm are finite (reads the device: one sync)."""
+        total = self.window_loss if self.window_loss is not None else torch.zeros(())
+        if self.grad_norm is not None:
+            total = total + self.grad_norm.to(total.device)
+        return bool(torch.isfinite(total))
+
+    def drop(self) -> None:
+        """Throw the window away: no optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()  # clear the unscale bookkeeping for the next window
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.micro_batches = 0
+        self.window_samples = 0
+        self.window_loss = None
 
     def step(self) -> bool:
         """Step the optimizer (after :meth:`prepare`); False when the fp16 scaler skipped it."""
@@ -135,8 +170,7 @@ class Stepper:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.micro_batches = 0
-        self.window_samples = 0
+        self._reset_window()
         return took
 
     def state_dict(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from traincraft.seeding import (
     set_rng_state,
 )
 from traincraft.state import TrainState
-from traincraft.step import Stepper
+from traincraft.step import NonFiniteError, Stepper
 
 
 class Trainer:
@@ -73,6 +73,11 @@ class Trainer:
         precision: ``"32"``, ``"bf16"`` or ``"fp16"``.
         clip_grad_norm: clip the total gradient norm (``clip_norm_type``) once per step.
         clip_grad_value: clip every gradient element to ``[-v, v]`` once per step.
+        on_nonfinite: a non-finite loss or gradient: ``"raise"`` (checked at progress refreshes and
+            epoch ends, at no cost per step), ``"skip"`` the step, or ``"rollback"`` to the last good
+            weights (taken every ``rollback_every`` steps) with the LR times ``rollback_lr_factor``,
+            at most ``max_rollbacks`` times. skip and rollback check every step (one host read).
+        compile: run the forward pass through ``torch.compile`` (saved weights keep plain keys).
         schedule: the learning-rate schedule: a name, ``{"name": "cosine", "warmup": "5%", ...}``,
             or a function building a torch scheduler from the optimizer. Counted in optimizer
             steps; durations may be steps, ``"3ep"`` or ``"10%"``. See :mod:`traincraft.schedules`.
@@ -118,6 +123,11 @@ class Trainer:
         clip_grad_norm: float | None = None,
         clip_norm_type: float = 2.0,
         clip_grad_value: float | None = None,
+        on_nonfinite: str = "raise",
+        rollback_every: int = 100,
+        rollback_lr_factor: float = 0.5,
+        max_rollbacks: int = 3,
+        compile: bool = False,
         schedule: Any = None,
         schedule_interval: str | None = None,
         callbacks: Sequence[Callback] = (),
@@ -145,8 +155,13 @@ class Trainer:
         self.stepper = Stepper(
             self.optimizer, self.model.parameters(), device=self.device, accumulate=accumulate,
             precision=precision, clip_grad_norm=clip_grad_norm, clip_norm_type=clip_norm_type,
-            clip_grad_value=clip_grad_value,
+            clip_grad_value=clip_grad_value, on_nonfinite=on_nonfinite,
         )
+        _check_positive(rollback_every=rollback_every, rollback_lr_factor=rollback_lr_factor)
+        self.on_nonfinite, self.rollback_every = on_nonfinite, int(rollback_every)
+        self.rollback_lr_factor, self.max_rollbacks = float(rollback_lr_factor), int(max_rollbacks)
+        # The compiled module is only the forward pass: state dicts stay the plain module's.
+        self.forward_model = torch.compile(self.model) if compile else self.model
         self.schedule_spec, self.schedule_interval = schedule, schedule_interval
         self.schedule: Any = None  # built at the start of fit, when the run's length is known
         self.max_epochs, self.max_steps = int(max_epochs), max_steps
@@ -400,20 +415,36 @@ class Trainer:
                     break
         if stepper.pending:  # the epoch's last, partial accumulation window
             self._optimizer_step()
-        return {**sums.means(prefix="train_"), **_prefixed(self.metrics.compute(), "train_")}
+        if self.on_nonfinite == "raise":
+            self._check_finite()
+        figures = sums.means(prefix="train_")
+        if "train_grad_norm" in figures:
+            figures["grad_norm"] = figures.pop("train_grad_norm")  # mean over the epoch's steps
+        return {**figures, **_prefixed(self.metrics.compute(), "train_")}
 
     def _optimizer_step(self) -> None:
-        self.stepper.prepare()
+        stepper = self.stepper
+        stepper.prepare()
+        if stepper.check_every_step and not stepper.window_is_finite():
+            self._recover_from_nonfinite()
+            return
         self._emit("on_before_step")
         self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        if not self.stepper.step():
-            self.state.skipped_steps += 1
+        grad_norm = stepper.grad_norm
+        if not stepper.step():
+            self.state.skipped_steps += 1  # the fp16 scaler found an overflow
             return
+        if grad_norm is not None:  # of steps taken: a skipped fp16 step's gradients are inf by design
+            self._sums.add("grad_norm", grad_norm, 1)
         self.state.step += 1
         self.schedule.step_end(self.state.step)
         self._emit("on_step_end")
         if self.max_steps is not None and self.state.step >= self.max_steps:
             self.state.request_stop("max_steps")
+        if self.on_nonfinite == "rollback" and self.state.step % self.rollback_every == 0:
+            self._keep_good_weights()
+        elif self.on_nonfinite == "raise" and time.monotonic() >= self._next_finite_check:
+            self._check_finite()
 
     def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
         sums = _RunningSums(self.device)
@@ -435,10 +466,10 @@ class Trainer:
     def _forward(self, inputs: Any) -> Any:
         try:
             if isinstance(inputs, dict):
-                return self.model(**inputs)
+                return self.forward_model(**inputs)
             if isinstance(inputs, tuple):
-                return self.model(*inputs)
-            return self.model(inputs)
+                return self.forward_model(*inputs)
+            return self.forward_model(inputs)
         except TraincraftError:
             raise
         except Exception as err:
@@ -489,6 +520,10 @@ class Trainer:
         )
         self.schedule.start()
         self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._next_finite_check, self._last_finite_step = time.monotonic() + 0.5, 0
+        self._good: dict[str, Any] | None = None
+        if self.on_nonfinite == "rollback":
+            self._keep_good_weights()
         if self.schedule.restore_best_on_reduce and self._best_keeper() is None:
             raise TraincraftError(
                 "schedule restore_best_on_reduce needs EarlyStopping(restore_best=True): "
@@ -500,6 +535,54 @@ class Trainer:
     def _finish_run(self) -> None:
         self.history.stop_reason = self.state.stop_reason
         self.history.best = self._best()
+
+    # ------------------------------------------------------------------ non-finite values
+
+    def _check_finite(self) -> None:
+        """Raise when the loss or gradient norm went non-finite since the last check (reads the
+        epoch's running sums, which a non-finite value poisons for good)."""
+        self._next_finite_check = time.monotonic() + 0.5
+        bad = [name for name in ("loss", "grad_norm") if name in self._sums.sums
+               and not math.isfinite(float(self._sums.sums[name]))]
+        if not bad:
+            self._last_finite_step = self.state.step
+            return
+        params = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        what = "the loss" if "loss" in bad else "the gradient norm"
+        where = f"parameters now non-finite: {', '.join(params[:5])}" if params else "the parameters are still finite"
+        raise NonFiniteError(
+            f"non-finite {what.removeprefix('the ')} in epoch {self.state.epoch + 1}, between optimizer steps "
+            f"{self._last_finite_step + 1} and {self.state.step}; {where}. Lower the learning rate, "
+            "clip gradients (clip_grad_norm), or use on_nonfinite='skip' or 'rollback'"
+        )
+
+    def _keep_good_weights(self) -> None:
+        from traincraft.checkpoint import stage
+
+        self._good = None  # never two snapshots at once
+        self._good = stage({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+
+    def _recover_from_nonfinite(self) -> None:
+        """``skip``: drop the window. ``rollback``: back to the last good weights, lower LR."""
+        self.stepper.drop()
+        self.state.skipped_steps += 1
+        where = f"epoch {self.state.epoch + 1}, after optimizer step {self.state.step}"
+        if self.on_nonfinite == "skip":
+            self.log(f"Non-finite loss or gradient in {where}: step skipped ({self.state.skipped_steps} so far)")
+            return
+        if self.state.rollbacks >= self.max_rollbacks:
+            raise NonFiniteError(
+                f"non-finite loss or gradient in {where}, after {self.state.rollbacks} rollbacks "
+                f"(max_rollbacks={self.max_rollbacks}); lower the learning rate or clip gradients"
+            )
+        self.state.rollbacks += 1
+        self.model.load_state_dict(self._good["model"])
+        self.optimizer.load_state_dict(self._good["optimizer"])
+        self.schedule.scale(self.rollback_lr_factor)
+        self.log(
+            f"Non-finite loss or gradient in {where}: rolled back to the last good weights, "
+            f"learning rate × {self.rollback_lr_factor} (rollback {self.state.rollbacks} of {self.max_rollbacks})"
+        )
 
     def _lr_figures(self) -> dict[str, float]:
         """``lr`` (first group) and ``lr/<group>`` for each group when their base LRs differ, as used
