@@ -74,7 +74,7 @@ def test_fp16_overflow_skips_the_step_without_advancing_counters_or_schedule():
             warnings.simplefilter("error")  # no "lr_scheduler.step() before optimizer.step()", nothing
             t.fit(data())
         runs[bad] = (t, lrs.lrs)
-    (clean, clean_lrs), (spiked, spiked_lrs) = runs[()], runs[(9,)]
+    (clean, _), (spiked, spiked_lrs) = runs[()], runs[(9,)]
     # GradScaler starts at 2**16, which a small model's gradients overflow in fp16: a few windows
     # are skipped in both runs; the injected overflow skips exactly one more.
     assert spiked.state.skipped_steps == clean.state.skipped_steps + 1
