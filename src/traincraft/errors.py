@@ -7,8 +7,11 @@ a bug in traincraft or in the user's model and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import numbers
 import os
+import re
 from collections.abc import Iterable
+from typing import Any
 
 
 class TraincraftError(Exception):
@@ -60,3 +63,26 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameErr
     if not hint:
         hint = f"; valid names: {', '.join(choices)}"
     return UnknownNameError(f"unknown {kind} {name!r}{hint}")
+
+
+def expect_number(value: Any, what: str) -> float:
+    """``value`` as a float, or an error naming ``what``.
+
+    YAML reads ``1e-3`` (no dot) as a string: say so instead of failing deep inside a formula.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = ""
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", value.strip()):
+            fixed = re.sub(r"[eE]", ".0e", value.strip(), count=1)
+            hint = f"; YAML reads {value} without a dot as text: write {fixed}"
+        raise TraincraftError(f"{what} must be a number, got {value!r} ({type(value).__name__}){hint}")
+    return float(value)
+
+
+def expect_choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` (lower-cased) if it is one of ``choices``, else an error with did-you-mean."""
+    key = str(value).strip().lower()
+    if key not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise TraincraftError(f"{what} must be one of {options}, got {value!r}{did_you_mean(key, choices)}")
+    return key

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from traincraft.errors import TraincraftError, UnknownNameError, closest, did_you_mean
+from traincraft.errors import (
+    TraincraftError,
+    UnknownNameError,
+    closest,
+    did_you_mean,
+    expect_number,
+)
 from traincraft.registry import Registry, import_object, split_spec
 
 __all__ = ["OPTIMIZERS", "build", "names", "param_groups"]
@@ -310,7 +315,7 @@ def _class_weight_decay(cls: type, label: str, weight_decay: float | None) -> fl
             )
         return 0.0
     if weight_decay is not None:
-        return _number(weight_decay, "weight_decay")
+        return expect_number(weight_decay, "weight_decay")
     default = arguments["weight_decay"].default if arguments is not None else 0.0
     return 0.0 if default is inspect.Parameter.empty else float(default)
 
@@ -437,16 +442,6 @@ def _patterns(value: Any, where: str) -> list[str]:
     )
 
 
-def _number(value: Any, what: str) -> float:
-    # YAML reads "1e-3" (no dot) as a string; say so instead of failing deep inside torch.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TraincraftError(
-            f"{what} must be a number, got {value!r} ({type(value).__name__}); "
-            "in YAML write 1.0e-3, not 1e-3"
-        )
-    return float(value)
-
-
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if not isinstance(model, nn.Module):
         raise TraincraftError(f"the optimizer needs a torch.nn.Module, got {type(model).__name__}")
@@ -531,9 +526,9 @@ def _param_groups(
     decay_exclude: str | Sequence[str] | None,
     rules_spec: Sequence[Mapping[str, Any]] | None,
 ) -> list[dict[str, Any]]:
-    base_lr = _number(lr, "lr")
+    base_lr = expect_number(lr, "lr")
     if weight_decay is not None:
-        weight_decay = _number(weight_decay, "weight_decay")
+        weight_decay = expect_number(weight_decay, "weight_decay")
     trainable = _trainable(model)
     no_decay = _no_decay(model, trainable, decay_exclude)
     rules = [_Rule(i, raw) for i, raw in enumerate(rules_spec or [])]
@@ -572,15 +567,15 @@ def _rule_groups(
     """The rule's decay and no-decay groups, empty ones dropped."""
     options = dict(rule.options)
     if "lr" in options:
-        group_lr = _number(options.pop("lr"), f"param_groups rule {rule.name!r} lr")
+        group_lr = expect_number(options.pop("lr"), f"param_groups rule {rule.name!r} lr")
         # Keep lr == base lr × lr_mult true for every group, whatever the rule gave.
         lr_mult = group_lr / base_lr if base_lr else 1.0
     else:
-        lr_mult = _number(options.pop("lr_mult", 1.0), f"param_groups rule {rule.name!r} lr_mult")
+        lr_mult = expect_number(options.pop("lr_mult", 1.0), f"param_groups rule {rule.name!r} lr_mult")
         group_lr = base_lr * lr_mult
     decay = options.pop("weight_decay", weight_decay)
     if decay is not None:
-        decay = _number(decay, f"param_groups rule {rule.name!r} weight_decay")
+        decay = expect_number(decay, f"param_groups rule {rule.name!r} weight_decay")
 
     groups = []
     for suffix, members, wd in (("", decaying, decay), ("/no_decay", fixed, 0.0)):

@@ -227,7 +227,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as err:
         raise RecipeError(f"override {override!r}: the value is not valid YAML") from err
-    parts = key.strip().split(".")
+    set_key(raw, key.strip(), value, where=f"override {override!r}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, *, where: str) -> None:
+    """``raw[a][b] = value`` for ``key = "a.b"``, creating sections on the way. A section given as a
+    bare name (``model: mlp``) becomes ``{name: mlp}``; a path through a plain value is an error
+    that starts with ``where``."""
+    parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -235,9 +242,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             child = {"name": child} if isinstance(child, str) else {}
             node[part] = child
         if not isinstance(child, dict):
-            raise RecipeError(
-                f"override {override!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section"
-            )
+            raise RecipeError(f"{where}: {'.'.join(parts[: i + 1])} is {child!r}, not a section")
         node = child
     node[parts[-1]] = value
 

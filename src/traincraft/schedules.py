@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from traincraft.callbacks.monitor import Monitor
-from traincraft.errors import TraincraftError, did_you_mean
+from traincraft.errors import TraincraftError, did_you_mean, expect_choice, expect_number
 from traincraft.registry import Registry, import_object, split_spec
 
 if TYPE_CHECKING:
@@ -590,8 +590,8 @@ def _ramp(raw: Any, what: str, run: _Run) -> _Ramp | None:
     else:
         duration, kind, factor = raw, "linear", 0.01 if what == "warmup" else 0.0
     kinds = _WARMUP_KINDS if what == "warmup" else _COOLDOWN_KINDS
-    kind = _choice(f"{where} kind", kind, kinds)
-    factor = _number(factor, f"{where} {'start_factor' if what == 'warmup' else 'end_factor'}")
+    kind = expect_choice(f"{where} kind", kind, kinds)
+    factor = expect_number(factor, f"{where} {'start_factor' if what == 'warmup' else 'end_factor'}")
     if what == "warmup" and not (0.0 < factor <= 1.0 or (factor == 0.0 and kind != "exponential")):
         raise TraincraftError(
             f"{where} start_factor must be in (0, 1] (0 allowed unless kind is exponential), "
@@ -655,7 +655,7 @@ def build(
         [0.001]
     """
     if schedule_interval is not None:
-        schedule_interval = _choice("schedule_interval", schedule_interval, ("step", "epoch"))
+        schedule_interval = expect_choice("schedule_interval", schedule_interval, ("step", "epoch"))
     if spec is not None and callable(spec) and not isinstance(spec, (str, Mapping)):
         return _build_torch(spec, optimizer, schedule_interval or "epoch")
     name, kwargs = split_spec("constant" if spec is None else spec, "schedule")
@@ -677,7 +677,7 @@ def _plan(
     raw = {**entry.defaults, **kwargs}
     warmup_raw, cooldown_raw = raw.pop("warmup", None), _pop_cooldown(name, raw, label)
     interval = raw.pop("interval", None) or default_interval or _inferred_interval(name, kwargs)
-    interval = _choice(f"{label} interval", interval, ("step", "epoch"))
+    interval = expect_choice(f"{label} interval", interval, ("step", "epoch"))
     parameters = _keyword_arguments(entry.factory)
     _check_keys(label, raw, parameters)
     missing = [key for key in parameters if key not in raw]
@@ -851,7 +851,7 @@ def _per_group(
 def _check_group_values(label: str, args: dict[str, Any]) -> None:
     for key in ("max_lr", "base_lr", "eta_min", "min_lr", "base_momentum", "max_momentum"):
         if args.get(key) is not None:
-            args[key] = _number(args[key], f"{label} {key}")
+            args[key] = expect_number(args[key], f"{label} {key}")
     if "lr_lambda" in args:
         args["lr_lambda"] = _function(args["lr_lambda"], f"{label} lr_lambda")
 
@@ -873,11 +873,11 @@ def _no_check(label: str, args: dict[str, Any], span: float | None, unit: str) -
 
 def _check_step(label: str, args: dict[str, Any], span: float | None, unit: str) -> None:
     _positive(args["step_size"], f"{label} step_size")
-    args["gamma"] = _number(args["gamma"], f"{label} gamma")
+    args["gamma"] = expect_number(args["gamma"], f"{label} gamma")
 
 
 def _check_multistep(label: str, args: dict[str, Any], span: float | None, unit: str) -> None:
-    args["gamma"] = _number(args["gamma"], f"{label} gamma")
+    args["gamma"] = expect_number(args["gamma"], f"{label} gamma")
 
 
 def _check_exponential(label: str, args: dict[str, Any], span: float | None, unit: str) -> None:
@@ -913,11 +913,11 @@ def _check_onecycle(label: str, args: dict[str, Any], span: float | None, unit: 
             f"{label}: total is {total} but the run leaves {span} {unit} to the schedule "
             "(torch's OneCycleLR needs them equal); drop total to use the whole run"
         )
-    pct = _number(args["pct_start"], f"{label} pct_start")
+    pct = expect_number(args["pct_start"], f"{label} pct_start")
     if not 0.0 <= pct <= 1.0:
         raise TraincraftError(f"{label} pct_start must be between 0 and 1, got {pct}")
     args["pct_start"] = float(pct)
-    args["anneal_strategy"] = _choice(
+    args["anneal_strategy"] = expect_choice(
         f"{label} anneal_strategy", args["anneal_strategy"], ("cos", "linear")
     )
     _positive(args["div_factor"], f"{label} div_factor")
@@ -929,21 +929,21 @@ def _check_cyclic(label: str, args: dict[str, Any], span: float | None, unit: st
     _positive(args["step_size_up"], f"{label} step_size_up")
     if args["step_size_down"] is not None:
         _positive(args["step_size_down"], f"{label} step_size_down")
-    args["mode"] = _choice(
+    args["mode"] = expect_choice(
         f"{label} mode", args["mode"], ("triangular", "triangular2", "exp_range")
     )
-    args["gamma"] = _number(args["gamma"], f"{label} gamma")
+    args["gamma"] = expect_number(args["gamma"], f"{label} gamma")
 
 
 def _check_polynomial(label: str, args: dict[str, Any], span: float | None, unit: str) -> None:
     _check_total(label, args, span, unit)
-    args["power"] = _number(args["power"], f"{label} power")
+    args["power"] = expect_number(args["power"], f"{label} power")
 
 
 def _check_linear(label: str, args: dict[str, Any], span: float | None, unit: str) -> None:
     _check_total(label, args, span, unit)
     for key in ("start_factor", "end_factor"):
-        args[key] = _number(args[key], f"{label} {key}")
+        args[key] = expect_number(args[key], f"{label} {key}")
         if args[key] < 0:
             raise TraincraftError(f"{label} {key} must be >= 0, got {args[key]}")
 
@@ -960,14 +960,14 @@ def _check_wsd(label: str, args: dict[str, Any], span: float | None, unit: str) 
             f"{label}: the decay ({decay} {unit}) is longer than the schedule "
             f"({args['total']}); shorten it"
         )
-    args["decay_kind"] = _choice(
+    args["decay_kind"] = expect_choice(
         f"{label} decay_kind", args["decay_kind"], ("linear", "cosine", "sqrt")
     )
-    args["end_factor"] = _number(args["end_factor"], f"{label} end_factor")
+    args["end_factor"] = expect_number(args["end_factor"], f"{label} end_factor")
 
 
 def _check_plateau(label: str, args: dict[str, Any], span: float | None, unit: str) -> None:
-    factor = _number(args["factor"], f"{label} factor")
+    factor = expect_number(args["factor"], f"{label} factor")
     if not 0.0 <= factor < 1.0:
         raise TraincraftError(
             f"{label} factor must be in [0, 1) (new lr = lr × factor), got {factor}"
@@ -978,13 +978,13 @@ def _check_plateau(label: str, args: dict[str, Any], span: float | None, unit: s
             raise TraincraftError(
                 f"{label} {key} must be an integer number of epochs >= 0, got {value!r}"
             )
-    threshold = _number(args["threshold"], f"{label} threshold")
+    threshold = expect_number(args["threshold"], f"{label} threshold")
     if not (math.isfinite(threshold) and threshold >= 0):
         raise TraincraftError(f"{label} threshold must be a finite number >= 0, got {threshold}")
-    args["threshold_mode"] = _choice(
+    args["threshold_mode"] = expect_choice(
         f"{label} threshold_mode", args["threshold_mode"], ("rel", "abs")
     )
-    args["eps"] = _number(args["eps"], f"{label} eps")
+    args["eps"] = expect_number(args["eps"], f"{label} eps")
 
 
 _CHECKS: dict[str, Callable[[str, dict[str, Any], float | None, str], None]] = {
@@ -1003,31 +1003,11 @@ _CHECKS: dict[str, Callable[[str, dict[str, Any], float | None, str], None]] = {
 }
 
 
-def _number(value: Any, what: str) -> float:
-    # YAML reads "1e-6" (no dot) as a string; say so instead of failing inside a formula.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TraincraftError(
-            f"{what} must be a number, got {value!r} ({type(value).__name__}); "
-            "in YAML write 1.0e-6, not 1e-6"
-        )
-    return float(value)
-
-
 def _positive(value: Any, what: str) -> float:
-    number = _number(value, what)
+    number = expect_number(value, what)
     if not number > 0:
         raise TraincraftError(f"{what} must be > 0, got {value!r}")
     return value
-
-
-def _choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
-    key = str(value).strip().lower()
-    if key not in choices:
-        options = ", ".join(repr(c) for c in choices)
-        raise TraincraftError(
-            f"{what} must be one of {options}, got {value!r}{did_you_mean(key, choices)}"
-        )
-    return key
 
 
 def _function(value: Any, what: str) -> Callable[[int], float]:

@@ -525,20 +525,9 @@ def _section_error(err: ValidationError) -> str:
 
 def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
     """``raw[a][b] = value`` for ``key = "a.b"``, as a ``a.b=value`` override would set it."""
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        # Like overrides: a section given as a bare name (``model: mlp``) becomes {name: mlp}.
-        if child is None or isinstance(child, str) and part in {"model", "optimizer"}:
-            child = {"name": child} if isinstance(child, str) else {}
-            node[part] = child
-        if not isinstance(child, dict):
-            raise _recipe_error(
-                f"tune.space {key!r}: {'.'.join(parts[: i + 1])} is {child!r}, not a section"
-            )
-        node = child
-    node[parts[-1]] = _copy(value)
+    from traincraft.recipe import set_key
+
+    set_key(raw, key, _copy(value), where=f"tune.space {key!r}")
 
 
 def recipe_with(raw: Mapping[str, Any], values: Mapping[str, Any]) -> Recipe:

@@ -289,7 +289,7 @@ def test_inferred_modes(monitor: str, mode: str) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(TraincraftError, match="cannot tell whether 'val_custom' should go up"):
         EarlyStopping(monitor="val_custom")
-    with pytest.raises(TraincraftError, match="mode must be 'min' or 'max', got 'down'"):
+    with pytest.raises(TraincraftError, match="mode must be one of 'min', 'max', got 'down'"):
         EarlyStopping(mode="down")
     with pytest.raises(TraincraftError, match="patience must be an integer >= 1, got 0"):
         EarlyStopping(patience=0)

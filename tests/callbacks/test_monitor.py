@@ -77,12 +77,12 @@ def test_monitor_infers_mode_and_starts_at_worst() -> None:
 def test_bad_arguments_are_refused_with_one_line() -> None:
     with pytest.raises(TraincraftError) as err:
         Monitor("val_loss", mode="maximum")
-    assert str(err.value) == "mode must be 'min' or 'max', got 'maximum' (did you mean 'max'?)"
+    assert str(err.value) == "mode must be one of 'min', 'max', got 'maximum' (did you mean 'max'?)"
     with pytest.raises(TraincraftError, match=r"min_delta must be a finite number >= 0, got -0\.1"):
         Monitor("val_loss", min_delta=-0.1)
     with pytest.raises(TraincraftError, match="min_delta must be"):
         Monitor("val_loss", min_delta=NAN)
-    with pytest.raises(TraincraftError, match="min_delta_mode must be 'abs' or 'rel', got 'pct'"):
+    with pytest.raises(TraincraftError, match="min_delta_mode must be one of 'abs', 'rel', got 'pct'"):
         Monitor("val_loss", min_delta_mode="pct")
 
 

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from traincraft.errors import TraincraftError, did_you_mean
+from traincraft.errors import TraincraftError, did_you_mean, expect_choice
 
 Mode = Literal["min", "max"]
 
@@ -117,16 +117,6 @@ def format_value(value: float) -> str:
     return f"{value:.4f}"
 
 
-def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
-    key = str(value).strip().lower()
-    if key not in choices:
-        options = " or ".join(repr(c) for c in choices)
-        raise TraincraftError(
-            f"{what} must be {options}, got {value!r}{did_you_mean(key, choices)}"
-        )
-    return key
-
-
 class Monitor:
     """Tracks the best value of one figure and tells whether a new value improves on it.
 
@@ -174,9 +164,9 @@ class Monitor:
         if mode is None or str(mode).strip().lower() == "auto":
             self.mode: Mode = infer_mode(self.monitor)
         else:
-            self.mode = _check_choice("mode", mode, ("min", "max"))  # type: ignore[assignment]
+            self.mode = expect_choice("mode", mode, ("min", "max"))  # type: ignore[assignment]
         self.min_delta = _check_min_delta(min_delta)
-        self.min_delta_mode = _check_choice("min_delta_mode", min_delta_mode, ("abs", "rel"))
+        self.min_delta_mode = expect_choice("min_delta_mode", min_delta_mode, ("abs", "rel"))
         self.best: float = self._worst()
 
     def _worst(self) -> float:
