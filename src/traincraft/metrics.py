@@ -797,3 +797,47 @@ class MetricSet:
         for name, metric in zip(self._names, self.metrics):
             if name in state and callable(getattr(metric, "load_state_dict", None)):
                 metric.load_state_dict(state[name])
+
+
+class RunningMeans:
+    """Sample-weighted sums of named scalars (losses, penalties, gradient norms), kept on the
+    device: exact epoch means, no host sync per step.
+
+    Example:
+        >>> means = RunningMeans(torch.device("cpu"))
+        >>> means.add("loss", batch_loss, samples=len(batch))
+        >>> means.means(prefix="train_")
+        {'train_loss': 0.4}
+    """
+
+    def __init__(self, device: torch.device):
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def add(self, name: str, value: torch.Tensor, samples: int) -> None:
+        total = self.sums.get(name)
+        if total is None:
+            total = self.sums[name] = torch.zeros((), dtype=self.dtype, device=value.device)
+            self.counts[name] = 0
+        total.add_(value.detach(), alpha=samples)
+        self.counts[name] += samples
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: v.to(self.device, self.dtype) for k, v in state["sums"].items()}
+        self.counts = dict(state["counts"])
+
+    def mean(self, name: str) -> float:
+        count = self.counts.get(name, 0)
+        return float(self.sums[name]) / count if count else math.nan
+
+    def means(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}{name}": self.mean(name) for name in self.sums}

@@ -35,6 +35,7 @@ from traincraft.device import resolve_device
 from traincraft.errors import ModelError, TraincraftError
 from traincraft.history import History
 from traincraft.loggers import CSVLogger
+from traincraft.metrics import RunningMeans
 from traincraft.penalties import Penalty
 from traincraft.seeding import (
     new_seed,
@@ -184,7 +185,7 @@ class Trainer:
         self.state = TrainState()
         self.history = History()
         self._adapt_target: Callable[[Any, Any], Any] | None = None
-        self._sums = _RunningSums(self.device)
+        self._sums = RunningMeans(self.device)
         self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
         self.recipe: Any = None
 
@@ -447,7 +448,7 @@ class Trainer:
             self._check_finite()
 
     def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
-        sums = _RunningSums(self.device)
+        sums = RunningMeans(self.device)
         self.metrics.reset()
         with self._eval_mode(), self.stepper.autocast():
             for inputs, target in batches.epoch(0):
@@ -666,42 +667,6 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
-
-
-class _RunningSums:
-    """Sample-weighted sums kept on the device: exact epoch means, no host sync per step."""
-
-    def __init__(self, device: torch.device):
-        self.dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def reset(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
-
-    def add(self, name: str, value: torch.Tensor, samples: int) -> None:
-        total = self.sums.get(name)
-        if total is None:
-            total = self.sums[name] = torch.zeros((), dtype=self.dtype, device=value.device)
-            self.counts[name] = 0
-        total.add_(value.detach(), alpha=samples)
-        self.counts[name] += samples
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums = {k: v.to(self.device, self.dtype) for k, v in state["sums"].items()}
-        self.counts = dict(state["counts"])
-
-    def mean(self, name: str) -> float:
-        count = self.counts.get(name, 0)
-        return float(self.sums[name]) / count if count else math.nan
-
-    def means(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}{name}": self.mean(name) for name in self.sums}
 
 
 def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.MetricSet:
