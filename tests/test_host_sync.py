@@ -1,4 +1,4 @@
-"""No host sync per step: ``Trainer.fit`` reads tensor values per epoch and per progress refresh.
+"""No host sync per step: ``Trainer.fit`` reads tensor values per epoch and per clock tick.
 
 Every way Python code can pull a tensor's value to the host is counted while ``fit`` runs:
 ``Tensor.item``, ``.cpu``, ``.tolist``, ``.numpy`` and the conversions ``float()``, ``int()``,
@@ -7,17 +7,22 @@ Every way Python code can pull a tensor's value to the host is counted while ``f
 anything, and a real device-to-host copy by ``.to`` is only done per epoch (the best-weights
 snapshot) or per checkpoint.
 
-The progress bar writes to a stream that says it is a terminal, so tqdm really renders, and its
-clock is replaced by one that ticks with the optimizer steps, so each epoch has exactly
-``REFRESHES_PER_EPOCH`` refreshes whatever the machine's speed.
+Two things in the loop are paced by time rather than by steps: the progress bar's refresh and
+the trainer's periodic non-finite check. Both read ``time.monotonic`` of their own module, which
+is replaced here by a clock that ticks with the optimizer steps, ``TICKS_PER_EPOCH`` times per
+epoch, by more than either interval: the number of time-paced reads is then the same whatever the
+machine's speed. The progress bar writes to a stream that says it is a terminal, so tqdm really
+renders.
 
 The budget, derived from what the loop must read:
 
 * per epoch, for training and for validation: the loss sum (one ``float``) and, per metric, its
   accumulators copied to the host (one ``cpu`` each) plus the reads of ``finalize`` (``mae``: two
-  accumulators, then ``float(total)`` and ``int(count)`` twice): 2 × (1 + 5) = 12 reads with one
-  metric. ``PER_EPOCH`` allows 16.
-* per progress refresh: the running loss (one ``float``). ``PER_REFRESH`` allows 2.
+  accumulators, then ``float(total)`` and ``int(count)`` twice), 2 × (1 + 5) = 12 reads with one
+  metric; and the epoch-end non-finite check (the loss, and the gradient norm when clipping).
+  ``PER_EPOCH`` allows 16.
+* per clock tick: the progress bar's running loss (one ``float``) and the non-finite check's loss
+  and gradient norm (one or two ``float``). ``PER_TICK`` allows 3.
 * per fit: nothing is read at the start or the end today. ``PER_FIT`` allows 8.
 
 With 200 steps per epoch, one extra read per step is 200 reads per epoch: far past the budget.
@@ -29,8 +34,9 @@ import collections
 import contextlib
 import io
 import sys
+import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +46,13 @@ import torch
 from torch import nn
 
 import traincraft.callbacks.progress as progress_module
+import traincraft.trainer as trainer_module
 from traincraft import EarlyStopping, Trainer
 
 READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
 EPOCHS = 3
-REFRESHES_PER_EPOCH = 4
-PER_EPOCH, PER_REFRESH, PER_FIT = 16, 2, 8
+TICKS_PER_EPOCH = 4
+PER_EPOCH, PER_TICK, PER_FIT = 16, 3, 8
 
 
 @contextlib.contextmanager
@@ -75,6 +82,12 @@ def counting_reads() -> Iterator[collections.Counter[str]]:
                 delattr(torch.Tensor, name)
 
 
+def time_with_clock(monotonic: Callable[[], float]) -> types.SimpleNamespace:
+    """The ``time`` module with ``monotonic`` replaced (``perf_counter`` and the rest kept)."""
+    names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+    return types.SimpleNamespace(**{**names, "monotonic": monotonic})
+
+
 class FakeTerminal(io.StringIO):
     """A stream that says it is a terminal, so the progress bar renders into it."""
 
@@ -94,8 +107,8 @@ class Run:
         return sum(self.reads.values())
 
 
-def budget(epochs: int, refreshes: int) -> int:
-    return PER_EPOCH * epochs + PER_REFRESH * refreshes + PER_FIT
+def budget(epochs: int, ticks: int) -> int:
+    return PER_EPOCH * epochs + PER_TICK * ticks + PER_FIT
 
 
 def regression(steps: int, batch_size: int) -> tuple[tuple[torch.Tensor, ...], ...]:
@@ -119,13 +132,13 @@ def fit_counting(
     task: str = "regression",
     loss: Any = "mse",
     run_dir: Path | None = None,
-    refreshes_per_epoch: int = REFRESHES_PER_EPOCH,
+    ticks_per_epoch: int = TICKS_PER_EPOCH,
     **kwargs: Any,
 ) -> Run:
     """Fit ``EPOCHS`` epochs of ``steps`` optimizer steps with the defaults on, counting reads.
 
-    The progress clock moves every ``steps // refreshes_per_epoch`` optimizer steps, by more
-    than the refresh interval (0: it never moves, so the bar never refreshes mid-epoch).
+    The clock moves by a second every ``steps // ticks_per_epoch`` optimizer steps (0: it never
+    moves, so nothing paced by time happens mid-epoch).
     """
     batch_size, accumulate = 16, kwargs.get("accumulate", 1)
     make = regression if task == "regression" else classification
@@ -146,11 +159,10 @@ def fit_counting(
         run_dir=run_dir,
         **kwargs,
     )
-    tick = steps // refreshes_per_epoch if refreshes_per_epoch else 0
-    clock = types.SimpleNamespace(
-        monotonic=lambda: float(trainer.state.step // tick) if tick else 0.0
-    )
+    tick = steps // ticks_per_epoch if ticks_per_epoch else 0
+    clock = time_with_clock(lambda: float(trainer.state.step // tick) if tick else 0.0)
     monkeypatch.setattr(progress_module, "time", clock)
+    monkeypatch.setattr(trainer_module, "time", clock)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     refreshes = 0
@@ -167,23 +179,28 @@ def fit_counting(
     return Run(collections.Counter(reads), refreshes, trainer.state.step, terminal.getvalue())
 
 
-def test_reads_are_bounded_per_epoch_and_per_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_are_bounded_per_epoch_and_per_tick(monkeypatch: pytest.MonkeyPatch) -> None:
     run = fit_counting(monkeypatch, steps=200)
     assert run.steps == 200 * EPOCHS
-    assert run.refreshes == REFRESHES_PER_EPOCH * EPOCHS
+    ticks = TICKS_PER_EPOCH * EPOCHS
+    assert run.refreshes == ticks  # the bar refreshed at every tick of the clock, and only then
     # The bar really rendered, on a terminal: carriage returns, the last epoch, the figures.
     assert "\r" in run.output and "Epoch 3/3" in run.output and "train_loss" in run.output
-    assert run.total <= budget(EPOCHS, run.refreshes), dict(run.reads)
+    assert run.total <= budget(EPOCHS, ticks), dict(run.reads)
     assert run.reads["item"] == 0 and run.reads["tolist"] == 0, dict(run.reads)
 
 
-def test_each_refresh_reads_a_bounded_number(monkeypatch: pytest.MonkeyPatch) -> None:
-    still = fit_counting(monkeypatch, steps=100, refreshes_per_epoch=0)
+def test_each_tick_reads_a_bounded_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    still = fit_counting(monkeypatch, steps=100, ticks_per_epoch=0)
     moving = fit_counting(monkeypatch, steps=100)
-    assert still.refreshes == 0 and moving.refreshes == REFRESHES_PER_EPOCH * EPOCHS
+    ticks = TICKS_PER_EPOCH * EPOCHS
+    assert still.refreshes == 0 and moving.refreshes == ticks
     assert still.total <= PER_EPOCH * EPOCHS + PER_FIT, dict(still.reads)
     # A refresh shows the running loss: it reads the device, but only a fixed amount.
-    assert 0 < moving.total - still.total <= PER_REFRESH * moving.refreshes
+    assert 0 < moving.total - still.total <= PER_TICK * ticks, (
+        dict(still.reads),
+        dict(moving.reads),
+    )
 
 
 CLASSIFICATION = {
@@ -216,7 +233,7 @@ def test_reads_do_not_grow_with_steps(
         for steps in (40, 80)
     )
     assert long.steps == 2 * short.steps
-    assert short.refreshes == long.refreshes == REFRESHES_PER_EPOCH * EPOCHS
+    assert short.refreshes == long.refreshes == TICKS_PER_EPOCH * EPOCHS
     # Twice the steps, not one read more.
     assert long.reads == short.reads, (dict(short.reads), dict(long.reads))
 
@@ -232,5 +249,5 @@ def test_one_read_per_step_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     short = fit_counting(monkeypatch, steps=40, loss=loss_reading_every_batch)
     long = fit_counting(monkeypatch, steps=200, loss=loss_reading_every_batch)
     assert long.reads["item"] >= long.steps
-    assert long.total > budget(EPOCHS, long.refreshes)
+    assert long.total > budget(EPOCHS, TICKS_PER_EPOCH * EPOCHS)
     assert long.reads != short.reads

@@ -595,3 +595,8 @@ def test_cnn_loss_decreases_on_a_tiny_batch():
     with torch.no_grad():
         final = loss_fn(model(x), y).item()
     assert final < 0.5 * losses[0]
+
+
+def test_user_class_object_inside_a_dict_spec():
+    model = models.build({"name": PlainNet, "in_f": 3, "out_f": 4}, input_shape=(3,), output_size=1)
+    assert model.fc.out_features == 4

@@ -30,11 +30,13 @@ _EXPORTS = {
     "TraincraftError": "traincraft.errors",
     "Checkpoint": "traincraft.callbacks.checkpoint",
     "tune": "traincraft.tuning",
+    "lr_find": "traincraft.lr_finder",
+    "LRFindResult": "traincraft.lr_finder",
 }
 _MODULES = {"losses", "optim", "metrics", "data", "datasets", "models", "schedules"}
 
 __all__ = [
-    "CSVLogger", "Callback", "Checkpoint", "EarlyStopping", "History", "ProgressBar", "Recipe", "TrainState",
+    "CSVLogger", "Callback", "Checkpoint", "EarlyStopping", "History", "LRFindResult", "lr_find", "ProgressBar", "Recipe", "TrainState",
     "TraincraftError", "Trainer", "__version__", "data", "datasets", "load_model", "load_recipe",
     "losses", "metrics", "models", "optim", "schedules", "tune",
 ]
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from traincraft.errors import TraincraftError
     from traincraft.history import History
     from traincraft.loggers import CSVLogger
+    from traincraft.lr_finder import LRFindResult, lr_find
     from traincraft.recipe import Recipe, load_recipe
     from traincraft.run import load_model
     from traincraft.state import TrainState

@@ -41,7 +41,12 @@ EXAMPLES = {
 
 
 # Commands with a parser of their own: everything after the name is theirs (--help included).
-PASSTHROUGH = {"schedule": "traincraft.schedules:preview_main", "tune": "traincraft.tuning:tune_main"}
+PASSTHROUGH = {
+    "schedule": "traincraft.schedules:preview_main",
+    "tune": "traincraft.tuning:tune_main",
+    "report": "traincraft.report:report_main",
+    "lr-find": "traincraft.lr_finder:lr_find_main",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands their arguments to their own parsers (PASSTHROUGH).
     commands.add_parser("schedule", help="preview a recipe's learning-rate schedule without training")
     commands.add_parser("tune", help="search hyperparameters with Optuna (the recipe's tune: section)")
+    commands.add_parser("report", help="rebuild a run's plots and report.html")
+    commands.add_parser("lr-find", help="find a learning rate with the range test")
     return parser
 
 

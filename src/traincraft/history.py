@@ -86,23 +86,15 @@ class History:
         self.best, self.stop_reason = state.get("best"), state.get("stop_reason")
 
     def plot(self, metrics: list[str] | None = None) -> Any:
-        """A matplotlib figure of the loss (and ``metrics``) per epoch, for notebooks."""
-        import matplotlib
+        """A matplotlib figure for notebooks: the loss, each metric (``metrics``, default every one
+        recorded) and the gradient norm per epoch, with the best epoch and an early stop marked.
 
-        if matplotlib.get_backend().lower() in {"", "agg"}:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        The figure is a bare ``matplotlib.figure.Figure`` (no pyplot state): a notebook shows it
+        inline; ``fig.savefig("curves.png")`` writes it.
 
-        data = self.as_dict()
-        names = [["train_loss", "val_loss"]] + [[f"train_{m}", f"val_{m}"] for m in metrics or []]
-        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
-        for ax, pair in zip(axes[0], names):
-            for name in pair:
-                if name in data:
-                    ax.plot(data["epoch"], data[name], label=name)
-            if self.best and self.best["monitor"] in pair:
-                ax.axvline(self.best["epoch"], color="grey", linestyle=":", label="best")
-            ax.set_xlabel("epoch")
-            ax.legend()
-        fig.tight_layout()
-        return fig
+        Example:
+            >>> fig = history.plot(["accuracy"])
+        """
+        from traincraft.report import history_figure
+
+        return history_figure(self.as_dict(), metrics, best=self.best, stop_reason=self.stop_reason)

@@ -141,7 +141,9 @@ class Recipe(Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     tune: TuneSection | None = None
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)
-    logging: list[Literal["csv"]] = Field(default_factory=lambda: ["csv"])
+    logging: list[Literal["csv", "tensorboard", "mlflow"] | dict[str, Any]] = Field(
+        default_factory=lambda: ["csv"], description="csv (always written), tensorboard, mlflow"
+    )
     _base_dir: str | None = PrivateAttr(None)
 
     @field_validator("optimizer", mode="before")

@@ -8,6 +8,9 @@ Run folder (``runs/<name>/<YYYYmmdd-HHMMSS>/`` unless given)::
     metrics.csv        one row per epoch, rewritten at each epoch end
     best.safetensors   the final weights (the best ones when early stopping restores them)
     results.json       the test split evaluated with those weights, when there is a test split
+    checkpoints/       last.ckpt and the kept ones (exact resume); best.json says which epoch was best
+    steps.csv, summary.json, plots/, report.html    the LR per step, the summary, the plots, the page
+    tensorboard/, mlruns/                           when those loggers are on
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ def trainer_from_recipe(
         kwargs["callbacks"].append(RunFolder(run_dir, recipe, info))
     if not checkpoint:
         kwargs["checkpoint"] = False
+    if run_dir is not None:  # tensorboard and mlflow write into the run folder
+        kwargs["loggers"] = [spec for spec in recipe.logging if spec != "csv"]
     trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress)
     trainer.data, trainer.recipe = data, recipe
     return trainer

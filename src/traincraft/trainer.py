@@ -90,6 +90,9 @@ class Trainer:
         run_dir: a folder for ``metrics.csv``, checkpoints and the best weights; None writes no files.
         checkpoint: with a ``run_dir``: True for the default :class:`~traincraft.callbacks.checkpoint.Checkpoint`,
             a dict of its arguments (``{"every_n_steps": 500, "keep_last": 3}``), or False for none.
+        loggers: with a ``run_dir``: ``"tensorboard"``, ``"mlflow"`` (or ``{"name": ..., **kwargs}``,
+            or logger callbacks); ``metrics.csv`` is always written.
+        report: with a ``run_dir``: plots in ``plots/`` and ``report.html`` at the end of ``fit``.
         progress: show a progress bar (a line per epoch when output is not a terminal).
 
     Example:
@@ -137,6 +140,8 @@ class Trainer:
         deterministic: bool = False,
         run_dir: str | Path | None = None,
         checkpoint: dict[str, Any] | bool = True,
+        loggers: Sequence[Any] = (),
+        report: bool = True,
         progress: bool = True,
     ):
         if not isinstance(model, nn.Module):
@@ -180,7 +185,16 @@ class Trainer:
             self.callbacks.append(Checkpoint(self.run_dir, **(checkpoint if isinstance(checkpoint, dict) else {})))
         self.callbacks.extend(callbacks)
         if self.run_dir is not None:
+            from traincraft import loggers as loggers_module
+            from traincraft.report import RunReport
+
+            # After the user's callbacks: results.json exists when the report is built.
+            if report and not any(isinstance(c, RunReport) for c in callbacks):
+                self.callbacks.append(RunReport(self.run_dir))
+            self.callbacks.extend(loggers_module.build(list(loggers), self.run_dir))
             self.callbacks.append(CSVLogger(self.run_dir))
+        elif loggers:
+            raise TraincraftError("loggers need a run_dir to write to")
         self.rank, self.world_size = 0, 1
         self.state = TrainState()
         self.history = History()

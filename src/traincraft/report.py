@@ -1,0 +1,618 @@
+"""Plots and the HTML report of a run.
+
+At the end of ``fit``, :class:`RunReport` writes into the run folder::
+
+    steps.csv      the learning rate of every optimizer step (per parameter group), and the momentum
+    summary.json   stop reason, best epoch, epochs, steps, seconds, steps per second
+    plots/         loss.png, one png per metric, lr.png, grad_norm.png (when recorded)
+    report.html    one self-contained page: summary, test metrics, plots, recipe, environment
+
+Everything the report shows comes from the files of the run folder, so ``traincraft report
+RUN_DIR`` rebuilds ``plots/`` and ``report.html`` from them alone. matplotlib is imported only when
+a figure is drawn.
+
+Example:
+    >>> trainer = Trainer(model, loss="mse", run_dir="runs/a", callbacks=[RunReport("runs/a")])
+    >>> trainer.fit((X, y), val=(Xv, yv))          # runs/a/report.html, runs/a/plots/*.png
+    >>> build_report("runs/a")                      # the same, from the files alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import math
+import re
+import sys
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from traincraft.callbacks.base import Callback
+from traincraft.errors import TraincraftError
+from traincraft.files import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from traincraft.trainer import Trainer
+
+__all__ = [
+    "RunFiles",
+    "RunReport",
+    "build_report",
+    "epoch_figure",
+    "history_figure",
+    "load_run_files",
+    "lr_figure",
+    "metric_names",
+    "render_html",
+    "report_main",
+    "stop_marker",
+    "write_plots",
+]
+
+# Stop reasons that are the planned end of a run: nothing to mark on the curves.
+PLANNED_STOPS = ("max_epochs", "max_steps")
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+class RunReport(Callback):
+    """Records the LR of every optimizer step; at the end of ``fit`` writes ``steps.csv``,
+    ``summary.json``, ``plots/`` and ``report.html`` into ``folder``.
+
+    Per step it keeps only plain floats read from the optimizer's parameter groups (no tensor is
+    read). Its records are part of the checkpoint, so a resumed run has the whole LR curve.
+
+    Args:
+        folder: the run folder (the one holding ``metrics.csv``).
+
+    Example:
+        >>> trainer = Trainer(model, loss="mse", run_dir="runs/a", callbacks=[RunReport("runs/a")])
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.group_names: list[str] = []
+        self.steps = array("q")
+        self.lrs: list[array] = []  # one column per parameter group
+        self.momenta = array("d")
+        self.seconds_before = 0.0  # time spent in earlier sessions of a resumed run
+        self._pending: tuple[list[float], float | None] | None = None
+        self._started = time.perf_counter()
+        self._loaded = False
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not self._loaded:  # a new run, not the continuation of a saved one
+            self.group_names, self.steps, self.lrs = [], array("q"), []
+            self.momenta, self.seconds_before = array("d"), 0.0
+        self._loaded = False
+        self._started = time.perf_counter()
+
+    def on_before_step(self, trainer: Trainer) -> None:
+        # The LR this step uses: the schedule moves it on right after the step.
+        groups = trainer.optimizer.param_groups
+        self._pending = ([_plain(g["lr"]) for g in groups], _momentum(groups[0]))
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if self._pending is None:
+            return
+        lrs, momentum = self._pending
+        self._pending = None
+        if not self.lrs:
+            groups = trainer.optimizer.param_groups
+            self.group_names = [str(g.get("name", i)) for i, g in enumerate(groups)]
+            self.lrs = [array("d") for _ in groups]
+        self.steps.append(trainer.state.step)
+        for column, lr in zip(self.lrs, lrs):
+            column.append(lr)
+        if momentum is not None:
+            self.momenta.append(momentum)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if not trainer.is_main_process:
+            return
+        if not trainer.history.epochs:
+            trainer.log("no epoch finished: no report (it is built at the end of a run with epochs)")
+            return
+        if trainer.state.stop_reason is not None:
+            self.write(trainer)
+            return
+        # An exception ends this run: the report still helps to see why, but must not hide it.
+        try:
+            self.write(trainer)
+        except Exception as err:  # noqa: BLE001
+            trainer.log(f"could not write the report: {type(err).__name__}: {err}")
+
+    def write(self, trainer: Trainer) -> Path:
+        """Write steps.csv and summary.json, then the plots and report.html."""
+        atomic_write_text(self.folder / "steps.csv", self.steps_csv())
+        atomic_write_text(self.folder / "summary.json", json.dumps(self.summary(trainer), indent=2))
+        return build_report(self.folder)
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self._started
+
+    def summary(self, trainer: Trainer) -> dict[str, Any]:
+        state, seconds = trainer.state, self.seconds()
+        history = trainer.history
+        return {
+            "stop_reason": state.stop_reason or "error",
+            "epochs": state.epoch,
+            "steps": state.step,
+            "skipped_steps": state.skipped_steps,
+            "seconds": round(seconds, 3),
+            "steps_per_second": round(state.step / seconds, 3) if seconds > 0 else None,
+            "best": trainer._best(),
+            "last_epoch": int(history.epochs[-1]["epoch"]) if history.epochs else None,
+            "steps_per_epoch": state.steps_per_epoch,
+            "device": str(trainer.device),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def steps_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        momentum = len(self.momenta) == len(self.steps) and len(self.steps) > 0
+        writer.writerow(["step", *(f"lr/{n}" for n in self.group_names), *(["momentum"] if momentum else [])])
+        for i, step in enumerate(self.steps):
+            row: list[Any] = [step, *(repr(c[i]) for c in self.lrs)]
+            writer.writerow(row + ([repr(self.momenta[i])] if momentum else []))
+        return buffer.getvalue()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "group_names": list(self.group_names),
+            "steps": list(self.steps),
+            "lrs": [list(c) for c in self.lrs],
+            "momenta": list(self.momenta),
+            "seconds": self.seconds(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.group_names = list(state["group_names"])
+        self.steps = array("q", state["steps"])
+        self.lrs = [array("d", c) for c in state["lrs"]]
+        self.momenta = array("d", state["momenta"])
+        self.seconds_before = float(state["seconds"])
+        self._loaded = True
+
+
+def _plain(value: Any) -> float:
+    # LRs are Python floats; a tensor LR (capturable optimizers) is read as it is.
+    return value if isinstance(value, float) else float(value)
+
+
+def _momentum(group: dict[str, Any]) -> float | None:
+    if "momentum" in group:
+        return _plain(group["momentum"])
+    betas = group.get("betas")
+    return _plain(betas[0]) if betas else None
+
+
+# --------------------------------------------------------------------------- the run's files
+
+
+@dataclass
+class RunFiles:
+    """What a run folder holds, read back (every part optional but the folder)."""
+
+    folder: Path
+    columns: dict[str, list[float]] = field(default_factory=dict)  # metrics.csv
+    steps: dict[str, list[float]] = field(default_factory=dict)  # steps.csv
+    summary: dict[str, Any] = field(default_factory=dict)  # summary.json
+    results: dict[str, Any] = field(default_factory=dict)  # results.json
+    best: dict[str, Any] | None = None  # summary's best, else results', else best.json
+    recipe: str | None = None  # recipe.yaml, as written
+    env: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run_files(folder: str | Path) -> RunFiles:
+    """Read a run folder's files for the report.
+
+    Raises:
+        TraincraftError: the folder does not exist or has no metrics.csv.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TraincraftError(f"run folder {folder} not found")
+    if not (folder / "metrics.csv").is_file():
+        raise TraincraftError(
+            f"{folder} is not a run folder with results: metrics.csv is missing (is training "
+            "finished, or did it stop before the first epoch ended?)"
+        )
+    run = RunFiles(folder, columns=_read_csv(folder / "metrics.csv"))
+    if (folder / "steps.csv").is_file():
+        run.steps = _read_csv(folder / "steps.csv")
+    run.summary = _read_json(folder / "summary.json")
+    run.results = _read_json(folder / "results.json")
+    run.env = _read_json(folder / "env.json")
+    run.data = _read_json(folder / "data.json")
+    run.best = run.summary.get("best") or run.results.get("best") or _read_json(folder / "best.json") or None
+    if (folder / "recipe.yaml").is_file():
+        run.recipe = (folder / "recipe.yaml").read_text(encoding="utf-8")
+    return run
+
+
+def _read_csv(path: Path) -> dict[str, list[float]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    names = list(rows[0]) if rows else []
+    return {n: [_number(row.get(n)) for row in rows] for n in names}
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TraincraftError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from err
+    return value if isinstance(value, dict) else {}
+
+
+# --------------------------------------------------------------------------- figures
+
+NOT_METRICS = {"epoch", "step", "seconds", "lr", "momentum", "grad_norm"}
+
+
+def metric_names(columns: Sequence[str]) -> list[str]:
+    """Figures recorded per epoch besides the loss, in order of first appearance:
+    ``train_accuracy``/``val_accuracy`` give ``accuracy``; loss terms give ``loss/<term>``."""
+    names: dict[str, None] = {}
+    for column in columns:
+        for prefix in ("train_", "val_"):
+            if column.startswith(prefix) and column[len(prefix) :] != "loss":
+                names[column[len(prefix) :]] = None
+    return list(names)
+
+
+def stop_marker(stop_reason: str | None, last_epoch: int | None) -> tuple[int, str] | None:
+    """``(epoch, label)`` where training stopped before its planned end, else None."""
+    if stop_reason is None or stop_reason in PLANNED_STOPS or last_epoch is None:
+        return None
+    return last_epoch, f"stopped ({stop_reason})"
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    # A bare Figure on an Agg canvas: no window, no pyplot state, shown inline by notebooks.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _epoch_axes(
+    ax: Axes,
+    columns: dict[str, list[float]],
+    names: Sequence[str],
+    *,
+    title: str,
+    best: dict[str, Any] | None,
+    stop: tuple[int, str] | None,
+) -> None:
+    epochs = columns.get("epoch") or list(range(1, len(next(iter(columns.values()), [])) + 1))
+    for name in names:
+        if name in columns:
+            ax.plot(epochs, columns[name], label=name, marker="." if len(epochs) < 30 else None)
+    if best and best.get("epoch") is not None:
+        ax.axvline(best["epoch"], color="tab:green", linestyle=":", linewidth=1.5,
+                   label=f"best epoch {best['epoch']}")
+        monitor = best.get("monitor")
+        if monitor in names and best.get("value") is not None:
+            ax.plot([best["epoch"]], [best["value"]], "o", color="tab:green", markersize=7)
+    if stop is not None:
+        ax.axvline(stop[0], color="tab:red", linestyle="--", linewidth=1.2, label=stop[1])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def epoch_figure(
+    columns: dict[str, list[float]],
+    names: Sequence[str],
+    *,
+    title: str,
+    best: dict[str, Any] | None = None,
+    stop: tuple[int, str] | None = None,
+) -> Figure:
+    """One panel of the ``names`` columns against the epoch, best epoch and stop marked.
+
+    Example:
+        >>> fig = epoch_figure(history.as_dict(), ["train_loss", "val_loss"], title="loss",
+        ...                    best=history.best, stop=(12, "stopped (early_stopping)"))
+    """
+    fig = _new_figure(6.4, 3.6)
+    _epoch_axes(fig.add_subplot(), columns, names, title=title, best=best, stop=stop)
+    return fig
+
+
+def lr_figure(
+    steps: dict[str, list[float]], *, steps_per_epoch: int | None = None
+) -> Figure | None:
+    """The LR of every optimizer step (one line per distinct group), and the momentum below it
+    when it changes. ``steps`` holds ``step``, ``lr/<group>`` and perhaps ``momentum`` columns;
+    None when it holds no step."""
+    x = steps.get("step") or []
+    if not x:
+        return None
+    series: dict[str, list[float]] = {}
+    for name, values in steps.items():
+        if name.startswith("lr/") and values not in series.values():  # groups with equal LRs: one line
+            series[name] = values
+    momentum = steps.get("momentum") or []
+    show_momentum = len(set(momentum)) > 1
+    fig = _new_figure(6.4, 5.2 if show_momentum else 3.4)
+    axes = fig.subplots(2 if show_momentum else 1, 1, sharex=True, squeeze=False)[:, 0]
+    for name, values in series.items():
+        axes[0].plot(x, values, label=name if len(series) > 1 else "lr", linewidth=1.4)
+    axes[0].set_ylabel("learning rate")
+    axes[0].set_title("learning rate per optimizer step")
+    if len(series) > 1:
+        axes[0].legend(fontsize="small")
+    if show_momentum:
+        axes[1].plot(x, momentum, color="tab:purple", linewidth=1.4)
+        axes[1].set_ylabel("momentum")
+    axes[-1].set_xlabel("optimizer step")
+    if steps_per_epoch:
+        spe = float(steps_per_epoch)
+        top = axes[0].secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
+        top.set_xlabel("epoch")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig
+
+
+def run_figures(run: RunFiles) -> dict[str, Figure]:
+    """Every figure of a run, by file stem: loss, one per metric, lr, grad_norm."""
+    columns, summary = run.columns, run.summary
+    last = int(columns["epoch"][-1]) if columns.get("epoch") else None
+    stop = stop_marker(summary.get("stop_reason") or run.results.get("stop_reason"), last)
+    figures: dict[str, Figure] = {}
+    if "train_loss" in columns or "val_loss" in columns:
+        figures["loss"] = epoch_figure(columns, ["train_loss", "val_loss"], title="loss",
+                                       best=run.best, stop=stop)
+    for name in metric_names(list(columns)):
+        figures[_file_stem(name)] = epoch_figure(
+            columns, [f"train_{name}", f"val_{name}"], title=name, best=run.best, stop=stop
+        )
+    lr = lr_figure(run.steps, steps_per_epoch=summary.get("steps_per_epoch"))
+    if lr is not None:
+        figures["lr"] = lr
+    if "grad_norm" in columns:
+        figures["grad_norm"] = epoch_figure(
+            columns, ["grad_norm"], title="gradient norm (mean over the epoch's steps, before clipping)",
+            best=None, stop=stop,
+        )
+    return figures
+
+
+def history_figure(
+    columns: dict[str, list[float]],
+    metrics: Sequence[str] | None = None,
+    *,
+    best: dict[str, Any] | None = None,
+    stop_reason: str | None = None,
+) -> Figure:
+    """Loss, each metric and the gradient norm side by side (what ``History.plot`` draws)."""
+    names = metric_names(list(columns)) if metrics is None else list(metrics)
+    panels = [("loss", ["train_loss", "val_loss"])]
+    panels += [(m, [f"train_{m}", f"val_{m}"]) for m in names]
+    if "grad_norm" in columns:
+        panels.append(("gradient norm", ["grad_norm"]))
+    last = int(columns["epoch"][-1]) if columns.get("epoch") else None
+    stop = stop_marker(stop_reason, last)
+    fig = _new_figure(4.8 * len(panels), 3.6)
+    for ax, (title, pair) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _epoch_axes(ax, columns, pair, title=title, best=best if title != "gradient norm" else None, stop=stop)
+    return fig
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "metric"
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def write_plots(folder: str | Path) -> dict[str, Path]:
+    """Draw every figure of a run folder into its ``plots/`` folder; returns ``{stem: path}``."""
+    run = load_run_files(folder)
+    return {stem: path for stem, (path, _) in _write_pngs(run).items()}
+
+
+def _write_pngs(run: RunFiles) -> dict[str, tuple[Path, bytes]]:
+    pngs: dict[str, tuple[Path, bytes]] = {}
+    for stem, fig in run_figures(run).items():
+        data = _png(fig)
+        path = run.folder / "plots" / f"{stem}.png"
+        atomic_write(path, lambda handle, data=data: handle.write(data))
+        pngs[stem] = (path, data)
+    return pngs
+
+
+# --------------------------------------------------------------------------- the HTML page
+
+
+def build_report(folder: str | Path, output: str | Path | None = None) -> Path:
+    """Write ``plots/*.png`` and ``report.html`` (or ``output``) from a run folder's files.
+
+    Example:
+        >>> build_report("runs/quickstart/20261121-101500")
+        PosixPath('runs/quickstart/20261121-101500/report.html')
+    """
+    run = load_run_files(folder)
+    pngs = _write_pngs(run)
+    page = render_html(run, {stem: data for stem, (_, data) in pngs.items()})
+    return atomic_write_text(Path(output) if output else run.folder / "report.html", page)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;
+padding:24px;color:#1d1d1f;background:#fff}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;
+margin-top:32px}.muted{color:#666}table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ddd;padding:4px 10px;text-align:left;font-variant-numeric:tabular-nums}
+th{background:#f5f5f7}.plots{display:flex;flex-wrap:wrap;gap:12px}
+.plots figure{margin:0;border:1px solid #eee;padding:6px}.plots img{max-width:520px;width:100%}
+figcaption{font-size:.85em;color:#555;text-align:center}
+pre{background:#f5f5f7;padding:12px;overflow-x:auto;font-size:.85em}
+details summary{cursor:pointer;margin:8px 0}
+"""
+
+
+def render_html(run: RunFiles, pngs: dict[str, bytes]) -> str:
+    """The report page: inline CSS, images as ``data:`` URIs, no script, no external reference."""
+    name = _recipe_name(run.recipe) or run.folder.name
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(name)} — traincraft report</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{_e(name)}</h1>",
+        f'<p class="muted">{_e(run.folder)}</p>',
+        "<h2>Summary</h2>",
+        _table(_summary_rows(run)),
+    ]
+    test = run.results.get("test")
+    if isinstance(test, dict) and test:
+        parts += ["<h2>Test metrics</h2>", _table([(k, _fmt(v)) for k, v in test.items()])]
+    if run.columns.get("epoch"):
+        last = {k: v[-1] for k, v in run.columns.items()}
+        parts += ["<h2>Last epoch</h2>", _table([(k, _fmt(v)) for k, v in last.items()])]
+    if pngs:
+        parts += ["<h2>Plots</h2>", '<div class="plots">']
+        for stem, data in pngs.items():
+            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            parts.append(f'<figure><img alt="{_e(stem)}" src="{uri}"><figcaption>{_e(stem)}</figcaption></figure>')
+        parts.append("</div>")
+    if run.columns:
+        parts += ["<h2>Every epoch</h2>", "<details><summary>metrics.csv</summary>",
+                  _column_table(run.columns), "</details>"]
+    if run.recipe:
+        parts += ["<h2>Recipe</h2>", f"<pre>{_e(run.recipe)}</pre>"]
+    if run.data:
+        parts += ["<h2>Data</h2>", _table([(k, _fmt(v)) for k, v in run.data.items() if k != "scaler"])]
+    if run.env:
+        parts += ["<h2>Environment</h2>", _table([(k, _fmt(v)) for k, v in run.env.items()])]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _summary_rows(run: RunFiles) -> list[tuple[str, str]]:
+    s, r = run.summary, run.results
+    rows = [("stop reason", s.get("stop_reason") or r.get("stop_reason"))]
+    rows.append(("epochs", s.get("epochs", r.get("epochs", len(run.columns.get("epoch", []))))))
+    rows.append(("optimizer steps", s.get("steps", r.get("steps"))))
+    if s.get("skipped_steps"):
+        rows.append(("skipped steps", s["skipped_steps"]))
+    best = run.best
+    if best and best.get("epoch") is not None:
+        rows.append(("best epoch", f"{best['epoch']} ({best.get('monitor')} {_fmt(best.get('value'))})"))
+    if s.get("seconds") is not None:
+        rows.append(("total time", _duration(float(s["seconds"]))))
+    if s.get("steps_per_second") is not None:
+        rows.append(("steps per second", _fmt(s["steps_per_second"])))
+    rows.append(("device", s.get("device") or run.env.get("device")))
+    return [(k, _fmt(v)) for k, v in rows if v is not None]
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _column_table(columns: dict[str, list[float]]) -> str:
+    names = list(columns)
+    head = "".join(f"<th>{_e(n)}</th>" for n in names)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_e(_fmt(columns[n][i]))}</td>" for n in names) + "</tr>"
+        for i in range(len(columns[names[0]]))
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min {secs:02.0f} s"
+    return f"{minutes} min {secs:04.1f} s" if minutes else f"{secs:.1f} s"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _recipe_name(text: str | None) -> str | None:
+    match = re.search(r"^name:\s*(.+?)\s*$", text or "", flags=re.MULTILINE)
+    return match.group(1).strip("'\"") if match else None
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """``traincraft report RUN_DIR [--output FILE]``: rebuild a run's plots and report.html.
+
+    Returns the exit code (2 with one line on stderr for a mistake; ``--debug`` shows the
+    traceback instead).
+    """
+    parser = argparse.ArgumentParser(
+        prog="traincraft report",
+        description="rebuild a run's plots/ and report.html from the files of its run folder",
+        epilog="example:\n  traincraft report runs/quickstart/20261121-101500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--output", metavar="HTML", help="default: RUN_DIR/report.html")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        path = build_report(args.run_dir, args.output)
+    except TraincraftError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {path}", file=sys.stderr)
+    return 0
