@@ -29,9 +29,12 @@ demo: setup  ## the quickstart: digits with a small CNN
 test: $(TEST_STAMP)  ## the whole test suite
 	$(PY) -m pytest
 
-bench: setup  ## benchmarks (not tests): ratios against hand-written loops
-	$(PY) bench/quickstart.py
+bench: setup  ## benchmarks (not tests): ratios against hand-written loops and peers
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS),bench]"
+	$(PY) bench/overhead.py
+	$(PY) bench/startup.py
 	$(PY) bench/checkpoint_cost.py
+	$(PY) bench/quickstart.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench examples

@@ -239,7 +239,8 @@ def test_weight_decay_none_uses_the_class_default():
     for name, cls in [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]:
         expected = cls([nn.Parameter(torch.zeros(1))]).defaults["weight_decay"]
         opt = optim.build(name, make_net())
-        assert [g["weight_decay"] for g in opt.param_groups] == [expected, 0.0]
+        # nothing decays (SGD's default is 0): one group instead of a decay/no-decay pair
+        assert [g["weight_decay"] for g in opt.param_groups] == ([expected, 0.0] if expected else [0.0])
         assert opt.defaults["weight_decay"] == expected
     assert torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).defaults["weight_decay"] == 0.01
 
@@ -439,7 +440,7 @@ def test_weight_decay_on_an_optimizer_without_it_is_an_error():
     with pytest.raises(TraincraftError, match="'rprop' has no weight decay"):
         optim.build("rprop", make_net(), param_groups=[{"params": "head.*", "weight_decay": 0.1}])
     opt = optim.build("rprop", make_net())  # None: nothing to decide
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.0]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0]  # nothing decays: one group
 
 
 def test_class_and_import_path_specs():
@@ -653,3 +654,10 @@ def test_state_dict_round_trip_keeps_group_names():
         torch.testing.assert_close(
             fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"], rtol=0, atol=0
         )
+
+
+def test_zero_weight_decay_makes_one_group_with_every_parameter():
+    net = make_net()
+    opt = optim.build("adam", net, weight_decay=0.0)
+    assert len(opt.param_groups) == 1
+    assert opt.param_groups[0]["param_names"] == [n for n, p in net.named_parameters() if p.requires_grad]

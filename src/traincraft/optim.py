@@ -531,6 +531,9 @@ def _param_groups(
         weight_decay = expect_number(weight_decay, "weight_decay")
     trainable = _trainable(model)
     no_decay = _no_decay(model, trainable, decay_exclude)
+    if weight_decay == 0.0 and not rules_spec:
+        # Nothing decays: one group instead of a decay/no-decay pair (one fused kernel, not two).
+        no_decay = set()
     rules = [_Rule(i, raw) for i, raw in enumerate(rules_spec or [])]
     default = _Rule(len(rules), {"params": "*", "name": "default"})
 

@@ -1123,6 +1123,7 @@ class Schedule:
         self._step = 0
         self._lrs = self._lrs_at(0)
         self._momenta = self._momenta_at(0)
+        self._constant = plan.name == "constant" and plan.warmup is None and plan.cooldown is None
 
     # ------------------------------------------------------------------ what the trainer calls
 
@@ -1136,6 +1137,8 @@ class Schedule:
     def step_end(self, step: int) -> None:
         """After optimizer step number ``step`` (steps taken so far): set the next step's LRs."""
         self._step = step
+        if self._constant:
+            return  # nothing changes per step: keep the hot loop free of it
         self._apply(step)
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> bool:

@@ -407,8 +407,10 @@ class Trainer:
         if state.batch_in_epoch == 0:  # not a mid-epoch resume: a fresh epoch
             sums.reset()
             self.metrics.reset()
+        on_device = isinstance(batches, TensorBatches)  # moved once, at the start of fit
         for inputs, target in batches.epoch(state.epoch, start=state.batch_in_epoch):
-            inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+            if not on_device:
+                inputs, target = to_device(inputs, self.device), to_device(target, self.device)
             samples = num_samples(target)
             with stepper.autocast():
                 pred = self._forward(inputs)
