@@ -37,6 +37,8 @@ from traincraft.errors import (
 from traincraft.registry import Registry, import_object, split_spec
 
 __all__ = [
+    "ACTIVATIONS",
+    "MODELS",
     "CNN",
     "MLP",
     "BlockSequential",
@@ -144,7 +146,9 @@ class LastHidden(nn.Module):
         if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)
             h_n = h_n[0]
         # h_n: (layers * directions, N, H); the last layer's directions are the last entries.
-        return torch.cat(list(h_n[-self.directions :]), dim=-1)
+        if self.directions == 1:
+            return h_n[-1]
+        return torch.cat((h_n[-2], h_n[-1]), dim=-1)
 
 
 class OutputScale(nn.Module):
@@ -570,18 +574,26 @@ def build(
     shape = _check_shape(input_shape)
     if isinstance(spec, nn.Module):
         model = spec
-    elif callable(spec) and not isinstance(spec, str):
-        model = _build_user(spec, getattr(spec, "__qualname__", repr(spec)), {}, shape, output_size)
     else:
-        name, kwargs = split_spec(spec, "model")
-        if ":" in name or "." in name:
-            factory = import_object(name, "model")
-            model = _build_user(factory, name, kwargs, shape, output_size)
-        else:
-            model = _build_builtin(name, kwargs, shape, output_size)
+        model = _resolve(spec, shape, output_size)
     if target_stats is not None:
         model = _with_output_scale(model, target_stats, _output_count(model, output_size))
     return model
+
+
+def _resolve(spec: Any, shape: tuple[int, ...], output_size: int) -> nn.Module:
+    """Build from a name, a dict, an import path, or a class (also as a dict's ``name``)."""
+    if callable(spec):  # a class or factory from Python, rather than its path
+        spec = {"name": spec}
+    if isinstance(spec, Mapping) and callable(spec.get("name")):
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        factory = spec["name"]
+        path = getattr(factory, "__qualname__", repr(factory))
+        return _build_user(factory, path, kwargs, shape, output_size)
+    name, kwargs = split_spec(spec, "model")
+    if ":" in name or "." in name:
+        return _build_user(import_object(name, "model"), name, kwargs, shape, output_size)
+    return _build_builtin(name, kwargs, shape, output_size)
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -591,7 +603,7 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError):
         shape = ()
-    if not shape or any(s <= 0 for s in shape) or len(shape) != len(list(input_shape)):
+    if not shape or any(s <= 0 for s in shape):
         raise ShapeError(
             f"model input_shape must be one sample's shape, a tuple of positive integers such as "
             f"(1, 8, 8); got {input_shape!r}"
