@@ -8,9 +8,7 @@ the payload can run. Weights-only files are ``.safetensors``.
 from __future__ import annotations
 
 import pickle
-import threading
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +84,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def stage(obj: Any) -> Any:
-    """A copy of ``obj`` whose tensors are detached CPU copies: safe to write while training goes on."""
+    """A copy of ``obj`` whose tensors are detached CPU copies, never aliases of live tensors."""
     if isinstance(obj, torch.Tensor):
         # clone() is a plain memcpy; to(copy=True) takes torch's parallel copy path, which stalls
         # when the machine's cores are busy.
@@ -96,43 +94,6 @@ def stage(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(stage(v) for v in obj)
     return obj
-
-
-class CheckpointWriter:
-    """Writes checkpoints in a background thread, one at a time.
-
-    The training loop pays only for a CPU copy of the state (:func:`stage`); serialising, the
-    fsync and the rename happen beside it. A new write first waits for the previous one, and an
-    error in the writer is raised by the next :meth:`submit` or :meth:`wait`.
-    """
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def submit(self, state: dict[str, Any], path: Path, then: Callable[[], None] | None = None) -> None:
-        self.wait()
-        staged = stage(state)
-
-        def write() -> None:
-            try:
-                save_checkpoint(staged, path)
-                if then is not None:
-                    then()
-            except BaseException as err:  # noqa: BLE001 - handed to the training thread
-                self._error = err
-
-        self._thread = threading.Thread(target=write, name="traincraft-checkpoint")
-        self._thread.start()
-
-    def wait(self) -> None:
-        """Block until the write in flight (if any) is on disk; re-raise its error."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

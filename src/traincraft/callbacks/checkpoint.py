@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor
-from traincraft.checkpoint import CheckpointWriter, save_weights
+from traincraft.checkpoint import save_checkpoint, save_weights
 from traincraft.errors import TraincraftError
 from traincraft.files import atomic_write_text
 
@@ -77,7 +77,6 @@ class Checkpoint(Callback):
         self.top: list[tuple[float, str]] = []  # (value, file), best first
         self.best_epoch: int | None = None
         self._loaded = False
-        self.writer = CheckpointWriter()
 
     @property
     def directory(self) -> Path:
@@ -113,19 +112,15 @@ class Checkpoint(Callback):
         # Before early stopping puts the best weights back: the resume file holds the live state.
         if trainer.state.stop_reason in STOPPED_BY_SIGNAL:
             path = self.save(trainer)
-            self.writer.wait()
             trainer.log(f"Saved {path}; resume with: traincraft resume {self.folder}")
-        self.writer.wait()
 
     # ------------------------------------------------------------------ saving
 
     def save(self, trainer: Trainer, then: Any = None) -> Path:
-        """Write ``last.ckpt`` (atomically, in the background) and keep a hard link under the
-        step's name once it is written."""
+        """Write ``last.ckpt`` (atomically) and keep a hard link under the step's name."""
         last = self.directory / "last.ckpt"
         if not trainer.is_main_process:
             return last
-        self.writer.wait()  # the previous write's bookkeeping is part of this state
         named = self.directory / f"step-{trainer.state.step:08d}.ckpt"
         keep = self.keep_last > 1 or self.save_top_k > 0
         if keep:
@@ -134,15 +129,13 @@ class Checkpoint(Callback):
             self.kept.append(named.name)
             dropped, self.kept = self.kept[: -self.keep_last], self.kept[-self.keep_last :]
 
-        def after_write() -> None:
-            if keep:
-                _link(last, named)
-                for name in dropped:  # last.ckpt is the newest of keep_last
-                    (self.directory / name).unlink(missing_ok=True)
-            if then is not None:
-                then()
-
-        self.writer.submit(trainer.state_dict(), last, then=after_write)
+        save_checkpoint(trainer.state_dict(), last)
+        if keep:
+            _link(last, named)
+            for name in dropped:  # last.ckpt is the newest of keep_last
+                (self.directory / name).unlink(missing_ok=True)
+        if then is not None:
+            then()
         return named if keep else last
 
     def _track_best(self, trainer: Trainer) -> float | None:
