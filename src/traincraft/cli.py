@@ -61,15 +61,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    return run_reporting_errors(lambda: args.handler(args), debug=args.debug)
+
+
+def run_reporting_errors(command: Callable[[], int | None], *, debug: bool) -> int:
+    """Run a command: a user mistake prints one line ``error: ...`` and gives exit code 2
+    (``--debug`` shows the traceback instead); Ctrl-C gives 130. Bugs keep their traceback."""
+    from traincraft.errors import TraincraftError
+
     try:
-        return int(args.handler(args) or 0)
+        return int(command() or 0)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:  # noqa: BLE001 - user mistakes become one line
-        from traincraft.errors import TraincraftError
-
-        if args.debug or not isinstance(err, TraincraftError):
+    except TraincraftError as err:
+        if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -400,13 +400,9 @@ def lr_find_main(argv: Sequence[str] | None = None) -> int:
     traceback instead).
     """
     args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return _command(args)
-    except TraincraftError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from traincraft.cli import run_reporting_errors
+
+    return run_reporting_errors(lambda: _command(args), debug=args.debug)
 
 
 def _parser() -> argparse.ArgumentParser:

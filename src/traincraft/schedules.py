@@ -1628,13 +1628,9 @@ def preview_main(argv: Sequence[str] | None = None) -> int:
     (2 with one line on stderr for a mistake; ``--debug`` shows the traceback instead).
     """
     args = _preview_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return _preview_command(args)
-    except TraincraftError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from traincraft.cli import run_reporting_errors
+
+    return run_reporting_errors(lambda: _preview_command(args), debug=args.debug)
 
 
 def _preview_parser() -> argparse.ArgumentParser:

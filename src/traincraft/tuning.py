@@ -1612,16 +1612,9 @@ def tune_main(argv: Sequence[str] | None = None) -> int:
     shows the traceback instead), 130 when interrupted.
     """
     args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return _tune_command(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except TraincraftError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    from traincraft.cli import run_reporting_errors
+
+    return run_reporting_errors(lambda: _tune_command(args), debug=args.debug)
 
 
 def _parser() -> argparse.ArgumentParser:
