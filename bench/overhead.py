@@ -759,7 +759,8 @@ def run_folder_note() -> str:
     from traincraft import Trainer
 
     parts = ["metrics.csv", "a checkpoint each epoch" if checkpointing() else "", "best weights"]
-    if "report" in inspect.signature(Trainer).parameters:
+    report = inspect.signature(Trainer).parameters.get("report")
+    if report is not None and report.default is True:  # the report is off by default in Python
         parts.append("plots and report.html at the end")
     return "+ run folder: " + ", ".join(p for p in parts if p)
 

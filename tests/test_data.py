@@ -117,14 +117,18 @@ def test_dataloader_is_used_as_is_and_set_epoch_is_called():
     assert collect(batches, start=1)[0][1].tolist() == [4, 5]
 
 
-def test_sharding_pads_for_training_and_counts_once_for_evaluation():
+def test_sharding_takes_each_sample_once_and_evens_out_training_steps():
     order = torch.arange(5)
-    assert shard(order, 0, 2, pad=True).tolist() == [0, 2, 4]
-    assert shard(order, 1, 2, pad=True).tolist() == [1, 3, 0]
-    assert shard(order, 1, 2, pad=False).tolist() == [1, 3]
+    assert shard(order, 0, 2).tolist() == [0, 2, 4]
+    assert shard(order, 1, 2).tolist() == [1, 3]
     evals = [TensorBatches(torch.randn(5, 1), torch.arange(5), 2, rank=r, world_size=2) for r in (0, 1)]
     seen = [t.tolist() for b in evals for _, t in collect(b)]
     assert sorted(sum(seen, [])) == [0, 1, 2, 3, 4]
+    assert [len(b) for b in evals] == [2, 1]  # evaluation: each its own samples, no repeats
+    trains = [TensorBatches(torch.randn(5, 1), torch.arange(5), 2, rank=r, world_size=2, equal_steps=True)
+              for r in (0, 1)]
+    assert [len(b) for b in trains] == [2, 2]  # training: the same number of steps everywhere
+    assert [b.batch_sizes(0) for b in trains] == [[2, 1], [2, 0]]  # rank 1's last batch is a stand-in
 
 
 def test_bad_data_gets_one_clear_line():

@@ -696,3 +696,27 @@ def test_module_function_bad_dict():
         prepare(f"{__name__}:make_bad_keys")
     with pytest.raises(TraincraftError, match="has no 'nothing_here'"):
         prepare(f"{__name__}:nothing_here")
+
+
+def test_classes_keeps_only_those_samples_numbered_in_the_order_given():
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    data = prepare("digits", classes=[7, 5], split={"val": 0.2, "test": 0.2}, seed=0)
+    assert data.class_names == ["7", "5"] and data.num_classes == data.output_size == 2
+    ys = torch.cat([data.train[1], data.val[1], data.test[1]])
+    assert torch.bincount(ys).tolist() == [int((labels == 7).sum()), int((labels == 5).sum())]
+    # the images are those of the kept labels: a 7 is no 5
+    images = load_digits().images.astype(np.float32)
+    sevens = {tuple(x.flatten().tolist()) for x in images[labels == 7]}
+    kept = prepare("digits", classes=[7, 5], split={"val": 0.2, "test": 0.2}, seed=0, scale="none")
+    assert all((tuple(x.flatten().tolist()) in sevens) == (y == 0) for x, y in zip(*kept.train))
+
+
+def test_classes_errors_name_the_labels():
+    with pytest.raises(DataError, match=r"data.classes \['11'\] not among its labels: 0, 1, 2"):
+        prepare("digits", classes=[1, 11])
+    with pytest.raises(DataError, match="distinct"):
+        prepare("digits", classes=[1, 1])
+    with pytest.raises(DataError, match="needs a classification task"):
+        prepare("diabetes", classes=[1])

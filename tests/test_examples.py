@@ -13,7 +13,11 @@ from traincraft.cli import main
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+# finetune.yaml starts from the weights of a digits_0_4.yaml run: tested below, after that one.
+STANDALONE = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name != "finetune.yaml")
+
+
+@pytest.mark.parametrize("name", STANDALONE)
 def test_recipe_example_trains(name, tmp_path):
     run_dir = tmp_path / "run"
     code = main(["fit", str(EXAMPLES / name), "train.max_epochs=2", "--run-dir", str(run_dir), "--no-progress"])
@@ -30,3 +34,20 @@ def test_python_example_runs():
     )
     assert result.returncode == 0, result.stderr
     assert "test: {'loss':" in result.stdout and "'accuracy':" in result.stdout
+
+
+def test_finetune_example_starts_from_the_digits_0_4_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the recipe names runs/digits-0-4, from where traincraft runs
+    pretrain = tmp_path / "runs" / "digits-0-4" / "20260101-000000"
+    assert main(["fit", str(EXAMPLES / "digits_0_4.yaml"), "train.max_epochs=2", "--run-dir", str(pretrain),
+                 "--no-progress"]) == 0
+    run_dir = tmp_path / "finetuned"
+    code = main(["fit", str(EXAMPLES / "finetune.yaml"), "train.max_epochs=3", "--run-dir", str(run_dir),
+                 "--no-progress"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"init_from {Path('runs/digits-0-4/20260101-000000/best.safetensors')}: loaded 14 of 16 tensors" in err
+    assert "skipped (kept their initial values): head.weight, head.bias" in err
+    assert "Unfroze 3 tensors" in err and "(unfreeze[0]); LR × 0.1" in err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs"] == 3 and 0.0 <= results["test"]["accuracy"] <= 1.0

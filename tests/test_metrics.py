@@ -407,13 +407,23 @@ def test_regression_shape_mismatch_names_both_shapes(name, pred_shape, target_sh
 
 
 def test_float32_inputs_accumulate_in_float64():
+    # Each element's error in the inputs' precision (float32: relative 6e-8), the epoch's sum in
+    # float64, so that a long epoch does not lose the small batches' contributions.
     pred, target = regression_data(seed=19)
     metric = metrics.MeanSquaredError()
     stream(metric, pred.float(), target.float())
     total, count = metric.sums()
     assert total.dtype == torch.float64 and count.dtype == torch.int64
     want = skm.mean_squared_error(target.float().double().numpy(), pred.float().double().numpy())
-    assert metric.compute() == pytest.approx(want, abs=TOL)
+    assert metric.compute() == pytest.approx(want, rel=1e-7)
+    # A million batches of one small error each: a float32 running sum would stall at 2**24 × e.
+    big = metrics.MeanAbsoluteError()
+    big.update(torch.zeros(1), torch.ones(1))
+    big._sums[0].fill_(2.0**25)  # as if many batches had been added
+    big._pending[1] += 2**25 - 1
+    for _ in range(4):
+        big.update(torch.zeros(1, dtype=torch.float32), torch.full((1,), 1.0))
+    assert big.sums()[0].item() == 2.0**25 + 4 and big.compute() == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------ streaming

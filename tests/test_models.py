@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 
 import pytest
@@ -322,6 +324,45 @@ def test_recurrent_dropout_between_layers_only_when_stacked():
     assert count(none, nn.Dropout) == 0
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_batch_norm_on_the_final_state(cell, bidirectional):
+    torch.manual_seed(0)
+    spec = {"name": cell, "hidden_size": 4, "batch_norm": True, "dropout": 0.25,
+            "bidirectional": bidirectional}
+    model = models.build(spec, input_shape=(6, 2), output_size=3)
+    width = 8 if bidirectional else 4
+    assert list(model._modules) == ["rnn", "norm", "dropout", "head"]
+    assert list(model.block_names) == ["rnn", "norm", "head"]
+    assert isinstance(model.norm, nn.BatchNorm1d) and model.norm.num_features == width
+    assert model.dropout.p == 0.25 and model.head.in_features == width
+    assert sum(n_params(b) for b in model.blocks) == n_params(model)
+
+    x, y = torch.randn(5, 6, 2), torch.randint(0, 3, (5,))
+    model.eval()
+    # Eval mode: the norm uses its running statistics (initially mean 0, variance 1).
+    state = model.rnn(x)
+    expected = model.head(state / torch.sqrt(torch.tensor(1.0 + model.norm.eps)))
+    torch.testing.assert_close(model(x), expected)
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(x)
+    assert out.shape == (5, 3)
+    nn.functional.cross_entropy(out, y).backward()
+    optimizer.step()
+    after = model.state_dict()
+    for key in ("norm.weight", "norm.running_mean", "head.weight", "rnn.rnn.weight_ih_l0"):
+        assert not torch.equal(after[key], before[key]), key
+    assert int(after["norm.num_batches_tracked"]) == 1
+
+
+def test_recurrent_without_batch_norm_has_no_norm():
+    model = models.build("gru", input_shape=(6, 2), output_size=1)
+    assert count(model, nn.BatchNorm1d) == 0 and "norm" not in model._modules
+
+
 def test_lstm_parameter_count_matches_torch():
     model = models.build({"name": "lstm", "hidden_size": 7}, input_shape=(9, 3), output_size=2)
     reference = nn.LSTM(3, 7, batch_first=True)
@@ -333,9 +374,23 @@ def test_lstm_parameter_count_matches_torch():
 
 
 @pytest.mark.parametrize("key", ["num_classes", "out_features"])
-def test_output_override(key):
-    model = models.build({"name": "cnn", key: 4}, input_shape=(1, 8, 8), output_size=10)
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("linear", (6,)), ("mlp", (6,)), ("cnn", (1, 8, 8)), ("lstm", (5, 2)), ("gru", (5, 2))],
+)
+def test_output_override(key, name, shape):
+    model = models.build({"name": name, key: 4}, input_shape=shape, output_size=10)
     assert model.head.out_features == 4
+    model.eval()
+    assert model(torch.randn(3, *shape)).shape == (3, 4)
+
+
+def test_output_override_sets_the_number_of_target_stats():
+    model = models.build(
+        {"name": "mlp", "num_classes": 2}, input_shape=(3,), output_size=5,
+        target_stats=([1.0, 2.0], [3.0, 4.0]),
+    )
+    assert model.scale.mean.tolist() == [1.0, 2.0]
 
 
 def test_input_overrides():
@@ -600,3 +655,223 @@ def test_cnn_loss_decreases_on_a_tiny_batch():
 def test_user_class_object_inside_a_dict_spec():
     model = models.build({"name": PlainNet, "in_f": 3, "out_f": 4}, input_shape=(3,), output_size=1)
     assert model.fc.out_features == 4
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision and timm models, through stand-ins for their APIs (the packages are not needed:
+# torchvision.models.get_model / list_models / get_model_builder, timm.create_model / list_models)
+
+
+class TinyResNet(nn.Module):
+    """torchvision's ResNet layout at toy size; builders take ``num_classes``."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.layer1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class TinyTimmNet(nn.Module):
+    """A timm-style model: ``in_chans``, ``num_classes``, ``drop_rate`` and a group matcher."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 4, 3, padding=1)
+        self.blocks = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+        self.drop_rate = drop_rate
+        self.head = nn.Linear(4, num_classes)
+
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r"^stem", blocks=r"^blocks\.(\d+)")
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def torchvision_calls(monkeypatch):
+    """A stand-in ``torchvision``; returns the list of (builder, keyword arguments) calls."""
+    calls: list[tuple[str, dict]] = []
+
+    def resnet18(*, weights=None, progress=True, **kwargs):
+        calls.append(("resnet18", {"weights": weights, "progress": progress, **kwargs}))
+        assert weights is None, "would download"
+        return TinyResNet(**kwargs)
+
+    def fasterrcnn_resnet50_fpn(*, weights=None, progress=True, num_classes=None,
+                                weights_backbone="IMAGENET1K_V1", **kwargs):
+        calls.append(("fasterrcnn_resnet50_fpn", {"weights": weights, "num_classes": num_classes,
+                                                  "weights_backbone": weights_backbone, **kwargs}))
+        assert weights is None and weights_backbone is None, "would download"
+        return TinyResNet(num_classes=num_classes or 91)
+
+    registry = {"resnet18": resnet18, "resnet34": resnet18,
+                "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn}
+
+    def get_model_builder(name):
+        name = name.lower()
+        if name not in registry:
+            raise ValueError(f"Unknown model {name}")
+        return registry[name]
+
+    tv_models = types.ModuleType("torchvision.models")
+    tv_models.list_models = lambda module=None: sorted(registry)
+    tv_models.get_model_builder = get_model_builder
+    tv_models.get_model = lambda name, **config: get_model_builder(name)(**config)
+    torchvision = types.ModuleType("torchvision")
+    torchvision.models = tv_models
+    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
+    monkeypatch.setitem(sys.modules, "torchvision.models", tv_models)
+    return calls
+
+
+@pytest.fixture
+def timm_calls(monkeypatch):
+    """A stand-in ``timm``; returns the list of create_model calls."""
+    calls: list[tuple[str, dict]] = []
+
+    def tinynet(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs):
+        assert not pretrained, "would download"
+        return TinyTimmNet(**kwargs)
+
+    registry = {"tinynet": tinynet, "tinynet_large": tinynet}
+
+    def create_model(model_name, pretrained=False, pretrained_cfg=None,
+                     pretrained_cfg_overlay=None, checkpoint_path="", **kwargs):
+        calls.append((model_name, {"pretrained": pretrained, **kwargs}))
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        name, _, tag = model_name.partition(".")
+        if name not in registry:
+            raise RuntimeError(f"Unknown model ({name})")
+        return registry[name](pretrained=pretrained, pretrained_cfg=tag or pretrained_cfg, **kwargs)
+
+    timm = types.ModuleType("timm")
+    timm.create_model = create_model
+    timm.list_models = lambda filter="", module="", pretrained=False, **kw: sorted(registry)
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    return calls
+
+
+def test_torchvision_model_gets_the_output_size_and_no_weights(torchvision_calls):
+    model = models.build("torchvision:resnet18", input_shape=(3, 8, 8), output_size=7)
+    assert torchvision_calls == [("resnet18", {"weights": None, "progress": True, "num_classes": 7})]
+    assert isinstance(model, TinyResNet) and model.fc.out_features == 7
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 7)
+
+
+def test_torchvision_spec_keys_and_overrides(torchvision_calls):
+    model = models.build(
+        {"name": "torchvision:ResNet18", "num_classes": 4}, input_shape=(3, 8, 8), output_size=7
+    )
+    assert model.fc.out_features == 4
+    models.build({"name": "torchvision:fasterrcnn_resnet50_fpn", "min_size": 64},
+                 input_shape=(3, 8, 8), output_size=3)
+    assert torchvision_calls[-1] == ("fasterrcnn_resnet50_fpn", {
+        "weights": None, "num_classes": 3, "weights_backbone": None, "min_size": 64})
+
+
+def test_torchvision_errors(torchvision_calls):
+    with pytest.raises(
+        UnknownNameError,
+        match=r"^model 'torchvision:resnet19': unknown torchvision model 'resnet19' \(did you mean 'resnet18'",
+    ):
+        models.build("torchvision:resnet19", input_shape=(3, 8, 8), output_size=2)
+    with pytest.raises(ShapeError, match=r"takes 3-channel images but the data has 1 channel"):
+        models.build("torchvision:resnet18", input_shape=(1, 8, 8), output_size=2)
+    with pytest.raises(TraincraftError, match=r"'pretrained' would download weights"):
+        models.build({"name": "torchvision:resnet18", "pretrained": True},
+                     input_shape=(3, 8, 8), output_size=2)
+    with pytest.raises(TraincraftError, match=r"weights 'DEFAULT' names weights to download"):
+        models.build({"name": "torchvision:resnet18", "weights": "DEFAULT"},
+                     input_shape=(3, 8, 8), output_size=2)
+    with pytest.raises(TraincraftError, match=r"'torchvision:resnet18': construction failed: .*colour"):
+        models.build({"name": "torchvision:resnet18", "colour": 3}, input_shape=(3, 8, 8), output_size=2)
+    assert all(call[1]["weights"] is None for call in torchvision_calls)
+
+
+@pytest.mark.parametrize(
+    ("name", "modules", "package"),
+    [("torchvision:resnet18", ["torchvision", "torchvision.models"], "torchvision"),
+     ("timm:resnet18", ["timm"], "timm")],
+)
+def test_missing_vision_package_says_how_to_install_it(monkeypatch, name, modules, package):
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(TraincraftError) as info:
+        models.build(name, input_shape=(3, 8, 8), output_size=2)
+    assert str(info.value) == f"model {name!r} needs {package}: pip install 'traincraft[vision]'"
+
+
+def test_local_weights_are_loaded_into_an_external_model_with_a_new_head(torchvision_calls, tmp_path):
+    torch.manual_seed(1)
+    pretrained = TinyResNet()  # an ImageNet-sized head: 1000 classes
+    torch.save(pretrained.state_dict(), tmp_path / "resnet.pth")
+    lines: list[str] = []
+    torch.manual_seed(2)
+    model = models.build({"name": "torchvision:resnet18", "weights": str(tmp_path / "resnet.pth")},
+                         input_shape=(3, 8, 8), output_size=5, log=lines.append)
+    torch.manual_seed(2)
+    fresh = TinyResNet(num_classes=5)
+    for key, value in model.state_dict().items():
+        source = fresh if key.startswith("fc.") else pretrained
+        assert torch.equal(value, source.state_dict()[key]), key
+    assert lines == [
+        f"model 'torchvision:resnet18' weights {tmp_path / 'resnet.pth'}: loaded 12 of 14 tensors; "
+        "new (kept their initial values): fc.weight, fc.bias; shape differs: fc.weight (1000, 4) "
+        "in file vs (5, 4) in model, fc.bias (1000) in file vs (5) in model"
+    ]
+    assert torchvision_calls[-1][1]["weights"] is None  # the library never saw the path
+
+    lines.clear()
+    torch.manual_seed(2)
+    rebuilt = models.build({"name": "torchvision:resnet18", "weights": str(tmp_path / "none.pth")},
+                           input_shape=(3, 8, 8), output_size=5, init_weights=False, log=lines.append)
+    assert lines == [] and torch.equal(rebuilt.conv1.weight, fresh.conv1.weight)
+
+
+def test_timm_model_gets_classes_channels_and_no_pretrained_weights(timm_calls):
+    gray = models.build("timm:tinynet", input_shape=(1, 8, 8), output_size=3)
+    assert timm_calls[-1] == ("tinynet", {"pretrained": False, "num_classes": 3, "in_chans": 1})
+    assert gray.stem.in_channels == 1 and gray(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    models.build({"name": "timm:tinynet.a1_in1k", "drop_rate": 0.1}, input_shape=(3, 8, 8),
+                 output_size=4)
+    assert timm_calls[-1] == ("tinynet.a1_in1k", {"pretrained": False, "num_classes": 4,
+                                                   "drop_rate": 0.1})
+    models.build({"name": "timm:tinynet", "in_chans": 2}, input_shape=(1, 8, 8), output_size=4)
+    assert timm_calls[-1][1]["in_chans"] == 2  # the spec's own key wins
+
+
+def test_timm_errors(timm_calls, tmp_path):
+    with pytest.raises(UnknownNameError, match=r"unknown timm model 'tinnynet' \(did you mean 'tinynet'"):
+        models.build("timm:tinnynet", input_shape=(3, 8, 8), output_size=2)
+    with pytest.raises(TraincraftError, match=r"Hugging Face Hub would be downloaded"):
+        models.build("timm:hf-hub:org/tinynet", input_shape=(3, 8, 8), output_size=2)
+    with pytest.raises(TraincraftError, match=r"'pretrained' would download weights"):
+        models.build({"name": "timm:tinynet", "pretrained": True}, input_shape=(3, 8, 8), output_size=2)
+    with pytest.raises(TraincraftError, match=r"rather than 'checkpoint_path'"):
+        models.build({"name": "timm:tinynet", "checkpoint_path": str(tmp_path / "w.pth")},
+                     input_shape=(3, 8, 8), output_size=2)
+    assert timm_calls == []
+
+
+def test_timm_model_with_local_weights_and_target_stats(timm_calls, tmp_path):
+    from traincraft.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    source = TinyTimmNet(num_classes=10)
+    save_weights(source, tmp_path / "tiny.safetensors")
+    lines: list[str] = []
+    model = models.build({"name": "timm:tinynet", "weights": str(tmp_path / "tiny.safetensors")},
+                         input_shape=(3, 8, 8), output_size=1, target_stats=([5.0], [2.0]),
+                         log=lines.append)
+    assert isinstance(model, models.ScaledModel)
+    assert torch.equal(model.model.stem.weight, source.stem.weight)
+    assert "new (kept their initial values): head.weight, head.bias" in lines[0]

@@ -110,3 +110,24 @@ def test_json_schema_lists_the_sections():
         schema["properties"]
     )
     assert schema["additionalProperties"] is False
+
+
+def test_finetune_sections_are_checked_and_reach_the_trainer():
+    from traincraft.run import trainer_kwargs
+
+    raw = {"data": {"dataset": "digits"}, "model": "cnn",
+           "finetune": {"freeze": ["conv1.*"], "unfreeze": [{"at": "2ep", "params": "conv1.*", "lr_mult": 0.1}],
+                        "layer_decay": 0.8},
+           "ema": {"decay": 0.99}, "swa": {"start": "50%", "lr": 0.01}}
+    kwargs = trainer_kwargs(load_recipe(raw))
+    assert kwargs["finetune"] == {"strict": False, "skip": [], "freeze": ["conv1.*"], "train_bn": False,
+                                  "unfreeze": [{"at": "2ep", "params": "conv1.*", "lr_mult": 0.1}],
+                                  "layer_decay": 0.8}
+    assert kwargs["ema"] == {"decay": 0.99, "warmup": True, "every": 1, "evaluate": True}
+    assert kwargs["swa"]["start"] == "50%" and kwargs["swa"]["lr"] == 0.01
+    with pytest.raises(RecipeError, match="finetune.frezee"):
+        load_recipe({**raw, "finetune": {"frezee": ["x"]}})
+    with pytest.raises(RecipeError, match="finetune.layer_decay"):
+        load_recipe({**raw, "finetune": {"layer_decay": 1.5}})
+    with pytest.raises(RecipeError, match="ema.decay"):
+        load_recipe({**raw, "ema": {"decay": 1.0}})

@@ -29,14 +29,16 @@ _EXPORTS = {
     "load_model": "traincraft.run",
     "TraincraftError": "traincraft.errors",
     "Checkpoint": "traincraft.callbacks.checkpoint",
+    "EMA": "traincraft.callbacks.ema",
+    "SWA": "traincraft.callbacks.swa",
     "tune": "traincraft.tuning",
     "lr_find": "traincraft.lr_finder",
     "LRFindResult": "traincraft.lr_finder",
 }
-_MODULES = {"losses", "optim", "metrics", "data", "datasets", "models", "schedules"}
+_MODULES = {"losses", "optim", "metrics", "data", "datasets", "models", "schedules", "finetune"}
 
 __all__ = [
-    "CSVLogger", "Callback", "Checkpoint", "EarlyStopping", "History", "LRFindResult", "lr_find", "ProgressBar", "Recipe", "TrainState",
+    "CSVLogger", "Callback", "Checkpoint", "EMA", "EarlyStopping", "History", "SWA", "LRFindResult", "lr_find", "ProgressBar", "Recipe", "TrainState",
     "TraincraftError", "Trainer", "__version__", "data", "datasets", "load_model", "load_recipe",
     "losses", "metrics", "models", "optim", "schedules", "tune",
 ]
@@ -46,7 +48,9 @@ if TYPE_CHECKING:
     from traincraft.callbacks.base import Callback
     from traincraft.callbacks.checkpoint import Checkpoint
     from traincraft.callbacks.early_stopping import EarlyStopping
+    from traincraft.callbacks.ema import EMA
     from traincraft.callbacks.progress import ProgressBar
+    from traincraft.callbacks.swa import SWA
     from traincraft.errors import TraincraftError
     from traincraft.history import History
     from traincraft.loggers import CSVLogger

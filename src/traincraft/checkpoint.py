@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from traincraft import files
 from traincraft.errors import TraincraftError
 from traincraft.files import atomic_write
 
@@ -46,8 +47,9 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's weights as ``.safetensors``, atomically."""
+def save_weights(model: nn.Module, path: str | Path, *, background: bool = False) -> Path:
+    """Write the model's weights as ``.safetensors``, atomically (``background``: see
+    :func:`traincraft.files.atomic_write`)."""
     from safetensors.torch import save
 
     tensors = {k: v.contiguous() for k, v in plain_state_dict(model).items()}
@@ -59,12 +61,13 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
             tensors[key] = value.clone()
         seen.add(pointer)
     data = save(tensors)
-    return atomic_write(path, lambda handle: handle.write(data))
+    return atomic_write(path, lambda handle: handle.write(data), background=background)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Read weights from ``.safetensors`` (or the model part of a ``.ckpt``), keys unwrapped."""
     path = Path(path)
+    files.wait()  # a file this process has just written is in place
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found")
     if path.suffix == ".ckpt":
@@ -78,9 +81,14 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({err})") from err
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write a training checkpoint atomically (temporary file, flush, fsync, rename)."""
-    return atomic_write(path, lambda handle: torch.save({"format": FORMAT, **state}, handle))
+def save_checkpoint(
+    state: dict[str, Any], path: str | Path, *, then: Any = None, background: bool = False
+) -> Path:
+    """Write a training checkpoint atomically (temporary file, flush, fsync, rename); ``then``
+    runs once it is in place; ``background``: see :func:`traincraft.files.atomic_write`."""
+    return atomic_write(
+        path, lambda handle: torch.save({"format": FORMAT, **state}, handle), then=then, background=background
+    )
 
 
 def stage(obj: Any) -> Any:
@@ -99,6 +107,7 @@ def stage(obj: Any) -> Any:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint safely; a damaged or unsafe file gets a clear error naming it."""
     path = Path(path)
+    files.wait()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
@@ -112,7 +121,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 "which could run code when loaded. Only load checkpoints you trust, with torch.load yourself"
             ) from None
         raise CheckpointError(f"{path} is damaged (truncated or garbled): {err}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as err:
+        # torch.load's own errors for a garbled file vary with where the damage is.
         raise CheckpointError(f"{path} is damaged (truncated or garbled): {err}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a traincraft training checkpoint")

@@ -21,7 +21,8 @@ EXAMPLES = {
   traincraft fit sunspots                           # a built-in template
   traincraft fit recipe.yaml optimizer.lr=3e-4 train.max_epochs=5 metrics=[mae]
   traincraft fit recipe.yaml --run-dir runs/try1
-  traincraft fit recipe.yaml --resume runs/try1     # continue an interrupted run exactly""",
+  traincraft fit recipe.yaml --resume runs/try1     # continue an interrupted run exactly
+  traincraft fit recipe.yaml --nproc 2              # two processes (DDP): one per GPU, or CPU cores""",
     "resume": """examples:
   traincraft resume runs/quickstart/20261121-101500
   traincraft resume runs/quickstart/20261121-101500 train.max_epochs=80   # train longer""",
@@ -77,8 +78,24 @@ def run_reporting_errors(command: Callable[[], int | None], *, debug: bool) -> i
     except TraincraftError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        prefix = "" if str(err).startswith("rank ") else _process_prefix()
+        print(f"error: {prefix}{err}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _process_prefix() -> str:
+    """``rank 1: `` in one of several processes that torchrun started, else nothing."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f"rank {os.environ.get('RANK', '?')}: " if world.isdigit() and int(world) > 1 else ""
+
+
+def add_process_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="train in N local processes (DDP through torchrun): one per GPU, or per CPU core")
+    parser.add_argument("--master-port", type=int, metavar="PORT",
+                        help="with --nproc: the port the processes meet on (default: a free one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     fit.add_argument("--allow-changes", action="store_true",
                      help="resume even though the recipe differs from the run's")
+    add_process_options(fit)
 
     resume = command("resume", cmd_resume, "continue an interrupted run with its own recipe")
     resume.add_argument("run_dir", metavar="RUN_DIR")
@@ -117,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--allow-changes", action="store_true",
                         help="allow overrides other than train.max_epochs / train.max_steps")
     resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_process_options(resume)
 
     evaluate = command("evaluate", cmd_evaluate, "evaluate a run's best weights on a split")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -162,7 +181,7 @@ def split_fit_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
 def cmd_fit(args: argparse.Namespace) -> int:
     from traincraft.errors import TraincraftError
     from traincraft.recipe import load_recipe
-    from traincraft.run import default_run_dir
+    from traincraft.run import agreed_run_dir, default_run_dir
 
     source, overrides = split_fit_args(args.args)
     for override in overrides:
@@ -172,8 +191,38 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_dir and Path(args.run_dir) != Path(args.resume):
             raise TraincraftError("--resume continues in its own run folder: leave out --run-dir")
+        if launches(args, recipe):
+            return launch_processes(["fit", *args.args, "--resume", args.resume], args)
         return train(recipe, Path(args.resume), args, resume=True)
-    return train(recipe, Path(args.run_dir) if args.run_dir else default_run_dir(recipe), args)
+    if launches(args, recipe):
+        # Named here, once, so that every process writes (rank 0) and reads the same folder.
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+        return launch_processes(["fit", *args.args, "--run-dir", str(run_dir)], args)
+    return train(recipe, Path(args.run_dir) if args.run_dir else agreed_run_dir(recipe), args)
+
+
+def launches(args: argparse.Namespace, recipe: Any) -> bool:
+    """Whether ``--nproc`` asks for several processes (after checking it against the machine)."""
+    if args.nproc is None:
+        return False
+    from traincraft import distributed
+    from traincraft.device import resolve_device
+
+    if distributed.launched_world_size() > 1:
+        raise distributed.DistributedError(
+            "--nproc in a process that torchrun started: leave --nproc out (torchrun started the processes)"
+        )
+    distributed.check_nproc(args.nproc, resolve_device(recipe.train.device).type)
+    return args.nproc > 1
+
+
+def launch_processes(command: list[str], args: argparse.Namespace) -> int:
+    """Run ``traincraft COMMAND`` in ``--nproc`` processes through torch's launcher."""
+    from traincraft.distributed import launch
+
+    flags = [flag for flag, on in (("--no-progress", args.no_progress), ("--debug", args.debug),
+                                   ("--allow-changes", getattr(args, "allow_changes", False))) if on]
+    return launch([*command, *flags], nproc=args.nproc, master_port=args.master_port, debug=args.debug)
 
 
 # Raising the limits is the common reason to resume with a changed recipe.
@@ -190,7 +239,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     for override in args.overrides:
         if "=" not in override:
             raise TraincraftError(f"expected key.path=value, got {override!r}")
-    return train(load_recipe(recipe_file, args.overrides), Path(args.run_dir), args, resume=True)
+    recipe = load_recipe(recipe_file, args.overrides)
+    if launches(args, recipe):
+        return launch_processes(["resume", args.run_dir, *args.overrides], args)
+    return train(recipe, Path(args.run_dir), args, resume=True)
 
 
 def check_recipe_changes(recipe: Any, run_dir: Path, allow: bool) -> None:
@@ -219,11 +271,15 @@ def train(recipe: Any, run_dir: Path, args: argparse.Namespace, resume: bool = F
         check_recipe_changes(recipe, run_dir, args.allow_changes)
     started = time.perf_counter()
     trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress)
-    print(trainer.data.summary(), file=sys.stderr)
+    main = trainer.is_main_process  # several processes: rank 0 speaks for all
+    if main:
+        print(trainer.data.summary(), file=sys.stderr)
     history = trainer.fit(resume=run_dir if resume else None)
-    print_summary(trainer, history, run_dir, time.perf_counter() - started)
+    if main:
+        print_summary(trainer, history, run_dir, time.perf_counter() - started)
     if history.stop_reason in ("interrupted", "terminated"):
-        print(f"{history.stop_reason}: what was done so far is in {run_dir}", file=sys.stderr)
+        if main:
+            print(f"{history.stop_reason}: what was done so far is in {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -125,18 +126,79 @@ def _mix(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 0x5EED) % (2**63 - 1)
 
 
-def shard(order: torch.Tensor, rank: int, world_size: int, *, pad: bool) -> torch.Tensor:
+def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This process's share of ``order``: every ``world_size``-th index from ``rank``.
 
-    With ``pad`` (training) the order is extended by wrapping so that every process takes the
-    same number of steps; without it (evaluation) each sample is counted exactly once.
+    Each sample belongs to exactly one process: nothing is padded or repeated. Together, the
+    ``b``-th batches of all processes hold the same samples as the ``b``-th batch of one process
+    with ``world_size`` times the batch size.
     """
-    if world_size == 1:
-        return order
-    if pad and len(order) % world_size:
-        extra = world_size - len(order) % world_size
-        order = torch.cat([order, order[:extra]])
-    return order[rank::world_size]
+    return order if world_size == 1 else order[rank::world_size]
+
+
+def shard_counts(n: int, world_size: int) -> list[int]:
+    """Samples of each process when ``n`` samples are sharded over ``world_size`` processes."""
+    return [len(range(rank, n, world_size)) for rank in range(world_size)]
+
+
+@dataclass(frozen=True)
+class ShardSizes:
+    """Real samples per training batch under several processes, known without talking.
+
+    Every process takes the same number of batches (DDP all-reduces at every step). Shards differ
+    by at most one sample, so a process may have one sample fewer in its last batch, or, when its
+    shard ends exactly on a batch boundary, a last batch with no sample of its own: it then feeds
+    one stand-in sample whose weight is 0 (``local`` says 0), so that it still joins the step.
+
+    Attributes:
+        local: this process's real samples in each batch of an epoch.
+        total: every process's real samples together, per batch.
+        world_size: the number of processes.
+
+    Example:
+        >>> sizes = ShardSizes.of(n=101, batch_size=16, rank=1, world_size=2)
+        >>> sizes.local[-1], sizes.total[-1]     # rank 0 has 51 samples, rank 1 has 50
+        (2, 5)
+    """
+
+    local: list[int]
+    total: list[int]
+    world_size: int
+
+    @classmethod
+    def of(cls, n: int, batch_size: int, rank: int, world_size: int, drop_last: bool = False) -> ShardSizes:
+        counts = shard_counts(n, world_size)
+        per_batch = [_batch_sizes(count, batch_size, batches=_num_batches(counts[0], batch_size, drop_last))
+                     for count in counts]
+        return cls(per_batch[rank], [sum(sizes) for sizes in zip(*per_batch)], world_size)
+
+    def window_total(self, start: int, accumulate: int) -> int:
+        """Real samples of every process in the accumulation window that starts at batch ``start``."""
+        return sum(self.total[start : start + accumulate])
+
+
+def _num_batches(samples: int, batch_size: int, drop_last: bool) -> int:
+    return samples // batch_size if drop_last else math.ceil(samples / batch_size)
+
+
+def _batch_sizes(samples: int, batch_size: int, batches: int) -> list[int]:
+    return [max(0, min(batch_size, samples - b * batch_size)) for b in range(batches)]
+
+
+def shard_batches(order: torch.Tensor, batch_size: int, rank: int, world_size: int, *,
+                  equal_steps: bool, drop_last: bool = False) -> list[torch.Tensor]:
+    """This process's index batches of one epoch, from the epoch's ``order`` of all samples.
+
+    ``equal_steps`` (training): as many batches as the process with the most samples, a batch
+    with no real sample holding one stand-in (see :class:`ShardSizes`). Without it (evaluation):
+    this process's samples, each exactly once.
+    """
+    mine = shard(order, rank, world_size)
+    most = math.ceil(len(order) / world_size) if equal_steps else len(mine)
+    count = _num_batches(most, batch_size, drop_last)
+    batches = [mine[b * batch_size : (b + 1) * batch_size] for b in range(count)]
+    # A stand-in keeps this process in the step; its weight is 0 (ShardSizes.local).
+    return [batch if len(batch) else order[:1] for batch in batches]
 
 
 # ----------------------------------------------------------------------------- batches
@@ -163,9 +225,17 @@ class Batches:
         """Samples in each batch of ``epoch``, when known without loading (None otherwise)."""
         return None
 
+    def shard_sizes(self) -> ShardSizes | None:
+        """Real samples per batch of this process and of all (training under several processes)."""
+        return None
+
 
 class TensorBatches(Batches):
     """Batches sliced out of in-memory tensors (moved once to the training device).
+
+    Under several processes (``world_size`` > 1) each process takes its shard of every epoch's
+    order; ``equal_steps`` (training) gives every process the same number of batches (see
+    :class:`ShardSizes`), without it (evaluation) each sample is taken exactly once.
 
     Example:
         >>> batches = TensorBatches(X, y, batch_size=64, shuffle=True, seed=0)
@@ -183,16 +253,14 @@ class TensorBatches(Batches):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        equal_steps: bool = False,
     ):
         self.inputs, self.target = inputs, target
         self.batch_size = batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
         self._n = num_samples(target) if target is not None else num_samples(inputs)
-        # Training pads shards to equal length; evaluation counts each sample once.
-        self._per_rank = self._n if world_size == 1 else (
-            math.ceil(self._n / world_size) if shuffle else len(range(rank, self._n, world_size))
-        )
+        self._sizes = _local_sizes(self._n, batch_size, rank, world_size, equal_steps, drop_last)
 
     @property
     def num_samples(self) -> int:
@@ -204,54 +272,64 @@ class TensorBatches(Batches):
         return self
 
     def __len__(self) -> int:
-        full, rest = divmod(self._per_rank, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return len(self._sizes)
 
     def batch_sizes(self, epoch: int) -> list[int]:
-        sizes = [self.batch_size] * (self._per_rank // self.batch_size)
-        rest = self._per_rank % self.batch_size
-        if rest and not self.drop_last:
-            sizes.append(rest)
-        return sizes
+        """This process's real samples in each batch (0 for a stand-in batch)."""
+        return list(self._sizes)
 
-    def _order(self, epoch: int) -> torch.Tensor | None:
-        if not self.shuffle and self.world_size == 1:
-            return None  # contiguous slices: views, no copy
-        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
-        order = shard(order, self.rank, self.world_size, pad=self.shuffle)
-        device = first_tensor(self.inputs).device  # type: ignore[union-attr]
-        return order.to(device)
+    def shard_sizes(self) -> ShardSizes | None:
+        return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        order = self._order(epoch)
         bs = self.batch_size
-        for b in range(start, len(self)):
-            if order is None:
+        if not self.shuffle and self.world_size == 1:
+            for b in range(start, len(self)):  # contiguous slices: views, no copy
                 piece = slice(b * bs, (b + 1) * bs)
                 take = lambda t, piece=piece: t[piece]  # noqa: E731
-            else:
-                index = order[b * bs : (b + 1) * bs]
-                take = lambda t, index=index: t.index_select(0, index)  # noqa: E731
+                yield map_tensors(take, self.inputs), map_tensors(take, self.target)
+            return
+        device = first_tensor(self.inputs).device  # type: ignore[union-attr]
+        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed).to(device)
+        batches = shard_batches(order, bs, self.rank, self.world_size, equal_steps=self.equal_steps,
+                                drop_last=self.drop_last)
+        for index in batches[start:]:
+            take = lambda t, index=index: t.index_select(0, index)  # noqa: E731
             yield map_tensors(take, self.inputs), map_tensors(take, self.target)
 
 
-class _OrderSampler(torch.utils.data.Sampler):
-    """Index batches of a precomputed order (so a DataLoader follows our seeded, resumable order)."""
+def _local_sizes(n: int, batch_size: int, rank: int, world_size: int, equal_steps: bool,
+                 drop_last: bool) -> list[int]:
+    """This process's real samples per batch (0 for a stand-in batch)."""
+    if world_size > 1 and equal_steps:
+        return ShardSizes.of(n, batch_size, rank, world_size, drop_last).local
+    mine = len(range(rank, n, world_size))
+    return _batch_sizes(mine, batch_size, _num_batches(mine, batch_size, drop_last))
 
-    def __init__(self, order: torch.Tensor, batch_size: int, drop_last: bool):
-        self.order, self.batch_size, self.drop_last = order.tolist(), batch_size, drop_last
+
+def _shard_sizes(n: int, batch_size: int, rank: int, world_size: int, equal_steps: bool,
+                 drop_last: bool) -> ShardSizes | None:
+    if world_size == 1 or not equal_steps:
+        return None
+    return ShardSizes.of(n, batch_size, rank, world_size, drop_last)
+
+
+class _OrderSampler(torch.utils.data.Sampler):
+    """Index batches computed beforehand (so a DataLoader follows our seeded, resumable order)."""
+
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
 
     def __len__(self) -> int:
-        n = len(self.order)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self.batches)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for b in range(len(self)):
-            yield self.order[b * self.batch_size : (b + 1) * self.batch_size]
+        return iter(self.batches)
 
 
 class DatasetBatches(Batches):
-    """A map-style ``Dataset`` batched by a ``DataLoader`` that follows our epoch order."""
+    """A map-style ``Dataset`` batched by a ``DataLoader`` that follows our epoch order (sharded
+    like :class:`TensorBatches` under several processes)."""
 
     def __init__(
         self,
@@ -263,38 +341,45 @@ class DatasetBatches(Batches):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        equal_steps: bool = False,
         num_workers: int = 0,
         collate_fn: Any = None,
         pin_memory: bool = False,
+        worker_init_fn: Any = None,
     ):
         self.dataset, self.batch_size = dataset, batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.rank, self.world_size = rank, world_size
-        self.loader_kwargs = {"num_workers": num_workers, "pin_memory": pin_memory}
+        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
+        self.loader_kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
         if collate_fn is not None:
             self.loader_kwargs["collate_fn"] = collate_fn
+        if worker_init_fn is not None:
+            self.loader_kwargs["worker_init_fn"] = worker_init_fn
         self._n = len(dataset)  # type: ignore[arg-type]
+        self._sizes = _local_sizes(self._n, batch_size, rank, world_size, equal_steps, drop_last)
 
     @property
     def num_samples(self) -> int:
         return self._n
 
-    def _order(self, epoch: int) -> torch.Tensor:
-        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
-        return shard(order, self.rank, self.world_size, pad=self.shuffle)
-
     def __len__(self) -> int:
-        n = len(shard(torch.arange(self._n), self.rank, self.world_size, pad=self.shuffle))
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self._sizes)
 
     def batch_sizes(self, epoch: int) -> list[int]:
-        order = self._order(epoch)
-        sampler = _OrderSampler(order, self.batch_size, self.drop_last)
-        return [len(b) for b in sampler]
+        """This process's real samples in each batch (0 for a stand-in batch)."""
+        return list(self._sizes)
+
+    def shard_sizes(self) -> ShardSizes | None:
+        return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
+
+    def _index_batches(self, epoch: int) -> list[list[int]]:
+        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
+        batches = shard_batches(order, self.batch_size, self.rank, self.world_size,
+                                equal_steps=self.equal_steps, drop_last=self.drop_last)
+        return [batch.tolist() for batch in batches]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        order = self._order(epoch)[start * self.batch_size :]
-        sampler = _OrderSampler(order, self.batch_size, self.drop_last)
+        sampler = _OrderSampler(self._index_batches(epoch)[start:])
         loader = DataLoader(self.dataset, batch_sampler=sampler, **self.loader_kwargs)
         for batch in loader:
             yield split_batch(batch)
@@ -356,26 +441,77 @@ def make_batches(
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    equal_steps: bool = False,
     what: str = "data",
 ) -> Batches:
-    """Turn what a user passed (see :data:`ACCEPTED`) into :class:`Batches`."""
+    """Turn what a user passed (see :data:`ACCEPTED`) into :class:`Batches`.
+
+    Under several processes (``world_size`` > 1) tensors and Datasets are sharded; a DataLoader
+    with the default samplers is rebuilt over its dataset so that it is sharded too (see
+    :func:`sharded_loader`). ``equal_steps``: training data, where every process must take the
+    same number of batches.
+    """
+    kwargs = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size,
+                  equal_steps=equal_steps)
     if isinstance(data, DataLoader):
-        return LoaderBatches(data)
-    kwargs = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
+        if world_size == 1:
+            return LoaderBatches(data)
+        return sharded_loader(data, what=what, **kwargs)
     if isinstance(data, TensorDataset):
         tensors = data.tensors
         inputs = tensors[0] if len(tensors) == 2 else tuple(tensors[:-1])
         data = (inputs, tensors[-1])
     if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], Dataset):
         inputs, target = pair_as_tensors(data, what)
+        _check_shardable(num_samples(target), world_size, what)
         return TensorBatches(inputs, target, batch_size, **kwargs)
     if isinstance(data, Dataset):
         if not hasattr(data, "__len__"):
             raise DataError(f"{what}: an iterable Dataset has no length; wrap it in a DataLoader")
         if len(data) == 0:  # type: ignore[arg-type]
             raise DataError(f"{what}: the Dataset is empty")
+        _check_shardable(len(data), world_size, what)  # type: ignore[arg-type]
         return DatasetBatches(data, batch_size, **kwargs)
     raise DataError(f"{what}: unsupported type {_type_name(data)}; accepted: {ACCEPTED}")
+
+
+def sharded_loader(loader: DataLoader, *, what: str, shuffle: bool, **kwargs: Any) -> DatasetBatches:
+    """A DataLoader turned into sharded :class:`DatasetBatches` for several processes.
+
+    Its dataset, batch size, ``drop_last``, ``collate_fn``, workers and pinning are kept; it is
+    shuffled when it was built with ``shuffle=True``. A sampler of its own (a
+    ``DistributedSampler`` included, which repeats samples to even out the shards) cannot be
+    sharded exactly and is refused with the fix.
+    """
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    plain = (
+        isinstance(loader.sampler, (RandomSampler, SequentialSampler))
+        and type(loader.batch_sampler) is BatchSampler
+        and loader.batch_size is not None
+    )
+    if not plain or not hasattr(loader.dataset, "__len__"):
+        raise DataError(
+            f"{what}: under several processes traincraft shards the data itself, so a DataLoader "
+            f"with a {type(loader.sampler).__name__} or an iterable dataset cannot be used; pass "
+            "the Dataset (or tensors) instead, or a DataLoader built with shuffle=True/False only"
+        )
+    _check_shardable(len(loader.dataset), kwargs["world_size"], what)  # type: ignore[arg-type]
+    kwargs["drop_last"] = loader.drop_last
+    return DatasetBatches(
+        loader.dataset, int(loader.batch_size), shuffle=isinstance(loader.sampler, RandomSampler),
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn, **kwargs,
+    )
+
+
+def _check_shardable(n: int, world_size: int, what: str) -> None:
+    # Every process needs a sample of its own: its figures are summed with the others'.
+    if n < world_size:
+        raise DataError(
+            f"{what}: {n} samples for {world_size} processes; every process needs at least one "
+            "sample: use fewer processes or more data"
+        )
 
 
 def pair_as_tensors(data: tuple[Any, Any], what: str) -> tuple[Inputs, torch.Tensor]:

@@ -982,6 +982,28 @@ def _encode_labels(
     return codes, [_label_name(v) for v in keys.tolist()]
 
 
+def _keep_classes(
+    parts: dict[str, tuple[np.ndarray, np.ndarray]], class_names: list[str], classes: Sequence[Any], name: str
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Only the samples of ``classes`` (by label), their codes renumbered in the order given."""
+    wanted = [_label_name(c) for c in classes]
+    if not wanted or len(set(wanted)) != len(wanted):
+        raise DataError(f"dataset {name!r}: data.classes must list distinct labels, got {list(classes)!r}")
+    missing = [c for c in wanted if c not in class_names]
+    if missing:
+        raise DataError(
+            f"dataset {name!r}: data.classes {missing} not among its labels: {', '.join(class_names)}"
+        )
+    old_codes = np.array([class_names.index(c) for c in wanted])
+    kept = {}
+    for key, (x, y) in parts.items():
+        mask = np.isin(y, old_codes)
+        lookup = np.full(len(class_names), -1, dtype=np.int64)
+        lookup[old_codes] = np.arange(len(wanted))
+        kept[key] = (x[mask], lookup[y[mask]])
+    return kept, wanted
+
+
 def _regression_targets(ys: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
     out = {}
     for key, y in ys.items():
@@ -1014,7 +1036,8 @@ def _default_names(prefix: str, count: int) -> list[str]:
 
 
 def _prepare_samples(
-    source: _Source, task: str, shares: dict[str, float], scaler: Scaler, seed: int
+    source: _Source, task: str, shares: dict[str, float], scaler: Scaler, seed: int,
+    classes: Sequence[Any] | None = None,
 ) -> PreparedData:
     name = source.name
     ys = {k: y for k, (_, y) in source.parts.items()}
@@ -1026,6 +1049,10 @@ def _prepare_samples(
         targets = _regression_targets(ys, name)
     for key, (x, _) in source.parts.items():
         parts[key] = (_inputs(x, len(targets[key]), name, key), targets[key])
+    if classes is not None:
+        assert class_names is not None
+        parts, class_names = _keep_classes(parts, class_names, classes, name)
+        targets = {k: y for k, (_, y) in parts.items()}
     shapes = {key: x.shape[1:] for key, (x, _) in parts.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"dataset {name!r}: the splits' samples differ in shape: {shapes}")
@@ -1207,6 +1234,7 @@ def prepare(
     scale: str | None = "standard",
     seed: int = 0,
     base_dir: str | os.PathLike[str] | None = None,
+    classes: Sequence[Any] | None = None,
 ) -> PreparedData:
     """Load, split, scale (and window) a data set into tensors.
 
@@ -1225,6 +1253,8 @@ def prepare(
         scale: ``"standard"``, ``"minmax"`` or ``"none"``: input scaling fitted on train only.
         seed: seed of the split.
         base_dir: relative file paths resolve against it (the recipe's folder).
+        classes: classification: keep only the samples of these classes (labels as the data
+            names them, e.g. ``[5, 6, 7, 8, 9]``), numbered 0..k-1 in the order given.
 
     Returns:
         The splits as tensors with their metadata.
@@ -1246,7 +1276,9 @@ def prepare(
     source = _load_source(dataset, task, target, features, base_dir)
     task = _check_task(task, source)
     _check_windows(task, lookback, horizon, source.name)
+    if classes is not None and task != "classification":
+        raise DataError(f"dataset {source.name!r}: data.classes needs a classification task, not {task}")
     if task == "forecast":
         assert lookback is not None  # checked above
         return _prepare_forecast(source, shares, scaler, lookback, horizon)
-    return _prepare_samples(source, task, shares, scaler, seed)
+    return _prepare_samples(source, task, shares, scaler, seed, classes)

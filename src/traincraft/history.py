@@ -68,15 +68,16 @@ class History:
                 best = {"epoch": int(row["epoch"]), "monitor": monitor, "value": value}
         return best
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write the history as CSV (atomically)."""
+    def to_csv(self, path: str | Path, *, background: bool = False) -> Path:
+        """Write the history as CSV (atomically; ``background``: see
+        :func:`traincraft.files.atomic_write`)."""
         buffer = io.StringIO()
         columns = self.columns()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.epochs:
             writer.writerow({c: row.get(c, "") for c in columns})
-        return atomic_write_text(path, buffer.getvalue())
+        return atomic_write_text(path, buffer.getvalue(), background=background)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": [dict(r) for r in self.epochs], "best": self.best, "stop_reason": self.stop_reason}

@@ -45,7 +45,7 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if trainer.is_main_process:
-            trainer.history.to_csv(self.path)
+            trainer.history.to_csv(self.path, background=True)  # the loop does not wait for the disk
 
 
 def require(module: str, logger: str) -> None:

@@ -82,6 +82,9 @@ class Metric:
     def __init__(self) -> None:
         # Created from the first batch, on its device; empty means "no data yet".
         self._sums: list[Tensor] = []
+        # Counts known from shapes (Python ints) add up on the host and join the accumulator
+        # when it is read: no kernel per batch for them.
+        self._pending: list[int] = []
 
     def batch_sums(self, pred: Tensor, target: Tensor) -> BatchSums:
         """This batch's contribution to each accumulator. Device operations only."""
@@ -101,23 +104,28 @@ class Metric:
         """The value over every sample seen since the last ``reset()``; NaN before any update."""
         if not self._sums:
             return float("nan")
-        return float(self.finalize([s.detach().cpu() for s in self._sums]))
+        return float(self.finalize([s.detach().cpu() for s in self.sums()]))
 
     def reset(self) -> None:
         """Forget every sample seen (start of an epoch)."""
-        self._sums = []
+        self._sums, self._pending = [], []
 
     def sums(self) -> list[Tensor]:
         """The live accumulator tensors (not copies), for an in-place SUM all-reduce."""
+        for i, count in enumerate(self._pending):
+            if count:  # out of place: the accumulator may be an inference-mode tensor
+                self._sums[i] = self._sums[i] + count
+                self._pending[i] = 0
         return self._sums
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums as CPU tensors, for exact resume mid-epoch."""
-        return {"sums": [s.detach().cpu().clone() for s in self._sums]}
+        return {"sums": [s.detach().cpu().clone() for s in self.sums()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         # They stay on the CPU until the next update moves them to that batch's device.
         self._sums = [torch.as_tensor(s).clone() for s in state.get("sums", [])]
+        self._pending = [0] * len(self._sums)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -125,6 +133,7 @@ class Metric:
     def _accumulate(self, batch: BatchSums, device: torch.device) -> None:
         if not self._sums:
             self._sums = [_as_accumulator(part, device) for part in batch]
+            self._pending = [0] * len(self._sums)
             return
         if len(batch) != len(self._sums):
             raise TraincraftError(
@@ -134,8 +143,11 @@ class Metric:
         if self._sums[0].device != device:
             # Sums restored from a state_dict live on the CPU: move them once.
             self._sums = [_to_device(s, device) for s in self._sums]
-        for total, part in zip(self._sums, batch):
-            if isinstance(part, Tensor) and part.shape != total.shape:
+        for i, (total, part) in enumerate(zip(self._sums, batch)):
+            if not isinstance(part, Tensor):
+                self._pending[i] += part
+                continue
+            if part.shape != total.shape:
                 raise ShapeError(
                     f"metric {self.name!r}: this batch gives sums of shape {_shape(part)} but "
                     f"earlier batches gave {_shape(total)} (a different number of classes or "
@@ -439,9 +451,12 @@ class _ErrorMetric(Metric):
 
     def batch_sums(self, pred: Tensor, target: Tensor) -> BatchSums:
         pred, target = _align_regression(pred, target, self.name)
-        dtype = _float_dtype(pred.device)
-        diff = pred.to(dtype) - target.to(dtype)
-        return self._error(diff).sum(), diff.numel()
+        if pred.dtype != target.dtype or not pred.is_floating_point():
+            dtype = _float_dtype(pred.device)
+            pred, target = pred.to(dtype), target.to(dtype)
+        diff = pred - target
+        # Each element in the inputs' precision; the sum over the batch in float64.
+        return self._error(diff).sum(dtype=_float_dtype(pred.device)), diff.numel()
 
     def _error(self, diff: Tensor) -> Tensor:
         raise NotImplementedError
@@ -827,6 +842,20 @@ class RunningMeans:
             self.counts[name] = 0
         total.add_(value.detach(), alpha=samples)
         self.counts[name] += samples
+
+    def sync(self, reduce_fn: Callable[[list[torch.Tensor]], Any]) -> None:
+        """Sum every process's sums and counts in place, once, right before ``means()``.
+
+        ``reduce_fn`` gets the sums and a tensor of the counts in one list (see
+        :meth:`MetricSet.sync`). Every process must hold the same names.
+        """
+        if not self.sums:
+            return
+        names = sorted(self.sums)  # the same order on every process
+        first = self.sums[names[0]]
+        counts = torch.tensor([self.counts[name] for name in names], dtype=torch.int64, device=first.device)
+        reduce_fn([*(self.sums[name] for name in names), counts])
+        self.counts.update(zip(names, counts.tolist()))
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}

@@ -1,6 +1,8 @@
 """Built-in models (``linear``, ``mlp``, ``cnn``, ``lstm``, ``gru``) and the user's own model class.
 
-A model spec is a name, a ``{"name": ..., **kwargs}`` dict, or ``"package.module:Class"``.
+A model spec is a name, a ``{"name": ..., **kwargs}`` dict, ``"package.module:Class"``, or a
+model of torchvision or timm: ``"torchvision:resnet18"``, ``"timm:resnet18"`` (the ``vision``
+extra; never downloaded: ``weights: PATH`` loads a local file).
 :func:`build` turns it into an ``nn.Module`` for one sample's ``input_shape`` and ``output_size``;
 with ``target_stats`` the model ends in a fixed affine layer that maps standardised outputs back to
 the data's units.
@@ -18,8 +20,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
+import os
+import re
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -311,12 +317,17 @@ class Recurrent(BlockSequential):
     """An LSTM or GRU over ``(N, T, F)`` whose last hidden state feeds a linear head.
 
     Children: ``reshape`` (for ``(T,)`` inputs, one feature per step), ``rnn`` (the recurrent
-    layers, one block), ``dropout`` (when ``dropout > 0``), ``head``. Dropout between recurrent
-    layers is used only when ``num_layers > 1``.
+    layers, one block), ``norm`` (with ``batch_norm=True``: ``BatchNorm1d`` over the final
+    hidden state, a block of its own between ``rnn`` and ``head``, so that the head stays a
+    plain ``nn.Linear`` that fine-tuning can replace), ``dropout`` (when ``dropout > 0``, applied
+    to the final hidden state after the norm), ``head``. Dropout between recurrent layers is
+    used as well when ``num_layers > 1``.
 
     Example:
         >>> Recurrent(3, 1, cell="gru", hidden_size=8)(torch.randn(2, 24, 3)).shape
         torch.Size([2, 1])
+        >>> Recurrent(3, 1, hidden_size=8, batch_norm=True, dropout=0.2).block_names
+        ('rnn', 'norm', 'head')
     """
 
     def __init__(
@@ -329,6 +340,7 @@ class Recurrent(BlockSequential):
         dropout: float = 0.0,
         bidirectional: bool = False,
         add_feature_dim: bool = False,
+        batch_norm: bool = False,
     ):
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
@@ -346,10 +358,13 @@ class Recurrent(BlockSequential):
         if add_feature_dim:
             layers["reshape"] = Unsqueeze(-1)
         layers["rnn"] = LastHidden(rnn)
+        state_size = hidden_size * (2 if bidirectional else 1)
+        if batch_norm:
+            layers["norm"] = nn.BatchNorm1d(state_size)
         if dropout > 0:
             layers["dropout"] = nn.Dropout(dropout)
-        layers["head"] = nn.Linear(hidden_size * (2 if bidirectional else 1), out_features)
-        super().__init__(layers, ["rnn", "head"])
+        layers["head"] = nn.Linear(state_size, out_features)
+        super().__init__(layers, ["rnn", *(["norm"] if batch_norm else []), "head"])
 
 
 def _dense(
@@ -468,6 +483,7 @@ def _recurrent_builder(cell: str) -> Callable[..., nn.Module]:
         num_layers: int = 1,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        batch_norm: bool = False,
     ) -> nn.Module:
         if len(shape) not in (1, 2):
             raise ShapeError(
@@ -487,6 +503,7 @@ def _recurrent_builder(cell: str) -> Callable[..., nn.Module]:
             dropout,
             bidirectional,
             add_feature_dim=len(shape) == 1,
+            batch_norm=bool(batch_norm),
         )
 
     return build_recurrent
@@ -542,6 +559,8 @@ def build(
     input_shape: Sequence[int],
     output_size: int,
     target_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    init_weights: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> nn.Module:
     """Build a model for samples of ``input_shape`` and ``output_size`` outputs.
 
@@ -549,15 +568,26 @@ def build(
         spec: a built-in name (:func:`names`), ``{"name": ..., **kwargs}``,
             ``"package.module:Class"`` (called with the spec's other keys, plus ``input_shape``
             and ``output_size`` when its signature has parameters of those names), a class or
-            factory (the same), or a ready ``nn.Module`` (returned as it is).
+            factory (the same), a ready ``nn.Module`` (returned as it is), or
+            ``"torchvision:NAME"`` / ``"timm:NAME"``: built with ``weights=None`` /
+            ``pretrained=False`` and ``num_classes=output_size`` (timm also gets
+            ``in_chans`` when the images do not have 3 channels); the spec's other keys go to
+            ``torchvision.models.get_model`` / ``timm.create_model``, and ``weights: PATH``
+            loads a local weights file into it (see
+            :func:`traincraft.finetune.load_initial_weights`; a new head is expected).
         input_shape: one sample's input shape: ``(C, H, W)`` images, ``(F,)`` tables,
             ``(T, F)`` sequences.
-        output_size: classes for classification, outputs otherwise. For built-in models
-            ``num_classes`` or ``out_features`` in the spec override it, and ``in_features`` or
-            ``input_size`` override the input size inferred from ``input_shape``.
+        output_size: classes for classification, outputs otherwise. For built-in, torchvision
+            and timm models ``num_classes`` or ``out_features`` in the spec override it (a new
+            head of another size); for built-in models ``in_features`` or ``input_size``
+            override the input size inferred from ``input_shape``.
         target_stats: ``(mean, std)`` per output: the model then ends with a fixed
             :class:`OutputScale` so that it learns in standardised units and predicts in the
             data's units.
+        init_weights: load the spec's ``weights`` file (False when trained weights are loaded
+            right after, as when a run's model is rebuilt).
+        log: where the one-line report of loading ``weights`` goes; by default standard error
+            (of the main process only).
 
     Returns:
         The model, an ``nn.Module``.
@@ -575,13 +605,19 @@ def build(
     if isinstance(spec, nn.Module):
         model = spec
     else:
-        model = _resolve(spec, shape, output_size)
+        model = _resolve(spec, shape, output_size, init_weights, log)
     if target_stats is not None:
         model = _with_output_scale(model, target_stats, _output_count(model, output_size))
     return model
 
 
-def _resolve(spec: Any, shape: tuple[int, ...], output_size: int) -> nn.Module:
+def _resolve(
+    spec: Any,
+    shape: tuple[int, ...],
+    output_size: int,
+    init_weights: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> nn.Module:
     """Build from a name, a dict, an import path, or a class (also as a dict's ``name``)."""
     if callable(spec):  # a class or factory from Python, rather than its path
         spec = {"name": spec}
@@ -591,6 +627,11 @@ def _resolve(spec: Any, shape: tuple[int, ...], output_size: int) -> nn.Module:
         path = getattr(factory, "__qualname__", repr(factory))
         return _build_user(factory, path, kwargs, shape, output_size)
     name, kwargs = split_spec(spec, "model")
+    library, sep, arch = name.partition(":")
+    if sep and library.strip().lower() in _LIBRARIES:
+        return _build_external(
+            library.strip().lower(), arch.strip(), kwargs, shape, output_size, init_weights, log
+        )
     if ":" in name or "." in name:
         return _build_user(import_object(name, "model"), name, kwargs, shape, output_size)
     return _build_builtin(name, kwargs, shape, output_size)
@@ -683,6 +724,157 @@ def _check_bind(path: str, signature: inspect.Signature, kwargs: dict[str, Any])
         signature.bind(**kwargs)
     except TypeError as err:
         raise TraincraftError(f"model {path!r}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision and timm models. Imported only when a spec names them; never downloaded.
+
+_VISION_HINT = "pip install 'traincraft[vision]'"
+# Arguments that would make the library download weights; ``weights: PATH`` replaces them.
+_DOWNLOAD_KEYS = {
+    "torchvision": ("pretrained", "weights_backbone"),
+    "timm": ("pretrained",),
+}
+
+
+def _build_external(
+    library: str,
+    arch: str,
+    kwargs: dict[str, Any],
+    shape: tuple[int, ...],
+    output_size: int,
+    init_weights: bool,
+    log: Callable[[str], None] | None,
+) -> nn.Module:
+    label = f"{library}:{arch}"
+    kwargs = dict(kwargs)
+    weights = kwargs.pop("weights", None)
+    _refuse_downloads(label, library, kwargs, weights)
+    out = _pop_override(label, kwargs, _OUTPUT_KEYS, output_size)
+    _check_sizes(label, "num_classes", [out])
+    model = _LIBRARIES[library](arch, label, kwargs, shape, out)
+    if weights is not None and init_weights:
+        from traincraft.finetune.weights import load_initial_weights
+
+        report = load_initial_weights(model, weights, label=f"model {label!r} weights")
+        (log or _log_main)(report.summary())
+    return model
+
+
+def _refuse_downloads(label: str, library: str, kwargs: dict[str, Any], weights: Any) -> None:
+    for key in _DOWNLOAD_KEYS[library]:
+        if kwargs.get(key) not in (None, False, ""):
+            raise TraincraftError(
+                f"model {label!r}: {key!r} would download weights and traincraft never "
+                "downloads; give a local weights file as 'weights: PATH'"
+            )
+        kwargs.pop(key, None)
+    if kwargs.get("checkpoint_path"):
+        # timm loads it strictly, so a new head fails; ours reports the head instead.
+        raise TraincraftError(
+            f"model {label!r}: give the weights file as 'weights: PATH' rather than "
+            "'checkpoint_path' (it loads everything but a new head)"
+        )
+    if weights is None:
+        return
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TraincraftError(
+            f"model {label!r}: 'weights' must be the path of a local weights file, got {weights!r}"
+        )
+    # "DEFAULT" or "IMAGENET1K_V1" are torchvision's names for weights it would download.
+    looks_named = re.fullmatch(r"(\w+_Weights\.)?[A-Z][A-Z0-9_]*", str(weights))
+    if looks_named and not os.path.exists(weights):
+        raise TraincraftError(
+            f"model {label!r}: weights {weights!r} names weights to download, and traincraft "
+            "never downloads; save them once to a file (.safetensors, .pt) and give its path"
+        )
+
+
+def _log_main(message: str) -> None:
+    # Under torchrun every process builds the model; only the first one reports.
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
+def _import_vision(module: str, package: str, label: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise TraincraftError(f"model {label!r} needs {package}: {_VISION_HINT}") from None
+
+
+def _unknown_external(
+    label: str, library: str, arch: str, names: Sequence[str]
+) -> UnknownNameError:
+    hint = did_you_mean(arch, names)
+    if not hint:
+        lister = {"torchvision": "torchvision.models.list_models()", "timm": "timm.list_models()"}[
+            library
+        ]
+        hint = f"; {lister} lists the names"
+    return UnknownNameError(f"model {label!r}: unknown {library} model {arch!r}{hint}")
+
+
+def _torchvision_model(
+    arch: str, label: str, kwargs: dict[str, Any], shape: tuple[int, ...], out: int
+) -> nn.Module:
+    tv_models = _import_vision("torchvision.models", "torchvision", label)
+    key = arch.lower()  # torchvision looks names up in lower case
+    names = list(tv_models.list_models())
+    if key not in names:
+        raise _unknown_external(label, "torchvision", arch, names)
+    if len(shape) == 3 and shape[0] != 3:
+        raise ShapeError(
+            f"model {label!r} takes 3-channel images but the data has {shape[0]} channel(s) "
+            f"{shape}; use a timm model (it adapts its first layer, in_chans) or repeat the "
+            "channel to 3"
+        )
+    config: dict[str, Any] = {"weights": None, "num_classes": out, **kwargs}
+    get_builder = getattr(tv_models, "get_model_builder", None)
+    if get_builder is not None:
+        # Detection and segmentation builders download a backbone by default.
+        if "weights_backbone" in inspect.signature(get_builder(key)).parameters:
+            config["weights_backbone"] = None
+    return _construct(label, lambda: tv_models.get_model(key, **config))
+
+
+def _timm_model(
+    arch: str, label: str, kwargs: dict[str, Any], shape: tuple[int, ...], out: int
+) -> nn.Module:
+    if ":" in arch or arch.lower().startswith(("hf-hub", "hf_hub")):
+        raise TraincraftError(
+            f"model {label!r}: models from the Hugging Face Hub would be downloaded; give a timm "
+            "architecture name (timm.list_models()) and a local file as 'weights: PATH'"
+        )
+    timm = _import_vision("timm", "timm", label)
+    base = arch.split(".", 1)[0]  # "resnet50.a1_in1k": the architecture and a weights tag
+    names = list(timm.list_models())
+    if base not in names:
+        raise _unknown_external(label, "timm", base, names)
+    config: dict[str, Any] = {"pretrained": False, "num_classes": out}
+    if len(shape) == 3 and shape[0] != 3:
+        config["in_chans"] = shape[0]
+    config.update(kwargs)  # the spec's own keys win (an explicit in_chans, drop_rate, ...)
+    return _construct(label, lambda: timm.create_model(arch, **config))
+
+
+def _construct(label: str, make: Callable[[], Any]) -> nn.Module:
+    try:
+        model = make()
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TraincraftError(f"model {label!r}: construction failed: {text}") from err
+    if not isinstance(model, nn.Module):
+        raise TraincraftError(
+            f"model {label!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+_LIBRARIES: dict[str, Callable[..., nn.Module]] = {
+    "torchvision": _torchvision_model,
+    "timm": _timm_model,
+}
 
 
 def _output_count(model: nn.Module, output_size: int) -> int:

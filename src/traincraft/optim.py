@@ -35,7 +35,7 @@ from traincraft.errors import (
 )
 from traincraft.registry import Registry, import_object, split_spec
 
-__all__ = ["OPTIMIZERS", "build", "names", "param_groups"]
+__all__ = ["OPTIMIZERS", "added_groups", "build", "names", "param_groups"]
 
 OptimizerSpec = str | Mapping[str, Any] | type | Callable[[list[dict[str, Any]]], Any]
 
@@ -198,6 +198,50 @@ def param_groups(
         ['head.*', 'head.*/no_decay', 'default', 'default/no_decay']
     """
     return _param_groups(model, lr, weight_decay, decay_exclude, param_groups)
+
+
+def added_groups(
+    model: nn.Module,
+    named: Sequence[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    weight_decay: float | None,
+    decay_exclude: str | Sequence[str] | None = "auto",
+    param_groups: Sequence[Mapping[str, Any]] | None = None,
+    lr_mult: float | None = None,
+    prefix: str = "added",
+) -> list[dict[str, Any]]:
+    """Groups for parameters that join a live optimizer (unfreezing), split by the same rules as
+    :func:`param_groups`: the first rule that matches a parameter gives its LR multiplier and
+    settings, and no-decay parameters get ``weight_decay=0``. Rules that match none of ``named``
+    are passed over. ``lr_mult``, when given, replaces the rules' multipliers. Group names are
+    ``"<prefix>/<rule name>"``.
+
+    Example:
+        >>> groups = optim.added_groups(model, [("conv1.0.weight", w)], lr=1e-3,
+        ...                             weight_decay=0.01, lr_mult=0.1, prefix="unfreeze[0]")
+        >>> groups[0]["lr"]
+        0.0001
+    """
+    base_lr = expect_number(lr, "lr")
+    named = list(named)
+    no_decay = _no_decay(model, named, decay_exclude, strict=False)
+    rules = [_Rule(i, raw) for i, raw in enumerate(param_groups or [])]
+    default = _Rule(len(rules), {"params": "*", "name": "default"})
+    members: dict[int, list[tuple[str, nn.Parameter]]] = {i: [] for i in range(len(rules) + 1)}
+    for name, p in named:
+        members[next((i for i, rule in enumerate(rules) if rule.matches(name)), len(rules))].append((name, p))
+    groups: list[dict[str, Any]] = []
+    for i, rule in enumerate([*rules, default]):
+        decaying = [(n, p) for n, p in members[i] if n not in no_decay]
+        fixed = [(n, p) for n, p in members[i] if n in no_decay]
+        groups += _rule_groups(rule, decaying, fixed, base_lr, weight_decay)
+    for group in groups:
+        group["name"] = f"{prefix}/{group['name']}"
+        if lr_mult is not None:
+            mult = expect_number(lr_mult, f"{prefix} lr_mult")
+            group.update(lr=base_lr * mult, initial_lr=base_lr * mult, lr_mult=mult)
+    return groups
 
 
 # --------------------------------------------------------------------------- spec resolution
@@ -477,8 +521,10 @@ def _no_decay(
     trainable: list[tuple[str, nn.Parameter]],
     decay_exclude: str | Sequence[str] | None,
     what: str = "decay_exclude",
+    strict: bool = True,
 ) -> set[str]:
-    """Names of the trainable parameters that get ``weight_decay=0.0``."""
+    """Names of the trainable parameters that get ``weight_decay=0.0``; ``strict``: a pattern that
+    matches none of them is an error."""
     if decay_exclude is None:
         return set()
     items = [decay_exclude] if isinstance(decay_exclude, str) else list(decay_exclude)
@@ -494,7 +540,7 @@ def _no_decay(
         }
     for pattern in (item for item in items if item != "auto"):
         hits = {n for n, _ in trainable if fnmatch.fnmatchcase(n, pattern)}
-        if not hits:
+        if not hits and strict:
             raise _no_match(what, pattern, model, trainable)
         excluded |= hits
     return excluded

@@ -49,6 +49,9 @@ class DataSection(Section):
     split: SplitSection = Field(default_factory=SplitSection)
     scale: Literal["standard", "minmax", "none"] = "standard"
     batch_size: int = Field(32, gt=0)
+    classes: list[int | str] | None = Field(
+        None, description="classification: keep only these classes, numbered 0..k-1 in this order"
+    )
 
 
 class ModelSection(BaseModel):
@@ -94,6 +97,8 @@ class TrainSection(Section):
     shuffle: bool = True
     device: str = "auto"
     deterministic: bool = False
+    sync_batchnorm: bool = Field(False, description="several processes on CUDA: batch norm over the global batch")
+    dist_timeout: float = Field(300.0, gt=0, description="seconds a process waits for the others before an error")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -124,6 +129,56 @@ class CheckpointSection(Section):
     mode: Literal["min", "max"] | None = None
 
 
+class UnfreezeItem(Section):
+    at: int | str = Field(description="when: optimizer steps, '2ep' or '25%'")
+    params: str | list[str] = Field(description="globs on parameter or module names")
+    lr_mult: float | None = Field(None, gt=0, description="the new groups' LR multiplier")
+
+
+class GradualSection(Section):
+    groups: list[str | list[str]] = Field(description="globs per group, output side first")
+    every: int | str = Field(description="time between two unfreezings")
+    start: int | str | None = Field(None, description="the first unfreezing (default: every)")
+    lr_mult: float | list[float] | None = None
+
+
+class FinetuneSection(Section):
+    """Start from trained weights, freeze, unfreeze on a schedule, discriminative LRs."""
+
+    init_from: str | None = Field(None, description="run folder, .safetensors, .ckpt or .pt state dict")
+    strict: bool = False
+    skip: list[str] = Field(default_factory=list, description="globs of weights not to load (a new head)")
+    freeze: list[str] = Field(default_factory=list, description="globs on parameter or module names")
+    train_bn: bool = False
+    unfreeze: list[UnfreezeItem] = Field(default_factory=list)
+    gradual: GradualSection | None = None
+    lr_mult: dict[str, float] | None = None
+    layer_decay: float | None = Field(None, gt=0, le=1)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The trainer's ``finetune=`` argument (init_from goes separately)."""
+        values = self.model_dump(exclude={"init_from"}, exclude_none=True)
+        if self.gradual is not None:
+            values["gradual"] = self.gradual.model_dump(exclude_none=True)
+        values["unfreeze"] = [item.model_dump(exclude_none=True) for item in self.unfreeze]
+        return values
+
+
+class EMASection(Section):
+    decay: float = Field(0.999, ge=0, lt=1)
+    warmup: bool = True
+    every: int = Field(1, ge=1)
+    evaluate: bool = True
+
+
+class SWASection(Section):
+    start: int | str = "75%"
+    lr: float | None = Field(None, gt=0)
+    anneal: int | str = 0
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    update_bn: bool = True
+
+
 class Recipe(Section):
     """A training recipe. ``traincraft schema`` prints its JSON schema."""
 
@@ -138,6 +193,9 @@ class Recipe(Section):
         None, description="learning-rate schedule: a name or {name, warmup, cooldown, ...}; see docs/schedules.md"
     )
     early_stopping: EarlyStoppingSection | None = None
+    finetune: FinetuneSection | None = None
+    ema: EMASection | None = None
+    swa: SWASection | None = None
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     tune: TuneSection | None = None
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)

@@ -224,6 +224,9 @@ def load_run_files(folder: str | Path) -> RunFiles:
     Raises:
         TraincraftError: the folder does not exist or has no metrics.csv.
     """
+    from traincraft import files
+
+    files.wait()  # the run's own files, when this process wrote them
     folder = Path(folder)
     if not folder.is_dir():
         raise TraincraftError(f"run folder {folder} not found")

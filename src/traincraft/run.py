@@ -45,6 +45,20 @@ def default_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
     return candidate
 
 
+def agreed_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
+    """The default run folder; under torchrun rank 0 names it and every process takes that name
+    (each process's clock could name another)."""
+    from traincraft import distributed
+
+    if distributed.launched_world_size() <= 1:
+        return default_run_dir(recipe, root)
+    from traincraft.device import resolve_device
+
+    world = distributed.join(resolve_device(recipe.train.device), timeout=recipe.train.dist_timeout)
+    chosen = str(default_run_dir(recipe, root)) if world.rank == 0 else None
+    return Path(distributed.broadcast_object(chosen))
+
+
 def prepare_data(recipe: Recipe) -> PreparedData:
     from traincraft import datasets
 
@@ -52,18 +66,20 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return datasets.prepare(
         d.dataset, task=d.task, target=d.target, features=d.features, lookback=d.lookback,
         horizon=d.horizon, split={"val": d.split.val, "test": d.split.test}, scale=d.scale,
-        seed=recipe.seed, base_dir=base_dir(recipe),
+        seed=recipe.seed, base_dir=base_dir(recipe), classes=d.classes,
     )
 
 
-def build_model(recipe: Recipe, info: dict[str, Any]) -> torch.nn.Module:
+def build_model(recipe: Recipe, info: dict[str, Any], init_weights: bool = True) -> torch.nn.Module:
+    """The recipe's model for the data described by ``info``; ``init_weights=False`` skips the
+    model's own ``weights:`` file (when the caller loads other weights right after)."""
     from traincraft import models
 
     spec = {"name": recipe.model.name, **recipe.model.kwargs()}
     stats = info.get("target_stats")
     return models.build(
         spec, input_shape=tuple(info["input_shape"]), output_size=int(info["output_size"]),
-        target_stats=tuple(stats) if stats else None,
+        target_stats=tuple(stats) if stats else None, init_weights=init_weights,
     )
 
 
@@ -106,7 +122,34 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         clip_norm_type=t.clip_norm_type, clip_grad_value=t.clip_grad_value,
         schedule=recipe.schedule, callbacks=callbacks, checkpoint=recipe.checkpoint.model_dump(),
         device=t.device, seed=recipe.seed, deterministic=t.deterministic,
+        sync_batchnorm=t.sync_batchnorm, dist_timeout=t.dist_timeout,
+        **finetune_kwargs(recipe),
     )
+
+
+def finetune_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """``init_from``, ``finetune``, ``ema`` and ``swa`` of a recipe (empty when not set)."""
+    kwargs: dict[str, Any] = {}
+    f = recipe.finetune
+    if f is not None:
+        kwargs["finetune"] = f.kwargs()
+        if f.init_from is not None:
+            kwargs["init_from"] = resolve_path(f.init_from, recipe)
+    if recipe.ema is not None:
+        kwargs["ema"] = recipe.ema.model_dump()
+    if recipe.swa is not None:
+        kwargs["swa"] = recipe.swa.model_dump()
+    return kwargs
+
+
+def resolve_path(path: str, recipe: Recipe) -> Path:
+    """A path from a recipe: as given when it exists from here, else next to the recipe file."""
+    given = Path(path).expanduser()
+    folder = base_dir(recipe)
+    if given.exists() or given.is_absolute() or folder is None:
+        return given
+    beside = Path(folder) / given
+    return beside if beside.exists() else given
 
 
 def trainer_from_recipe(
@@ -131,7 +174,7 @@ def trainer_from_recipe(
         kwargs["checkpoint"] = False
     if run_dir is not None:  # tensorboard and mlflow write into the run folder
         kwargs["loggers"] = [spec for spec in recipe.logging if spec != "csv"]
-    trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress)
+    trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress, report=True)
     trainer.data, trainer.recipe = data, recipe
     return trainer
 
@@ -150,7 +193,7 @@ class RunFolder(Callback):
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if not trainer.is_main_process or trainer.state.stop_reason is None:
+        if trainer.state.stop_reason is None:
             return  # an exception ended the run: nothing to evaluate
         results: dict[str, Any] = {
             "stop_reason": trainer.state.stop_reason,
@@ -160,7 +203,9 @@ class RunFolder(Callback):
         }
         data = getattr(trainer, "data", None)
         if data is not None and data.test is not None:
-            results["test"] = self._evaluate_best(trainer, data.test)
+            results["test"] = self._evaluate_best(trainer, data.test)  # every process takes part
+        if not trainer.is_main_process:
+            return
         atomic_write_text(self.folder / "results.json", json.dumps(results, indent=2))
         self.results = results
 
@@ -168,12 +213,17 @@ class RunFolder(Callback):
     def _evaluate_best(self, trainer: Trainer, split: Any) -> dict[str, float]:
         """The split evaluated with the weights of best.safetensors; the model keeps its own."""
         from traincraft.checkpoint import load_weights
+        from traincraft.distributed import broadcast_object, broadcast_weights
 
         best = self.folder / "best.safetensors"
-        if not best.is_file():
+        several = trainer.world_size > 1
+        if not (broadcast_object(best.is_file()) if several else best.is_file()):  # rank 0's file decides
             return trainer.evaluate(split)
         current = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        trainer.model.load_state_dict(load_weights(best))
+        if trainer.is_main_process:
+            trainer.model.load_state_dict(load_weights(best))
+        if several:  # rank 0 read the file: no file system shared by the machines needed
+            broadcast_weights(trainer.model)
         try:
             return trainer.evaluate(split)
         finally:
@@ -193,6 +243,7 @@ def environment(trainer: Trainer) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "device": str(trainer.device),
+        "processes": trainer.world_size,
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
@@ -222,7 +273,7 @@ def load_model(run_dir: str | Path, weights: str = "best.safetensors") -> torch.
     from traincraft.checkpoint import load_weights
 
     recipe, info = load_run(run_dir)
-    model = build_model(recipe, info)
+    model = build_model(recipe, info, init_weights=False)  # the run's own weights replace them
     path = Path(run_dir) / weights
     if not path.is_file():
         raise TraincraftError(f"{path} not found: the run saved no weights")

@@ -427,6 +427,8 @@ _DURATIONS: dict[str, tuple[str, ...]] = {
 }
 
 # Absolute values that torch accepts as one number for every group or one per group.
+# Per-group arguments that are learning rates: scaled with the base LR of a group added mid-run.
+_LR_VALUED = frozenset({"max_lr", "base_lr", "eta_min", "min_lr"})
 _PER_GROUP = frozenset(
     {"max_lr", "base_lr", "eta_min", "min_lr", "base_momentum", "max_momentum", "lr_lambda"}
 )
@@ -479,6 +481,17 @@ def parse_duration(value: Any, where: str = "duration") -> Duration:
             unit = "epoch" if match.group(2) == "ep" else "share"
             return Duration(float(match.group(1)), unit)
     raise TraincraftError(f"{where}: {value!r} is not a duration; write {_DURATION_FORMS}")
+
+
+def duration_steps(value: Any, where: str, *, steps_per_epoch: int, total_steps: int) -> int:
+    """A duration (``500``, ``"3ep"``, ``"10%"``) in optimizer steps of a run.
+
+    Example:
+        >>> duration_steps("2ep", "unfreeze[0].at", steps_per_epoch=50, total_steps=500)
+        100
+    """
+    run = _Run(steps_per_epoch=steps_per_epoch, total=total_steps, interval="step", label=where)
+    return run.steps(parse_duration(value, where), where)
 
 
 def _round(x: float) -> int:
@@ -1074,6 +1087,11 @@ class _PlateauState:
                 cut = True
         return cut
 
+    def add_group(self, ratio: float, base_lr: float, min_lr: float) -> None:
+        self.base_lrs.append(base_lr)
+        self.lrs.append(self.lrs[0] * ratio)  # the cuts so far apply to the new group too
+        self.min_lrs.append(float(min_lr))
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "monitor": self.monitor.state_dict(),
@@ -1180,6 +1198,26 @@ class Schedule:
         self._base = [b * factor for b in self._base]
         if self._plateau is not None:
             self._plateau.lrs = [lr * factor for lr in self._plateau.lrs]
+        self._apply(self._step)
+
+    def add_group(self, group: dict[str, Any]) -> None:
+        """Take in a parameter group added to the optimizer during the run (an unfreeze): it
+        follows the schedule from now on, on the same clock, relative to its own base LR.
+
+        LR-valued arguments (``max_lr``, ``eta_min``, ...) and plateau's cuts so far are those of
+        the first group scaled by the ratio of the base LRs, so the new group keeps its ratio to
+        the others at every step.
+        """
+        base = _base_lr(group)
+        ratio = base / self._base[0] if self._base[0] else 1.0
+        args = dict(self._plan.args[0])
+        for key in _LR_VALUED & set(args):
+            if args[key] is not None:
+                args[key] = args[key] * ratio
+        self._plan.args.append(args)
+        self._base.append(base)
+        if self._plateau is not None:
+            self._plateau.add_group(ratio, base, args["min_lr"])
         self._apply(self._step)
 
     def state_dict(self) -> dict[str, Any]:
@@ -1383,6 +1421,13 @@ class TorchSchedule:
         self.scheduler.base_lrs = [b * factor for b in self.scheduler.base_lrs]
         for group in self.scheduler.optimizer.param_groups:
             group["lr"] *= factor
+
+    def add_group(self, group: dict[str, Any]) -> None:
+        raise TraincraftError(
+            f"unfreezing adds parameter groups during the run, which the torch scheduler "
+            f"{self.name} cannot take; use a traincraft schedule by name (e.g. "
+            "{'name': 'cosine', 'warmup': '5%'})"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """torch's own state dict (whatever the scheduler keeps in it)."""

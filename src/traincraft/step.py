@@ -11,12 +11,18 @@ The order inside a step is fixed, because getting it wrong is the classic bug::
     zero_grad(set_to_none=True)
 
 With ``accumulate=1`` the multiply/divide is left out: the step is exactly a hand-written one.
+
+Under several processes (:meth:`Stepper.distribute`) the micro-batches that do not end the window
+run forward and backward under DDP's ``no_sync`` (one gradient all-reduce per optimizer step, not
+per micro-batch), and the window is divided by its samples over all processes divided by their
+number: DDP averages over processes, so the result is the exact mean over the global batch even
+when the processes' last batches hold different numbers of samples.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -94,8 +100,31 @@ class Stepper:
         self.check_every_step = on_nonfinite != "raise"
         self.micro_batches = 0  # in the current window
         self.window_samples = 0
+        # Several processes (distribute): DDP, their number, and the window's samples over all.
+        self.ddp: Any = None
+        self.world_size = 1
+        self.window_total: int | None = None
+        self._all_true: Callable[[bool], bool] | None = None
         self.window_loss: torch.Tensor | None = None  # summed, only when checking every step
         self.grad_norm: torch.Tensor | None = None  # before clipping, of the last step
+
+    def distribute(self, ddp: Any, world_size: int, all_true: Callable[[bool], bool]) -> None:
+        """Train under DDP with ``world_size`` processes; ``all_true`` agrees on a flag among them
+        (the non-finite policies skip or roll back a step on every process or on none)."""
+        self.ddp, self.world_size, self._all_true = ddp, int(world_size), all_true
+
+    @property
+    def weighted(self) -> bool:
+        """Micro-batches are weighted by their samples and the window divided by its total."""
+        return self.accumulate > 1 or self.world_size > 1
+
+    def micro_batch(self, *, last_of_epoch: bool) -> contextlib.AbstractContextManager[Any]:
+        """Around one micro-batch's forward and backward: under DDP, a micro-batch that does not
+        end its window skips the gradient all-reduce (``no_sync``); the window's last one does it."""
+        ends_window = last_of_epoch or self.micro_batches + 1 >= self.accumulate
+        if self.ddp is None or ends_window:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = PRECISIONS[self.precision]
@@ -105,7 +134,7 @@ class Stepper:
 
     def backward(self, loss: torch.Tensor, samples: int) -> None:
         """Back-propagate one micro-batch's mean loss, weighted for an exact window average."""
-        if self.accumulate > 1:
+        if self.weighted:
             loss = loss * samples
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
@@ -129,8 +158,8 @@ class Stepper:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
-        if self.accumulate > 1 and grads:
-            torch._foreach_div_(grads, float(self.window_samples))
+        if self.weighted and grads:
+            torch._foreach_div_(grads, self._window_divisor())
         if self.clip_grad_norm is not None:
             self.grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.params, self.clip_grad_norm, norm_type=self.clip_norm_type, foreach=None
@@ -140,12 +169,20 @@ class Stepper:
         if self.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(self.params, self.clip_grad_value, foreach=None)
 
+    def _window_divisor(self) -> float:
+        if self.world_size > 1 and self.window_total is not None:
+            # DDP divides the sum over processes by their number: what is left to divide by.
+            return self.window_total / self.world_size
+        return float(self.window_samples)
+
     def window_is_finite(self) -> bool:
-        """Whether the window's loss and gradient norm are finite (reads the device: one sync)."""
+        """Whether the window's loss and gradient norm are finite (reads the device: one sync);
+        under several processes, whether they are on every process."""
         total = self.window_loss if self.window_loss is not None else torch.zeros(())
         if self.grad_norm is not None:
             total = total + self.grad_norm.to(total.device)
-        return bool(torch.isfinite(total))
+        finite = bool(torch.isfinite(total))
+        return self._all_true(finite) if self._all_true is not None else finite
 
     def drop(self) -> None:
         """Throw the window away: no optimizer step."""
@@ -157,6 +194,7 @@ class Stepper:
     def _reset_window(self) -> None:
         self.micro_batches = 0
         self.window_samples = 0
+        self.window_total = None
         self.window_loss = None
 
     def step(self) -> bool:

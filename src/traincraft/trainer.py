@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from traincraft import losses, metrics, optim, schedules
+from traincraft import distributed, losses, metrics, optim, schedules
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.checkpoint import Checkpoint
 from traincraft.callbacks.early_stopping import EarlyStopping
@@ -33,6 +33,7 @@ from traincraft.data import (
 )
 from traincraft.device import resolve_device
 from traincraft.errors import ModelError, TraincraftError
+from traincraft.finetune.plan import Finetuning
 from traincraft.history import History
 from traincraft.loggers import CSVLogger
 from traincraft.metrics import RunningMeans
@@ -79,6 +80,17 @@ class Trainer:
             weights (taken every ``rollback_every`` steps) with the LR times ``rollback_lr_factor``,
             at most ``max_rollbacks`` times. skip and rollback check every step (one host read).
         compile: run the forward pass through ``torch.compile`` (saved weights keep plain keys).
+        init_from: start from trained weights: a run folder, ``.safetensors``, ``.ckpt`` or a
+            ``.pt`` state dict. Wrapper prefixes are stripped; keys missing, unexpected or of
+            another shape (a new head) are skipped and listed in one line.
+        finetune: ``{"freeze": [globs], "train_bn": False, "unfreeze": [{"at": "2ep", "params":
+            globs, "lr_mult": 0.1}], "gradual": {"groups": [...], "every": "1ep"}, "lr_mult":
+            {glob: mult}, "layer_decay": 0.75, "strict": False, "skip": [globs]}``; see
+            ``docs/finetuning.md``.
+        ema: an exponential moving average of the weights: True, a decay (``0.999``), a dict of
+            :class:`~traincraft.callbacks.ema.EMA` arguments, or an ``EMA``.
+        swa: stochastic weight averaging: a dict of :class:`~traincraft.callbacks.swa.SWA`
+            arguments (``{"start": "75%", "lr": 0.01, "anneal": "5ep"}``) or an ``SWA``.
         schedule: the learning-rate schedule: a name, ``{"name": "cosine", "warmup": "5%", ...}``,
             or a function building a torch scheduler from the optimizer. Counted in optimizer
             steps; durations may be steps, ``"3ep"`` or ``"10%"``. See :mod:`traincraft.schedules`.
@@ -87,12 +99,19 @@ class Trainer:
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
         seed: seeds python, numpy, torch and the data order; None draws one (see ``trainer.seed``).
         deterministic: use torch's deterministic algorithms.
+        sync_batchnorm: under several processes (CUDA), turn batch-norm layers into
+            ``SyncBatchNorm``: statistics over the global batch. See ``docs/distributed.md``.
+        dist_timeout: seconds a process waits for the others (to join, in a collective) before it
+            stops with an error, e.g. when another process died.
         run_dir: a folder for ``metrics.csv``, checkpoints and the best weights; None writes no files.
         checkpoint: with a ``run_dir``: True for the default :class:`~traincraft.callbacks.checkpoint.Checkpoint`,
             a dict of its arguments (``{"every_n_steps": 500, "keep_last": 3}``), or False for none.
         loggers: with a ``run_dir``: ``"tensorboard"``, ``"mlflow"`` (or ``{"name": ..., **kwargs}``,
             or logger callbacks); ``metrics.csv`` is always written.
         report: with a ``run_dir``: plots in ``plots/`` and ``report.html`` at the end of ``fit``.
+            Off by default in Python (drawing the plots takes 0.3-1 s per fit); ``traincraft
+            fit`` and ``Trainer.from_recipe`` turn it on. ``traincraft report RUN_DIR`` builds it
+            later from the run folder.
         progress: show a progress bar (a line per epoch when output is not a terminal).
 
     Example:
@@ -132,16 +151,22 @@ class Trainer:
         rollback_lr_factor: float = 0.5,
         max_rollbacks: int = 3,
         compile: bool = False,
+        init_from: str | Path | None = None,
+        finetune: dict[str, Any] | None = None,
+        ema: Any = None,
+        swa: Any = None,
         schedule: Any = None,
         schedule_interval: str | None = None,
         callbacks: Sequence[Callback] = (),
         device: str | torch.device = "auto",
         seed: int | None = None,
         deterministic: bool = False,
+        sync_batchnorm: bool = False,
+        dist_timeout: float = distributed.DEFAULT_TIMEOUT,
         run_dir: str | Path | None = None,
         checkpoint: dict[str, Any] | bool = True,
         loggers: Sequence[Any] = (),
-        report: bool = True,
+        report: bool = False,
         progress: bool = True,
     ):
         if not isinstance(model, nn.Module):
@@ -150,14 +175,28 @@ class Trainer:
         if max_steps is not None:
             _check_positive(max_steps=max_steps)
         self.device = resolve_device(device)
+        # Under torchrun: join the other processes; each one takes its own GPU (distributed.py).
+        self.world = distributed.join(self.device, timeout=dist_timeout)
+        self.device, self.rank, self.world_size = self.world.device, self.world.rank, self.world.world_size
+        self.dist_timeout = float(dist_timeout)
+        self._stop_vote: distributed.StopVote | None = None  # several processes: made by fit()
+        model, given_ddp = distributed.split_wrapper(model)  # a DDP built by the user keeps its options
+        if sync_batchnorm:
+            model = distributed.convert_sync_batchnorm(model, self.world)
         self.model = model.to(self.device)
         self.loss_fn = losses.build(loss).to(self.device)  # class weights are buffers
         self.metrics = metrics_module_set(metrics, probabilities=losses.takes_probabilities(loss))
+        self.finetuning = Finetuning(self.model, init_from=init_from, **(finetune or {}))
+        # Every rule serves the groups unfreezing adds; the optimizer starts with those that
+        # match a trainable parameter.
+        self._group_rules = [*(param_groups or []), *self.finetuning.rules]
         self.optimizer = optim.build(
-            optimizer, self.model, lr=lr, weight_decay=weight_decay,
-            decay_exclude=decay_exclude, param_groups=param_groups,
+            optimizer, self.model, lr=lr, weight_decay=weight_decay, decay_exclude=decay_exclude,
+            param_groups=[*(param_groups or []),
+                          *self.finetuning.group_rules(self.model, before=param_groups or [])] or None,
         )
-        self.penalty = Penalty(self.model, l1=l1, l2=l2, exclude=penalty_exclude)
+        self._decay_exclude, self._penalty_args = decay_exclude, dict(l1=l1, l2=l2, exclude=penalty_exclude)
+        self.penalty = Penalty(self.model, **self._penalty_args)
         self.stepper = Stepper(
             self.optimizer, self.model.parameters(), device=self.device, accumulate=accumulate,
             precision=precision, clip_grad_norm=clip_grad_norm, clip_norm_type=clip_norm_type,
@@ -168,6 +207,10 @@ class Trainer:
         self.rollback_lr_factor, self.max_rollbacks = float(rollback_lr_factor), int(max_rollbacks)
         # The compiled module is only the forward pass: state dicts stay the plain module's.
         self.forward_model = torch.compile(self.model) if compile else self.model
+        # Evaluation never goes through DDP: no collective, so shards of any size are fine.
+        self.eval_model, self.ddp, self._compile = self.forward_model, None, compile
+        if self.world.distributed:
+            self._wrap_for_processes(given_ddp)
         self.schedule_spec, self.schedule_interval = schedule, schedule_interval
         self.schedule: Any = None  # built at the start of fit, when the run's length is known
         self.max_epochs, self.max_steps = int(max_epochs), max_steps
@@ -183,6 +226,7 @@ class Trainer:
             isinstance(c, Checkpoint) for c in callbacks
         ):
             self.callbacks.append(Checkpoint(self.run_dir, **(checkpoint if isinstance(checkpoint, dict) else {})))
+        self.callbacks.extend(_averaging_callbacks(ema, swa))
         self.callbacks.extend(callbacks)
         if self.run_dir is not None:
             from traincraft import loggers as loggers_module
@@ -195,13 +239,14 @@ class Trainer:
             self.callbacks.append(CSVLogger(self.run_dir))
         elif loggers:
             raise TraincraftError("loggers need a run_dir to write to")
-        self.rank, self.world_size = 0, 1
         self.state = TrainState()
         self.history = History()
         self._adapt_target: Callable[[Any, Any], Any] | None = None
         self._sums = RunningMeans(self.device)
         self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
         self.recipe: Any = None
+        for line in self.finetuning.messages:
+            self.log(line)
 
     @classmethod
     def from_recipe(
@@ -250,10 +295,16 @@ class Trainer:
                         optimizer.step(), zero_grad      # the fp16 scaler may skip it
                         state.step += 1
                         on_step_end
+                        [several processes: vote on a stop asked on one of them]
+                [several processes: agree on stopping; sum the epoch's sums over all of them]
                 validate (eval mode, inference mode)    # exact sums over samples
                 history row; on_validation_end         # state.metrics holds the epoch's figures
+                [several processes: agree on stopping]
                 on_epoch_end
+                [several processes: agree on stopping]
             on_fit_end                                 # always; EarlyStopping restores the best weights
+
+        Under torchrun (several processes) every process calls ``fit``; see ``docs/distributed.md``.
 
         Returns:
             The :class:`History` of the run.
@@ -264,13 +315,14 @@ class Trainer:
             train, val = self.data.train, self.data.val if val is None else val
         if self.val_split and val is None:
             train, val = split_off(train, self.val_split, seed=self.seed)
-        train_batches = self._batches(train, shuffle=self.shuffle, what="train")
+        train_batches = self._batches(train, shuffle=self.shuffle, what="train", training=True)
         val_batches = self._batches(val, shuffle=False, what="val") if val is not None else None
         self._start_run(train_batches, val_batches)
         if resume is not None:
             self._resume(resume)
-        with self._stop_on_interrupt():
+        with self._stop_on_interrupt(), distributed.failures_explained(self.world, self.dist_timeout, self._stop_vote):
             try:
+                self._unfreeze_due()
                 self._emit("on_fit_start")
                 while not self.state.should_stop:
                     self._run_epoch(train_batches, val_batches)
@@ -299,7 +351,7 @@ class Trainer:
         from traincraft import __version__
         from traincraft.checkpoint import plain_state_dict
 
-        return {
+        state = {
             "traincraft": __version__,
             "seed": self.seed,
             "recipe_hash": self.recipe.fingerprint() if self.recipe is not None else None,
@@ -313,14 +365,22 @@ class Trainer:
             "epoch_sums": self._sums.state_dict(),
             "metrics": self.metrics.state_dict(),
             "step_lrs": list(self._step_lrs),
+            "unfreeze": self.finetuning.plan.state_dict(),
             "rng": rng_state(),
+            "world_size": self.world_size,
         }
+        if self.world_size > 1:  # every process's own random generators and partial epoch sums
+            state["processes"] = distributed.all_gather_objects({key: state[key] for key in PER_PROCESS})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (called by ``fit(resume=...)`` after the run is set up)."""
         from traincraft.checkpoint import unwrap_key
 
+        state = self._own_part(state)
         self.model.load_state_dict({unwrap_key(k): v for k, v in state["model"].items()})
+        if state.get("unfreeze"):  # the optimizer's groups must be those of the saved run
+            self._unfreeze_until(int(state["unfreeze"]["done"]), quiet=True)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None and state.get("schedule") is not None:
             self.schedule.load_state_dict(state["schedule"])
@@ -335,6 +395,19 @@ class Trainer:
         self.metrics.load_state_dict(state["metrics"])
         self._step_lrs = list(state["step_lrs"])
         set_rng_state(state["rng"])
+
+    def _own_part(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint as this process continues it: its own random generators and sums."""
+        from traincraft.checkpoint import CheckpointError
+
+        saved = int(state.get("world_size", 1))
+        if saved != self.world_size:
+            raise CheckpointError(
+                f"the checkpoint was written by {saved} process(es) and this run has {self.world_size}: "
+                f"resume with {saved} (traincraft resume RUN_DIR --nproc {saved}); each process's data "
+                "shard and random state are in it"
+            )
+        return {**state, **state["processes"][self.rank]} if saved > 1 else state
 
     def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
         """Callbacks under stable keys (class name, numbered when a class appears twice)."""
@@ -387,19 +460,22 @@ class Trainer:
         figures = self._train_epoch(train_batches)
         if self.state.stop_reason in ("interrupted", "terminated"):
             return  # a partial epoch: no validation, no history row
-        if val_batches is not None:
-            figures.update(self._evaluate(val_batches, prefix="val_"))
-        self.state.epoch += 1
-        self.state.batch_in_epoch = 0
-        self.state.metrics = figures
-        row = {"epoch": self.state.epoch, "step": self.state.step, **self._lr_figures(), **figures}
-        self.history.append({**row, "seconds": time.perf_counter() - started})
-        self._emit("on_validation_end")
+        with self.evaluation_weights():  # the EMA's when it is validated, else the live ones
+            if val_batches is not None:
+                figures.update(self._evaluate(val_batches, prefix="val_"))
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            self.state.metrics = figures
+            row = {"epoch": self.state.epoch, "step": self.state.step, **self._lr_figures(), **figures}
+            self.history.append({**row, "seconds": time.perf_counter() - started})
+            self._emit("on_validation_end")
         if self.schedule.epoch_end(self.state.epoch, figures) and self.schedule.restore_best_on_reduce:
             self._restore_best("the schedule cut the learning rate")
         if self.state.epoch >= self.max_epochs:
             self.state.request_stop("max_epochs")
+        self._agree_on_stop()  # checkpoints save (together) when a stop is due
         self._emit("on_epoch_end")
+        self._agree_on_stop()
 
     def _train_epoch(self, batches: Batches) -> dict[str, float]:
         model, state, stepper, sums = self.model, self.state, self.stepper, self._sums
@@ -408,24 +484,32 @@ class Trainer:
             sums.reset()
             self.metrics.reset()
         on_device = isinstance(batches, TensorBatches)  # moved once, at the start of fit
+        # Several processes: real samples per batch, here and over all (a stand-in batch has 0).
+        shards, last = batches.shard_sizes() if self.world_size > 1 else None, len(batches) - 1
         for inputs, target in batches.epoch(state.epoch, start=state.batch_in_epoch):
             if not on_device:
                 inputs, target = to_device(inputs, self.device), to_device(target, self.device)
-            samples = num_samples(target)
-            with stepper.autocast():
-                pred = self._forward(inputs)
-                target = self._adapt(pred, target)
-                loss = self._loss(pred, target)
-                penalty = self.penalty() if self.penalty else None
-            stepper.backward(loss if penalty is None else loss + penalty, samples)
+            index, samples = state.batch_in_epoch, num_samples(target)
+            if shards is not None:
+                samples = shards.local[index]
+                if not stepper.pending:
+                    stepper.window_total = shards.window_total(index, stepper.accumulate)
+            with stepper.micro_batch(last_of_epoch=index == last):
+                with stepper.autocast():
+                    pred = self._forward(inputs)
+                    target = self._adapt(pred, target)
+                    loss = self._loss(pred, target)
+                    penalty = self.penalty() if self.penalty else None
+                stepper.backward(loss if penalty is None else loss + penalty, samples)
             sums.add("loss", loss, samples)
             if penalty is not None:
                 sums.add("penalty", penalty, samples)
             for name, term in getattr(self.loss_fn, "last_terms", {}).items():
                 sums.add(f"loss/{name}", term, samples)
-            self.metrics.update(pred.detach(), target)
+            if samples or shards is None:
+                self.metrics.update(pred.detach(), target)
             state.batch_in_epoch += 1
-            state.samples_seen += samples
+            state.samples_seen += samples if shards is None else shards.total[index]
             if stepper.window_full():
                 self._optimizer_step()
                 if state.should_stop:
@@ -434,6 +518,11 @@ class Trainer:
             self._optimizer_step()
         if self.on_nonfinite == "raise":
             self._check_finite()
+        self._agree_on_stop()
+        # Once per epoch, every process's sums: the same figures everywhere. Not for an epoch
+        # that a signal cut short: its checkpoint keeps each process's own partial sums.
+        if self.world_size > 1 and state.stop_reason not in ("interrupted", "terminated"):
+            distributed.reduce_figures(sums, self.metrics)
         figures = sums.means(prefix="train_")
         if "train_grad_norm" in figures:
             figures["grad_norm"] = figures.pop("train_grad_norm")  # mean over the epoch's steps
@@ -455,7 +544,11 @@ class Trainer:
             self._sums.add("grad_norm", grad_norm, 1)
         self.state.step += 1
         self.schedule.step_end(self.state.step)
+        if self.state.step >= self._next_unfreeze:
+            self._unfreeze_due()
         self._emit("on_step_end")
+        if self._stop_vote is not None:
+            self._stop_vote.after_step(self.state)
         if self.max_steps is not None and self.state.step >= self.max_steps:
             self.state.request_stop("max_steps")
         if self.on_nonfinite == "rollback" and self.state.step % self.rollback_every == 0:
@@ -476,17 +569,20 @@ class Trainer:
                 for name, term in getattr(self.loss_fn, "last_terms", {}).items():
                     sums.add(f"loss/{name}", term, samples)
                 self.metrics.update(pred, target)
+        if self.world_size > 1:  # each process evaluated its own samples: sum them up
+            distributed.reduce_figures(sums, self.metrics)
         return {**sums.means(prefix=prefix), **_prefixed(self.metrics.compute(), prefix)}
 
     # ------------------------------------------------------------------ pieces of the loop
 
     def _forward(self, inputs: Any) -> Any:
+        model = self.forward_model if self.model.training else self.eval_model
         try:
             if isinstance(inputs, dict):
-                return self.forward_model(**inputs)
+                return model(**inputs)
             if isinstance(inputs, tuple):
-                return self.forward_model(*inputs)
-            return self.forward_model(inputs)
+                return model(*inputs)
+            return model(inputs)
         except TraincraftError:
             raise
         except Exception as err:
@@ -511,17 +607,18 @@ class Trainer:
                 f"{type(err).__name__}: {err}"
             ) from err
 
-    def _batches(self, data: Any, *, shuffle: bool, what: str) -> Batches:
+    def _batches(self, data: Any, *, shuffle: bool, what: str, training: bool = False) -> Batches:
         batches = make_batches(
             data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
-            rank=self.rank, world_size=self.world_size, what=what,
+            rank=self.rank, world_size=self.world_size, equal_steps=training, what=what,
         )
         if isinstance(batches, TensorBatches):
             batches.to(self.device)  # once: every batch is then a slice on the device
         return batches
 
     def _start_run(self, train_batches: Batches, val_batches: Batches | None) -> None:
-        seed_everything(self.seed)
+        seed_everything(self.seed + self.rank)  # each process its own dropout and augmentation
+        self._stop_vote = distributed.StopVote() if self.world_size > 1 else None
         if self.deterministic:
             set_deterministic(True)
         self.state = TrainState()
@@ -536,6 +633,9 @@ class Trainer:
             total_steps=self.state.max_steps, schedule_interval=self.schedule_interval,
         )
         self.schedule.start()
+        self.finetuning.plan.resolve(steps_per_epoch=per_epoch, total_steps=self.state.max_steps)
+        self._next_unfreeze = self.finetuning.plan.next_step
+        self._train_batches, self._val_batches = train_batches, val_batches
         self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._next_finite_check, self._last_finite_step = time.monotonic() + 0.5, 0
         self._good: dict[str, Any] | None = None
@@ -550,8 +650,102 @@ class Trainer:
             self.log(self._summary(train_batches, val_batches))
 
     def _finish_run(self) -> None:
+        from traincraft import files
+
         self.history.stop_reason = self.state.stop_reason
         self.history.best = self._best()
+        files.wait()  # the run's files are in place when fit() returns
+
+    # ------------------------------------------------------------------ fine-tuning
+
+    def _unfreeze_due(self) -> None:
+        for event in self.finetuning.plan.pop_due(self.state.step):
+            self._unfreeze(event, quiet=False)
+        self._next_unfreeze = self.finetuning.plan.next_step
+
+    def _unfreeze_until(self, done: int, quiet: bool) -> None:
+        """Apply the plan's first ``done`` events (a resumed run's optimizer had their groups)."""
+        plan = self.finetuning.plan
+        if not plan.events and self.schedule is not None:
+            plan.resolve(steps_per_epoch=self.state.steps_per_epoch, total_steps=self.state.max_steps)
+        while plan.done < done:
+            plan.done += 1
+            self._unfreeze(plan.events[plan.done - 1], quiet=quiet)
+        self._next_unfreeze = plan.next_step
+
+    def _unfreeze(self, event: Any, quiet: bool) -> None:
+        """Make ``event``'s parameters trainable: new groups in the live optimizer and schedule."""
+        named = self.finetuning.unfreeze(event.params)
+        if not named:
+            return
+        defaults = self.optimizer.defaults  # the optimizer's own base LR and decay
+        groups = optim.added_groups(
+            self.model, named, lr=defaults["lr"], weight_decay=defaults.get("weight_decay"),
+            decay_exclude=self._decay_exclude, param_groups=self._group_rules,
+            lr_mult=event.lr_mult, prefix=event.label,
+        )
+        for group in groups:
+            self.optimizer.add_param_group(group)
+            if self.schedule is not None:
+                self.schedule.add_group(self.optimizer.param_groups[-1])
+        self.stepper.params.extend(p for _, p in named)
+        if self.ddp is not None:
+            self._wrap_for_processes()
+        self.penalty = Penalty(self.model, **self._penalty_args)
+        if not quiet:
+            count = sum(p.numel() for _, p in named)
+            mults = sorted({g["lr_mult"] for g in groups})
+            self.log(
+                f"Unfroze {len(named)} tensors ({count:,} parameters) matching "
+                f"{', '.join(event.params)} after step {self.state.step} ({event.label}); "
+                f"LR × {', '.join(f'{m:g}' for m in mults)}"
+            )
+
+    @contextlib.contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        """The weights validation measures and the best checkpoint keeps: an averaging
+        callback's (EMA with ``evaluate``) when there is one, else the live weights."""
+        with contextlib.ExitStack() as stack:
+            for callback in self.callbacks:
+                provider = getattr(callback, "evaluation_weights", None)
+                if provider is not None:
+                    stack.enter_context(provider(self))
+            yield
+
+    @property
+    def has_validation_data(self) -> bool:
+        return getattr(self, "_val_batches", None) is not None
+
+    def validate(self) -> dict[str, float]:
+        """Loss and metrics of the current weights on this run's validation data (``val_*``)."""
+        if not self.has_validation_data:
+            raise TraincraftError("validate() needs a fit() with validation data")
+        return self._evaluate(self._val_batches, prefix="val_")
+
+    @torch.no_grad()
+    def recompute_batch_norm(self) -> None:
+        """Batch-norm running statistics recomputed over one pass of the training data, as
+        ``torch.optim.swa_utils.update_bn`` does (cumulative average, train mode, no gradients)."""
+        from traincraft.finetune.freezing import kept_in_eval
+
+        # Layers a freezer holds in eval mode keep their statistics (they would not rebuild them).
+        norms = [m for m in self.model.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and not kept_in_eval(m)]
+        momenta = {}
+        for module in norms:
+            module.reset_running_stats()
+            momenta[module] = module.momentum
+            module.momentum = None
+        was_training = self.model.training
+        self.model.train()
+        try:
+            with self.stepper.autocast():
+                for inputs, _ in self._train_batches.epoch(0):
+                    self._forward(to_device(inputs, self.device))
+        finally:
+            for module, momentum in momenta.items():
+                module.momentum = momentum
+            self.model.train(was_training)
 
     # ------------------------------------------------------------------ non-finite values
 
@@ -646,7 +840,30 @@ class Trainer:
             f"Training on {self.device}: {trainable:,} trainable parameters"
             f"{f' ({frozen:,} frozen)' if frozen else ''}; {train_batches.num_samples:,} train{val} "
             f"samples; {self.state.steps_per_epoch} steps per epoch, up to {self.max_epochs} epochs"
+            f"{self._global_batch()}"
         )
+
+    def _global_batch(self) -> str:
+        if self.world_size == 1:
+            return ""
+        size = self.batch_size * self.world_size * self.stepper.accumulate
+        return (f"; {self.world_size} processes, global batch {size:,} = {self.batch_size} per process "
+                f"× {self.world_size} processes × accumulate {self.stepper.accumulate}")
+
+    # ------------------------------------------------------------------ several processes
+
+    def _wrap_for_processes(self, ddp: Any = None) -> None:
+        """DDP around the plain model for the training forward passes. Rebuilt when parameters
+        become trainable: DDP only all-reduces those that were trainable when it was built."""
+        self.ddp = ddp if ddp is not None else distributed.wrap_model(self.model, self.world)
+        self.forward_model = torch.compile(self.ddp) if self._compile else self.ddp
+        self.eval_model = torch.compile(self.model) if self._compile else self.model
+        self.stepper.distribute(self.ddp, self.world_size, distributed.all_true)
+
+    def _agree_on_stop(self) -> None:
+        """Several processes: a stop asked on any of them is acted on by all, now (blocking)."""
+        if self._stop_vote is not None:
+            self._stop_vote.settle(self.state)
 
     def _emit(self, event: str) -> None:
         for callback in self.callbacks:
@@ -671,9 +888,13 @@ class Trainer:
         reasons = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
         def handler(signum: int, frame: Any) -> None:
-            if self.state.stop_reason in reasons.values():
+            vote = getattr(self, "_stop_vote", None)
+            if self.state.stop_reason in reasons.values() or (vote is not None and vote.requested in reasons.values()):
                 raise KeyboardInterrupt
-            self.state.should_stop, self.state.stop_reason = True, reasons[signal.Signals(signum)]
+            if vote is not None:  # several processes stop together, after a step they agree on
+                vote.request(reasons[signal.Signals(signum)])
+            else:
+                self.state.should_stop, self.state.stop_reason = True, reasons[signal.Signals(signum)]
             what = "Interrupted" if signum == signal.SIGINT else "Terminated"
             self.log(f"{what}: stopping after this step (Ctrl-C again to abort at once)")
 
@@ -683,6 +904,37 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def _averaging_callbacks(ema: Any, swa: Any) -> list[Callback]:
+    """The EMA and SWA callbacks that the ``ema=`` and ``swa=`` arguments stand for."""
+    from traincraft.callbacks.ema import EMA
+    from traincraft.callbacks.swa import SWA
+
+    made: list[Callback] = []
+    if isinstance(ema, EMA):
+        made.append(ema)
+    elif ema is True:
+        made.append(EMA())
+    elif isinstance(ema, dict):
+        made.append(EMA(**ema))
+    elif isinstance(ema, (int, float)) and not isinstance(ema, bool):
+        made.append(EMA(decay=float(ema)))
+    elif ema not in (None, False):
+        raise TraincraftError(f"ema must be True, a decay, a dict of EMA arguments or an EMA; got {ema!r}")
+    if isinstance(swa, SWA):
+        made.append(swa)
+    elif isinstance(swa, dict):
+        made.append(SWA(**swa))
+    elif swa is True:
+        made.append(SWA())
+    elif swa not in (None, False):
+        raise TraincraftError(f"swa must be a dict of SWA arguments or an SWA; got {swa!r}")
+    return made
+
+
+#: What each process keeps of its own in a checkpoint written under several processes.
+PER_PROCESS = ("rng", "epoch_sums", "metrics")
 
 
 def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.MetricSet:

@@ -104,8 +104,8 @@ class Checkpoint(Callback):
         state = trainer.state
         ranked = self.save_top_k > 0 and value is not None and math.isfinite(value)
         if state.epoch % self.every_n_epochs == 0 or state.should_stop or ranked:
-            epoch = state.epoch
-            then = (lambda: self._keep_top(value, epoch)) if ranked else None  # type: ignore[arg-type]
+            # The ranking is updated before saving, so the checkpoint knows its own place in it.
+            then = self._rank(value, state.epoch) if ranked else None  # type: ignore[arg-type]
             self.save(trainer, then=then)
 
     def on_fit_end(self, trainer: Trainer) -> None:
@@ -119,6 +119,8 @@ class Checkpoint(Callback):
     def save(self, trainer: Trainer, then: Any = None) -> Path:
         """Write ``last.ckpt`` (atomically) and keep a hard link under the step's name."""
         last = self.directory / "last.ckpt"
+        # Every process: under several, state_dict() gathers each one's random state and sums.
+        state = trainer.state_dict()
         if not trainer.is_main_process:
             return last
         named = self.directory / f"step-{trainer.state.step:08d}.ckpt"
@@ -129,13 +131,16 @@ class Checkpoint(Callback):
             self.kept.append(named.name)
             dropped, self.kept = self.kept[: -self.keep_last], self.kept[-self.keep_last :]
 
-        save_checkpoint(trainer.state_dict(), last)
-        if keep:
-            _link(last, named)
-            for name in dropped:  # last.ckpt is the newest of keep_last
-                (self.directory / name).unlink(missing_ok=True)
-        if then is not None:
-            then()
+        def after_rename() -> None:  # on the file writer's thread, once last.ckpt is in place
+            if keep:
+                _link(last, named)
+                for name in dropped:  # last.ckpt is the newest of keep_last
+                    (self.directory / name).unlink(missing_ok=True)
+            if then is not None:
+                then()
+
+        # The disk's part (fsync, rename) is done off the training thread; files.wait() joins it.
+        save_checkpoint(state, last, then=after_rename, background=True)
         return named if keep else last
 
     def _track_best(self, trainer: Trainer) -> float | None:
@@ -154,20 +159,29 @@ class Checkpoint(Callback):
             return value
         self.best_epoch = trainer.state.epoch
         if trainer.is_main_process:
-            save_weights(trainer.model, self.folder / "best.safetensors")
+            with trainer.evaluation_weights():  # the weights that were validated (EMA's or live)
+                save_weights(trainer.model, self.folder / "best.safetensors", background=True)
             best = {"epoch": self.best_epoch, "step": trainer.state.step,
                     "monitor": self.monitor.monitor, "value": value}
-            atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2))
+            atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2), background=True)
         return value
 
-    def _keep_top(self, value: float, epoch: int) -> None:
+    def _rank(self, value: float, epoch: int) -> Any:
+        """Put this epoch into the top k; returns the file work (a link to the checkpoint about
+        to be written, deletions of those that fell out) to run once it is in place."""
         top_name = f"top-epoch-{epoch:04d}.ckpt"
-        _link(self.directory / "last.ckpt", self.directory / top_name)
         self.top.append((value, top_name))
         self.top.sort(key=lambda item: item[0], reverse=self.monitor.mode == "max")  # type: ignore[union-attr]
-        for _, name in self.top[self.save_top_k :]:
-            (self.directory / name).unlink(missing_ok=True)
+        dropped = [name for _, name in self.top[self.save_top_k :]]
         self.top = self.top[: self.save_top_k]
+
+        def update_files() -> None:
+            if top_name not in dropped:
+                _link(self.directory / "last.ckpt", self.directory / top_name)
+            for name in dropped:
+                (self.directory / name).unlink(missing_ok=True)
+
+        return update_files
 
     # ------------------------------------------------------------------ state
 

@@ -1,5 +1,8 @@
 """The progress bar: one tqdm bar per epoch on a terminal, one plain line per epoch otherwise.
 
+Under several processes only rank 0 shows it; its running loss is rank 0's, the epoch's figures
+are over every process.
+
 Figures are read from the device only at refreshes (at most ``1 / refresh_seconds`` per second)
 and at the end of the epoch, never per step.
 """
@@ -42,7 +45,7 @@ class ProgressBar(Callback):
         return bool(getattr(self.out, "isatty", lambda: False)())
 
     def on_epoch_start(self, trainer: Trainer) -> None:
-        if not self.interactive():
+        if not self.interactive() or not trainer.is_main_process:  # one bar: rank 0's
             return
         from tqdm.auto import tqdm
 
@@ -71,6 +74,8 @@ class ProgressBar(Callback):
             self._last, self._unshown = now, 0
 
     def on_validation_end(self, trainer: Trainer) -> None:
+        if not trainer.is_main_process:
+            return
         row = trainer.history.epochs[-1] if trainer.history.epochs else {}
         if self.bar is not None:
             self.bar.update(self._unshown)

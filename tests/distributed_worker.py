@@ -1,0 +1,233 @@
+"""Two-process runs for tests/test_distributed.py and tests/test_distributed_failures.py:
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py suite OUT RECIPE
+    RANK=r WORLD_SIZE=2 MASTER_ADDR=... MASTER_PORT=... python tests/distributed_worker.py hang OUT
+
+Each process writes ``OUT/rank-<r>.json`` with what it saw; rank 0 also saves the final weights of
+the equivalence runs (``OUT/<case>.pt``). The suite's phases, in one process group:
+
+1. equivalence: 2 processes × batch 16 (tensors, then a Dataset) and 2 × batch 8 × accumulate 2,
+   each compared by the test with 1 process × batch 32. A callback hashes the parameters after
+   every step; a metric counts the samples; a DDP comm hook counts the gradient all-reduces.
+2. the command line under torchrun: ``traincraft fit RECIPE`` (no --run-dir: rank 0 names the
+   folder) counting the files each process writes, then the same recipe with
+   ``STOP_AT_FORWARD`` set, which sends SIGINT to rank 0 alone in the middle of an epoch.
+
+``hang``: rank 1 sleeps past ``dist_timeout`` inside a step; rank 0 must stop with a clear error.
+The timeout is the process group's, set when the Trainer creates it: hence a process group of
+its own, without torchrun (which would stop rank 1 as soon as rank 0 fails).
+
+The models are importable by recipes as ``distributed_worker:StopMLP`` and
+``distributed_worker:DyingMLP`` (with ``tests/`` on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import traincraft as tc
+from traincraft.cli import main as cli_main
+from traincraft.metrics import Metric
+
+GLOBAL_BATCH = 32
+EPOCHS = 3
+
+
+class StopMLP(nn.Module):
+    """An MLP with dropout; rank 0 sends itself SIGINT at training forward ``STOP_AT_FORWARD``."""
+
+    def __init__(self, input_shape: tuple[int, ...], output_size: int, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(input_shape[0], hidden), nn.ReLU(), nn.Dropout(0.2),
+                                 nn.Linear(hidden, output_size))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if os.environ.get("RANK") == "0" and str(self.calls) == os.environ.get("STOP_AT_FORWARD"):
+                os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C reached this process only
+        return self.net(x)
+
+
+class DyingMLP(nn.Module):
+    """An MLP whose rank-1 process kills itself (SIGKILL) at its 5th training forward."""
+
+    def __init__(self, input_shape: tuple[int, ...], output_size: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(input_shape[0], 8), nn.Tanh(), nn.Linear(8, output_size))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if os.environ.get("RANK") == "1" and self.calls == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(x)
+
+
+class Count(Metric):
+    """Samples seen: exact counting, no padding duplicates."""
+
+    name = "count"
+
+    def batch_sums(self, pred, target):
+        return (int(target.shape[0]),)
+
+    def finalize(self, sums):
+        return float(sums[0])
+
+
+class ParameterTrace(tc.Callback):
+    """A hash of every parameter's bytes after each optimizer step."""
+
+    def __init__(self) -> None:
+        self.hashes: list[str] = []
+
+    def on_step_end(self, trainer) -> None:
+        digest = hashlib.sha256()
+        for p in trainer.model.parameters():
+            digest.update(p.detach().cpu().numpy().tobytes())
+        self.hashes.append(digest.hexdigest())
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """A map-style Dataset over tensors (batched by a DataLoader, not sliced)."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor):
+        self.X, self.y = X, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.X[i], self.y[i]
+
+
+def regression_data() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """101 training samples (uneven over 2 processes and over batches) and 5 validation ones."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(101, 4, generator=g)
+    y = X @ torch.tensor([[1.0], [-1.0], [0.5], [2.0]]) + 0.1 * torch.randn(101, 1, generator=g)
+    Xv = torch.randn(5, 4, generator=g)
+    return (X, y), (Xv, Xv.sum(1, keepdim=True))
+
+
+def equivalence_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def equivalence_trainer(batch_size: int, accumulate: int, **kwargs) -> tc.Trainer:
+    return tc.Trainer(
+        equivalence_model(), loss="mse", optimizer="adamw", lr=1e-2, batch_size=batch_size,
+        accumulate=accumulate, max_epochs=EPOCHS, metrics=["mae", Count()], seed=0, **kwargs,
+    )
+
+
+def plain_rows(history) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history.epochs]
+
+
+def equivalence(out: Path, rank: int) -> dict:
+    train, val = regression_data()
+    seen: dict = {}
+    trace = ParameterTrace()
+    trainer = equivalence_trainer(16, 1, callbacks=[trace])
+    seen["tensors"] = {"rows": plain_rows(trainer.fit(train, val=val)), "hashes": trace.hashes}
+    if rank == 0:
+        torch.save(trainer.model.state_dict(), out / "tensors.pt")
+
+    trainer = equivalence_trainer(16, 1, progress=False)
+    trainer.fit(SampleDataset(*train), val=SampleDataset(*val))
+    if rank == 0:
+        torch.save(trainer.model.state_dict(), out / "dataset.pt")
+
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    calls = []
+
+    def counting_hook(state, bucket):
+        calls.append(bucket.index())
+        return allreduce_hook(state, bucket)
+
+    trainer = equivalence_trainer(8, 2, progress=False)
+    trainer.ddp.register_comm_hook(None, counting_hook)
+    history = trainer.fit(train, val=val)
+    seen["accumulate"] = {"rows": plain_rows(history), "allreduce_calls": len(calls),
+                          "buckets": len(set(calls)), "steps": trainer.state.step}
+    if rank == 0:
+        torch.save(trainer.model.state_dict(), out / "accumulate.pt")
+    return seen
+
+
+def command_line(out: Path, recipe: str, rank: int) -> dict:
+    os.chdir(out)
+    made: list[str] = []
+    original = tempfile.mkstemp
+
+    def counted(*args, **kwargs):
+        made.append(str(kwargs.get("dir", "")))
+        return original(*args, **kwargs)
+
+    tempfile.mkstemp = counted  # every atomic write of traincraft goes through it
+    try:
+        full = cli_main(["fit", recipe, "--no-progress"])
+    finally:
+        tempfile.mkstemp = original
+    os.environ["STOP_AT_FORWARD"] = "11"
+    try:
+        part = cli_main(["fit", recipe, "--run-dir", "interrupted", "--no-progress"])
+    finally:
+        del os.environ["STOP_AT_FORWARD"]
+    folders = sorted(str(p) for p in Path("runs").glob("*/*"))
+    return {"full_exit": full, "files_written": len(made), "folders": folders, "interrupted_exit": part}
+
+
+class Sleeper(tc.Callback):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.asleep: float | None = None
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.rank == 1 and trainer.state.step == 2:
+            self.asleep = time.monotonic()  # the system's clock: comparable between processes
+            time.sleep(self.seconds)
+
+
+def hang(timeout: float) -> dict:
+    train, _ = regression_data()
+    sleeper = Sleeper(timeout + 3)
+    trainer = equivalence_trainer(8, 1, progress=False, dist_timeout=timeout, callbacks=[sleeper])
+    try:
+        trainer.fit(train)
+    except tc.TraincraftError as err:
+        # Rank 0 waits in step 3 from about when rank 1 fell asleep at the end of step 2.
+        return {"error": str(err), "type": type(err).__name__, "failed": time.monotonic(), "asleep": sleeper.asleep}
+    return {"error": None, "asleep": sleeper.asleep}
+
+
+def main() -> None:
+    mode, out = sys.argv[1], Path(sys.argv[2]).resolve()
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    if mode == "suite":
+        recipe = str(Path(sys.argv[3]).resolve())
+        seen = {"rank": rank, "equivalence": equivalence(out, rank), "cli": command_line(out, recipe, rank)}
+    else:
+        seen = {"rank": rank, "hang": hang(timeout=2.0)}
+    (out / f"rank-{rank}.json").write_text(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()

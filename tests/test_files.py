@@ -1,0 +1,70 @@
+"""Atomic writes finished in the background: in order, complete after wait(), errors not lost."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from traincraft import files
+
+
+def test_the_last_of_many_writes_wins_and_no_temporary_file_is_left(tmp_path):
+    target = tmp_path / "sub" / "f.txt"
+    for i in range(40):
+        files.atomic_write_text(target, f"version {i}", background=True)
+    files.wait()
+    assert target.read_text() == "version 39"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.txt"]
+
+
+def test_then_runs_after_the_file_is_in_place_in_write_order(tmp_path):
+    seen = []
+    for name in ("a", "b", "c"):
+        path = tmp_path / name
+        files.atomic_write(path, lambda h, n=name: h.write(n.encode()), background=True,
+                           then=lambda p=path: seen.append((p.name, p.read_text())))
+    files.wait()
+    assert seen == [("a", "a"), ("b", "b"), ("c", "c")]
+
+
+def test_a_failing_write_leaves_the_old_file_and_raises_at_once(tmp_path):
+    target = tmp_path / "f.txt"
+    files.atomic_write_text(target, "old")
+
+    def broken(handle):
+        handle.write(b"half")
+        raise ValueError("serialisation failed")
+
+    with pytest.raises(ValueError, match="serialisation failed"):
+        files.atomic_write(target, broken)
+    files.wait()
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_an_error_of_the_background_work_is_raised_by_the_next_call(tmp_path, monkeypatch):
+    real_replace = os.replace
+
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    files.atomic_write_text(tmp_path / "f.txt", "data", background=True)
+    with pytest.raises(OSError, match="writing a run file failed: .*No space left on device"):
+        files.wait()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (tmp_path / "f.txt").exists() and list(tmp_path.iterdir()) == []
+    files.atomic_write_text(tmp_path / "f.txt", "data")  # the error was reported once
+    files.wait()
+    assert (tmp_path / "f.txt").read_text() == "data"
+
+
+def test_a_plain_write_comes_after_pending_background_ones(tmp_path):
+    target = tmp_path / "f.txt"
+    for i in range(20):
+        files.atomic_write_text(target, f"background {i}", background=True)
+    files.atomic_write_text(target, "plain")  # in place on return, never overwritten later
+    assert target.read_text() == "plain"
+    files.wait()
+    assert target.read_text() == "plain"
