@@ -196,3 +196,21 @@ def test_ctrl_c_writes_what_is_done_and_exits_130(tmp_path):
     assert (run_dir / "best.safetensors").is_file() and (run_dir / "metrics.csv").is_file()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["stop_reason"] == "interrupted"
+
+
+def test_a_run_with_a_relative_data_file_resumes_and_repeats_from_its_folder(tmp_path, monkeypatch):
+    from sklearn.datasets import load_iris
+
+    project = tmp_path / "project"
+    project.mkdir()
+    iris = load_iris(as_frame=True).frame
+    iris.to_csv(project / "iris.csv", index=False)
+    recipe = {**IRIS, "data": {**IRIS["data"], "dataset": "iris.csv", "target": "target",
+                               "task": "classification"}}
+    run_dir = tmp_path / "runs" / "a"
+    monkeypatch.chdir(tmp_path)  # elsewhere than the recipe's folder
+    assert main(["fit", str(write_recipe(project, recipe)), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    assert main(["resume", str(run_dir), "train.max_epochs=4", "--allow-changes", "--no-progress"]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 4
+    again = tmp_path / "again"
+    assert main(["fit", str(run_dir / "recipe.yaml"), "--run-dir", str(again), "--no-progress"]) == 0

@@ -188,7 +188,7 @@ class RunFolder(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if not trainer.is_main_process:
             return
-        atomic_write_text(self.folder / "recipe.yaml", self.recipe.to_yaml())
+        atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe))
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
 
@@ -228,6 +228,18 @@ class RunFolder(Callback):
             return trainer.evaluate(split)
         finally:
             trainer.model.load_state_dict(current)
+
+
+def run_recipe_text(recipe: Recipe) -> str:
+    """The resolved recipe for the run folder. Relative paths in it (a CSV, init_from) keep
+    resolving against the original recipe's folder, so that ``traincraft resume`` and
+    ``traincraft fit RUN/recipe.yaml`` find them (``_base_dir`` is not part of the recipe's
+    fingerprint)."""
+    folder = base_dir(recipe)
+    text = recipe.to_yaml()
+    if folder is None:
+        return text
+    return f"_base_dir: {json.dumps(str(folder.resolve()))}  # where relative paths resolve\n{text}"
 
 
 def environment(trainer: Trainer) -> dict[str, Any]:

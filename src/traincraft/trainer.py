@@ -746,6 +746,9 @@ class Trainer:
             for module, momentum in momenta.items():
                 module.momentum = momentum
             self.model.train(was_training)
+        if self.world_size > 1:  # each process saw its own shard: rank 0's statistics for all
+            for module in norms:
+                distributed.broadcast_weights(module)
 
     # ------------------------------------------------------------------ non-finite values
 
