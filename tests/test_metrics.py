@@ -589,12 +589,16 @@ def test_state_dict_round_trip_mid_epoch(tmp_path):
     cls_specs[-1] = {"name": "top_k_accuracy", "k": 2}
     reg_specs = ["mae", "mse", "rmse", "r2"]
     for specs, p, t in ((cls_specs, logits, target), (reg_specs, pred, y)):
-        full = stream(metrics.MetricSet(specs), p, t)
+        # The same batches: updates are grouped, and a group's sum rounds as one.
+        full = stream(metrics.MetricSet(specs), p, t, sizes=(7, 3, 10, p.shape[0] - 20))
         first = metrics.MetricSet(specs)
         first.update(p[:7], t[:7])
         first.update(p[7:10], t[7:10])
         state = first.state_dict()
-        for metric_state in state.values():
+        for name, metric_state in state.items():
+            if name == "_held_batches":  # the batches of the group under way
+                assert [len(p) for p, _ in metric_state] == [7, 3]
+                continue
             assert all(s.device.type == "cpu" for s in metric_state["sums"])
         path = tmp_path / "metrics.pt"
         torch.save(state, path)
@@ -657,4 +661,46 @@ def test_update_reads_nothing_back_to_the_host(monkeypatch, specs, data):
         ms_ignore.update(pred, target)
         first.load_state_dict(state)
         first.update(pred[3:], target[3:])  # sums restored from a state_dict
+        for held in (ms, ms_ignore, first):
+            held.flush()  # the grouped update itself reads nothing either
     assert ms.compute() == first.compute()
+
+
+def test_running_means_group_their_adds_and_reads_change_nothing():
+    gen = torch.Generator().manual_seed(40)
+    values = torch.rand(50, generator=gen, dtype=torch.float32) * 10
+    sizes = [64] * 49 + [17]
+
+    def feed(means, start, stop, read_every=None):
+        for i in range(start, stop):
+            means.add("loss", values[i], sizes[i])
+            if read_every and i % read_every == 0:
+                means.mean("loss")  # a progress refresh, at any moment
+                means.sums  # noqa: B018  (a logger's read)
+
+    plain = metrics.RunningMeans(torch.device("cpu"))
+    feed(plain, 0, 50)
+    read = metrics.RunningMeans(torch.device("cpu"))
+    feed(read, 0, 50, read_every=3)
+    assert plain.mean("loss") == read.mean("loss")  # bit for bit
+    want = sum(float(v) * n for v, n in zip(values.double(), sizes)) / sum(sizes)
+    assert plain.mean("loss") == pytest.approx(want, rel=1e-12)
+
+    first = metrics.RunningMeans(torch.device("cpu"))
+    feed(first, 0, 21)  # mid-group: 5 values held
+    resumed = metrics.RunningMeans(torch.device("cpu"))
+    resumed.load_state_dict(first.state_dict())
+    feed(resumed, 21, 50)
+    assert resumed.means("train_") == plain.means("train_")
+
+
+def test_metric_set_groups_batches_into_the_same_figures():
+    pred, target = regression_data(seed=41)
+    grouped = stream(metrics.MetricSet(["mae", "rmse"]), pred, target, sizes=(1,) * pred.shape[0])
+    one = metrics.MetricSet(["mae", "rmse"])
+    one.update(pred, target)
+    assert grouped == pytest.approx(one.compute(), rel=1e-12)
+    ms = metrics.MetricSet(["accuracy"])
+    ms.update(torch.tensor([[2.0, 1.0]]), torch.tensor([0]))
+    ms.update(torch.tensor([[[2.0], [1.0]]]), torch.tensor([[1]]))  # another shape: its own run
+    assert ms.compute() == {"accuracy": 0.5}

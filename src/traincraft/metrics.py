@@ -751,8 +751,15 @@ class MetricSet:
         >>> ms.reset()
     """
 
+    # Batches are held and added to the metrics together, every this many batches (or bytes):
+    # a metric's few kernels and its Python cost then come once per group, not once per step.
+    GROUP_BATCHES = 16
+    GROUP_BYTES = 4 << 20
+
     def __init__(self, specs: Any = None, *, probabilities: bool = False) -> None:
         self.metrics: list[Any] = [build(s, probabilities=probabilities) for s in _spec_list(specs)]
+        self._held: list[tuple[Tensor, Tensor]] = []
+        self._held_bytes = 0
         self._names = [metric_name(m) for m in self.metrics]
         duplicates = sorted({n for n in self._names if self._names.count(n) > 1})
         if duplicates:
@@ -770,22 +777,42 @@ class MetricSet:
         return len(self.metrics)
 
     def __getitem__(self, name: str) -> Any:
+        self.flush()
         try:
             return self.metrics[self._names.index(name)]
         except ValueError:
             raise KeyError(name) from None
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add one batch to every metric. Device operations only: no host sync."""
+        """Add one batch to every metric. Device operations only: no host sync.
+
+        The batch is held and added with the next ones (every ``GROUP_BATCHES`` batches or
+        ``GROUP_BYTES`` bytes, and before anything reads the metrics): the same sums, fewer kernels.
+        """
+        if not self.metrics:
+            return
         pred, target = pred.detach(), target.detach()
-        for metric in self.metrics:
-            metric.update(pred, target)
+        self._held.append((pred, target))
+        self._held_bytes += _nbytes(pred) + _nbytes(target)
+        if len(self._held) >= self.GROUP_BATCHES or self._held_bytes >= self.GROUP_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the held batches to the metrics (as one batch when their shapes allow)."""
+        held, self._held, self._held_bytes = self._held, [], 0
+        if not held:
+            return
+        for pred, target in _grouped(held):
+            for metric in self.metrics:
+                metric.update(pred, target)
 
     def compute(self) -> dict[str, float]:
         """``{name: value}`` over every sample since the last ``reset()``. Reads the device."""
+        self.flush()
         return {name: _as_float(m.compute(), name) for name, m in zip(self._names, self.metrics)}
 
     def reset(self) -> None:
+        self._held, self._held_bytes = [], 0
         for metric in self.metrics:
             metric.reset()
 
@@ -796,27 +823,68 @@ class MetricSet:
         Metrics without ``sums()`` (e.g. torchmetrics, which syncs in its own ``compute()``) and
         metrics not updated yet are left out. Every process must have updated every metric.
         """
+        self.flush()
         tensors = [t for m in self.metrics if callable(getattr(m, "sums", None)) for t in m.sums()]
         if tensors:
             reduce_fn(tensors)
 
     def state_dict(self) -> dict[str, Any]:
-        """``{name: metric state}`` with CPU tensors and plain types, for exact resume."""
-        return {
+        """``{name: metric state}`` with CPU tensors and plain types, for exact resume. Batches
+        held for the next group are saved as they are, so that a resumed epoch groups (and so
+        rounds) its sums exactly as an uninterrupted one."""
+        state: dict[str, Any] = {
             name: _to_cpu(m.state_dict())
             for name, m in zip(self._names, self.metrics)
             if callable(getattr(m, "state_dict", None))
         }
+        if self._held:
+            state[_HELD] = [[p.cpu(), t.cpu()] for p, t in self._held]
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._held, self._held_bytes = [], 0
         for name, metric in zip(self._names, self.metrics):
             if name in state and callable(getattr(metric, "load_state_dict", None)):
                 metric.load_state_dict(state[name])
+        for pred, target in state.get(_HELD, []):
+            device = next((s.device for m in self.metrics for s in getattr(m, "_sums", [])), pred.device)
+            self._held.append((pred.to(device), target.to(device)))
+            self._held_bytes += _nbytes(pred) + _nbytes(target)
+
+
+_HELD = "_held_batches"  # a state_dict key no metric name can take (names are identifiers)
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _grouped(held: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """Runs of consecutive batches whose predictions and targets agree in trailing shape, dtype
+    and device, each concatenated into one batch (a different batch starts a new run)."""
+    def key(t: Tensor) -> tuple[Any, ...]:
+        return (t.shape[1:], t.dtype, t.device) if t.ndim else None
+
+    runs: list[list[tuple[Tensor, Tensor]]] = []
+    for pair in held:
+        if runs and pair[0].ndim and pair[1].ndim and key(pair[0]) == key(runs[-1][0][0]) \
+                and key(pair[1]) == key(runs[-1][0][1]):
+            runs[-1].append(pair)
+        else:
+            runs.append([pair])
+    return [
+        run[0] if len(run) == 1 else (torch.cat([p for p, _ in run]), torch.cat([t for _, t in run]))
+        for run in runs
+    ]
 
 
 class RunningMeans:
     """Sample-weighted sums of named scalars (losses, penalties, gradient norms), kept on the
     device: exact epoch means, no host sync per step.
+
+    Values are added in groups of ``GROUP`` (one stacked sum instead of a kernel per step); the
+    grouping depends only on how many values were added, and a state dict keeps a group under
+    way as it is, so a resumed run rounds its sums exactly as an uninterrupted one.
 
     Example:
         >>> means = RunningMeans(torch.device("cpu"))
@@ -825,23 +893,57 @@ class RunningMeans:
         {'train_loss': 0.4}
     """
 
+    GROUP = 16
+
     def __init__(self, device: torch.device):
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
         self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
+        self._held: dict[str, list[tuple[torch.Tensor, int]]] = {}
+
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        """The sums so far, held values included (new tensors: reading changes no grouping, so
+        a progress refresh at any moment leaves the figures bit for bit the same)."""
+        return {name: self._total(name) for name in self._sums}
+
+    def _total(self, name: str) -> torch.Tensor:
+        part = self._held_sum(name)
+        return self._sums[name] if part is None else self._sums[name] + part
 
     def reset(self) -> None:
-        self.sums.clear()
+        self._sums.clear()
         self.counts.clear()
+        self._held.clear()
 
     def add(self, name: str, value: torch.Tensor, samples: int) -> None:
-        total = self.sums.get(name)
-        if total is None:
-            total = self.sums[name] = torch.zeros((), dtype=self.dtype, device=value.device)
+        held = self._held.get(name)
+        if held is None:
+            self._sums[name] = torch.zeros((), dtype=self.dtype, device=value.device)
             self.counts[name] = 0
-        total.add_(value.detach(), alpha=samples)
+            held = self._held[name] = []
+        held.append((value.detach(), samples))
         self.counts[name] += samples
+        if len(held) >= self.GROUP:
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        part = self._held_sum(name)
+        if part is not None:  # out of place: evaluation's sums are inference-mode tensors
+            self._sums[name] = self._sums[name] + part
+            self._held[name].clear()
+
+    def _held_sum(self, name: str) -> torch.Tensor | None:
+        held = self._held.get(name)
+        if not held:
+            return None
+        values = torch.stack([v.reshape(()) for v, _ in held])
+        counts = [n for _, n in held]
+        if all(n == counts[0] for n in counts):  # equal batches: one kernel
+            return torch.sum(values, dtype=self.dtype) * counts[0]
+        weights = torch.tensor(counts, dtype=self.dtype, device=values.device)
+        return (values.to(self.dtype) * weights).sum()
 
     def sync(self, reduce_fn: Callable[[list[torch.Tensor]], Any]) -> None:
         """Sum every process's sums and counts in place, once, right before ``means()``.
@@ -849,24 +951,39 @@ class RunningMeans:
         ``reduce_fn`` gets the sums and a tensor of the counts in one list (see
         :meth:`MetricSet.sync`). Every process must hold the same names.
         """
-        if not self.sums:
+        for name in self._held:
+            self._flush(name)  # at the epoch's end, where every run flushes
+        sums = self._sums
+        if not sums:
             return
-        names = sorted(self.sums)  # the same order on every process
-        first = self.sums[names[0]]
+        names = sorted(sums)  # the same order on every process
+        first = sums[names[0]]
         counts = torch.tensor([self.counts[name] for name in names], dtype=torch.int64, device=first.device)
-        reduce_fn([*(self.sums[name] for name in names), counts])
+        reduce_fn([*(sums[name] for name in names), counts])
         self.counts.update(zip(names, counts.tolist()))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "counts": dict(self.counts)}
+        return {
+            "sums": {k: v.detach().cpu() for k, v in self._sums.items()},
+            "counts": dict(self.counts),
+            # The group under way, as it is: one stacked read per name.
+            "held": {
+                k: [torch.stack([v.reshape(()) for v, _ in held]).cpu(), [n for _, n in held]]
+                for k, held in self._held.items() if held
+            },
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums = {k: v.to(self.device, self.dtype) for k, v in state["sums"].items()}
+        self._sums = {k: v.to(self.device, self.dtype) for k, v in state["sums"].items()}
         self.counts = dict(state["counts"])
+        held = state.get("held", {})
+        self._held = {k: [] for k in self._sums}
+        for name, (values, counts) in held.items():
+            self._held[name] = [(v.to(self.device), int(n)) for v, n in zip(values, counts)]
 
     def mean(self, name: str) -> float:
         count = self.counts.get(name, 0)
-        return float(self.sums[name]) / count if count else math.nan
+        return float(self._total(name)) / count if count else math.nan
 
     def means(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}{name}": self.mean(name) for name in self.sums}
+        return {f"{prefix}{name}": self.mean(name) for name in self._sums}
