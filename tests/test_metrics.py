@@ -704,3 +704,13 @@ def test_metric_set_groups_batches_into_the_same_figures():
     ms.update(torch.tensor([[2.0, 1.0]]), torch.tensor([0]))
     ms.update(torch.tensor([[[2.0], [1.0]]]), torch.tensor([[1]]))  # another shape: its own run
     assert ms.compute() == {"accuracy": 0.5}
+
+
+def test_batches_held_in_inference_mode_are_added_after_it():
+    pred, target = regression_data(seed=42)
+    ms = metrics.MetricSet(["mae"])
+    with torch.inference_mode():
+        for i in range(0, pred.shape[0], 2):  # more than a group: some added inside, some held
+            ms.update(pred[i : i + 2], target[i : i + 2])
+    want = float((pred - target).abs().double().mean())
+    assert ms.compute()["mae"] == pytest.approx(want, rel=1e-12)

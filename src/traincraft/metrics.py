@@ -802,9 +802,12 @@ class MetricSet:
         held, self._held, self._held_bytes = self._held, [], 0
         if not held:
             return
-        for pred, target in _grouped(held):
-            for metric in self.metrics:
-                metric.update(pred, target)
+        # Batches of an evaluation are inference tensors, and so are the sums they made: add
+        # to them in the mode they were made in, wherever the flush happens.
+        with torch.inference_mode(held[0][0].is_inference()):
+            for pred, target in _grouped(held):
+                for metric in self.metrics:
+                    metric.update(pred, target)
 
     def compute(self) -> dict[str, float]:
         """``{name: value}`` over every sample since the last ``reset()``. Reads the device."""

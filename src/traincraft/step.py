@@ -155,6 +155,9 @@ class Stepper:
 
     def prepare(self) -> None:
         """Make the gradients final: unscale, average over the window, clip. Once per step."""
+        if not (self.scaler is not None or self.weighted or self.check_every_step
+                or self.clip_grad_norm is not None or self.clip_grad_value is not None):
+            return  # plain steps: the gradients are final as they are
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]

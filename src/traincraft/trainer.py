@@ -242,6 +242,7 @@ class Trainer:
         self.state = TrainState()
         self.history = History()
         self._adapt_target: Callable[[Any, Any], Any] | None = None
+        self._step_handlers: dict[str, list[Callable[[Trainer], Any]]] = {}
         self._sums = RunningMeans(self.device)
         self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
         self.recipe: Any = None
@@ -636,6 +637,7 @@ class Trainer:
         self.finetuning.plan.resolve(steps_per_epoch=per_epoch, total_steps=self.state.max_steps)
         self._next_unfreeze = self.finetuning.plan.next_step
         self._train_batches, self._val_batches = train_batches, val_batches
+        self._cache_step_handlers()
         self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._next_finite_check, self._last_finite_step = time.monotonic() + 0.5, 0
         self._good: dict[str, Any] | None = None
@@ -869,8 +871,23 @@ class Trainer:
             self._stop_vote.settle(self.state)
 
     def _emit(self, event: str) -> None:
-        for callback in self.callbacks:
-            getattr(callback, event)(self)
+        handlers = self._step_handlers.get(event)
+        if handlers is None:
+            handlers = [getattr(callback, event) for callback in self.callbacks]
+        for handler in handlers:
+            handler(self)
+
+    def _cache_step_handlers(self) -> None:
+        """The per-step events' handlers, those that do something (the base class's no-ops left
+        out), looked up once per fit rather than at every step."""
+        self._step_handlers = {
+            event: [
+                getattr(callback, event) for callback in self.callbacks
+                if getattr(type(callback), event, None) is not getattr(Callback, event)
+                or event in vars(callback)
+            ]
+            for event in ("on_before_step", "on_step_end")
+        }
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
