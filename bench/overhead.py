@@ -750,18 +750,21 @@ def recipe_cases(key: str, root: Path) -> list[Case]:
             traincraft_recipe_case(work, None),
             "from_recipe, progress on, no run folder",
         ),
-        Case("traincraft, run folder", traincraft_recipe_case(work, root), run_folder_note()),
+        Case("traincraft, run folder", traincraft_recipe_case(work, root), run_folder_note(recipe=True)),
     ]
 
 
-def run_folder_note() -> str:
-    """What traincraft's run folder holds in the version measured."""
+def run_folder_note(recipe: bool = False) -> str:
+    """What traincraft's run folder holds in the version measured (``from_recipe`` also writes
+    the report and evaluates the test split with the best weights)."""
     from traincraft import Trainer
 
     parts = ["metrics.csv", "a checkpoint each epoch" if checkpointing() else "", "best weights"]
     report = inspect.signature(Trainer).parameters.get("report")
-    if report is not None and report.default is True:  # the report is off by default in Python
+    if recipe or (report is not None and report.default is True):  # off by default in Python
         parts.append("plots and report.html at the end")
+    if recipe:
+        parts.append("the test split evaluated")
     return "+ run folder: " + ", ".join(p for p in parts if p)
 
 

@@ -64,6 +64,10 @@ IN_PROCESS = {
     "import traincraft": "import traincraft",
     "from traincraft import Trainer": "from traincraft import Trainer",
     "from traincraft import Trainer, load_recipe": "from traincraft import Trainer, load_recipe",
+    # What `traincraft fit` does: the start-up objects frozen from the garbage collector first.
+    "… as `traincraft fit` imports it (gc.freeze after torch)": (
+        "import gc; gc.freeze(); from traincraft import Trainer, load_recipe"
+    ),
 }
 
 MODULES_PROBE = """
@@ -158,7 +162,7 @@ def report(processes: dict[str, list[float]], imports: dict[str, list[float]], r
         lines.append(f"| `{name}` | {statistics.median(times):.3f} |")
     help_s = med["traincraft --help"]
     trainer_added = statistics.median(imports["from traincraft import Trainer"])
-    recipe_added = statistics.median(imports["from traincraft import Trainer, load_recipe"])
+    recipe_added = statistics.median(imports["… as `traincraft fit` imports it (gc.freeze after torch)"])
     modules = {what: loaded_modules(what) for what in ("help", "import", "trainer")}
     help_ok = help_s <= HELP_BUDGET_S and "torch" not in modules["help"]
     lines += [
@@ -171,8 +175,8 @@ def report(processes: dict[str, list[float]], imports: dict[str, list[float]], r
         f"Budgets: `import traincraft` (with the Trainer) adds {trainer_added:.3f} s to "
         "import torch "
         f"(≤ {IMPORT_BUDGET_S} s: {'ok' if trainer_added <= IMPORT_BUDGET_S else 'OVER'}), "
-        f"{recipe_added:.3f} s with the recipe loader (pydantic, yaml: what `traincraft fit` "
-        f"pays; {'ok' if recipe_added <= IMPORT_BUDGET_S else 'OVER'}); "
+        f"{recipe_added:.3f} s with the recipe loader as `traincraft fit` imports it (pydantic, "
+        f"yaml; {'ok' if recipe_added <= IMPORT_BUDGET_S else 'OVER'}); "
         f"`traincraft --help` takes {help_s:.3f} s without torch "
         f"(≤ {HELP_BUDGET_S} s, no torch: {'ok' if help_ok else 'OVER'}).",
     ]

@@ -81,6 +81,8 @@ def num_samples(obj: Any) -> int:
 
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move every tensor of a batch to ``device`` (asynchronously from pinned memory on CUDA)."""
+    if isinstance(obj, torch.Tensor) and obj.device == device:
+        return obj  # the common case, without the call
     non_blocking = device.type == "cuda"
     return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), obj)
 
