@@ -214,3 +214,14 @@ def test_a_run_with_a_relative_data_file_resumes_and_repeats_from_its_folder(tmp
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 4
     again = tmp_path / "again"
     assert main(["fit", str(run_dir / "recipe.yaml"), "--run-dir", str(again), "--no-progress"]) == 0
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    run_dir = tmp_path / "run"
+    assert main(["fit", str(recipe), "--no-progress", "train.max_epochs=1", "--run-dir", str(run_dir),
+                 "metrics=[accuracy]"]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 1
+    with pytest.raises(SystemExit):
+        main(["fit", str(recipe), "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err

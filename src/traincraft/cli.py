@@ -58,7 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, _, function = PASSTHROUGH[argv[0]].partition(":")
         return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options too: `fit r.yaml --nproc 2 train.max_epochs=3`.
+    positional = next((name for name in ("args", "overrides") if hasattr(args, name)), None)
+    if extra and positional and not any(item.startswith("-") for item in extra):
+        getattr(args, positional).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
