@@ -668,8 +668,9 @@ def test_update_reads_nothing_back_to_the_host(monkeypatch, specs, data):
 
 def test_running_means_group_their_adds_and_reads_change_nothing():
     gen = torch.Generator().manual_seed(40)
-    values = torch.rand(50, generator=gen, dtype=torch.float32) * 10
-    sizes = [64] * 49 + [17]
+    n = 2 * metrics.RunningMeans.GROUP + 22  # two full groups added, one under way
+    values = torch.rand(n, generator=gen, dtype=torch.float32) * 10
+    sizes = [64] * (n - 1) + [17]
 
     def feed(means, start, stop, read_every=None):
         for i in range(start, stop):
@@ -679,18 +680,19 @@ def test_running_means_group_their_adds_and_reads_change_nothing():
                 means.sums  # noqa: B018  (a logger's read)
 
     plain = metrics.RunningMeans(torch.device("cpu"))
-    feed(plain, 0, 50)
+    feed(plain, 0, n)
     read = metrics.RunningMeans(torch.device("cpu"))
-    feed(read, 0, 50, read_every=3)
+    feed(read, 0, n, read_every=3)
     assert plain.mean("loss") == read.mean("loss")  # bit for bit
     want = sum(float(v) * n for v, n in zip(values.double(), sizes)) / sum(sizes)
     assert plain.mean("loss") == pytest.approx(want, rel=1e-12)
 
     first = metrics.RunningMeans(torch.device("cpu"))
-    feed(first, 0, 21)  # mid-group: 5 values held
+    cut = metrics.RunningMeans.GROUP + 21  # mid-group: values held
+    feed(first, 0, cut)
     resumed = metrics.RunningMeans(torch.device("cpu"))
     resumed.load_state_dict(first.state_dict())
-    feed(resumed, 21, 50)
+    feed(resumed, cut, n)
     assert resumed.means("train_") == plain.means("train_")
 
 

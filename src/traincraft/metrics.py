@@ -753,7 +753,7 @@ class MetricSet:
 
     # Batches are held and added to the metrics together, every this many batches (or bytes):
     # a metric's few kernels and its Python cost then come once per group, not once per step.
-    GROUP_BATCHES = 16
+    GROUP_BATCHES = 64
     GROUP_BYTES = 4 << 20
 
     def __init__(self, specs: Any = None, *, probabilities: bool = False) -> None:
@@ -865,13 +865,13 @@ def _nbytes(t: Tensor) -> int:
 def _grouped(held: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
     """Runs of consecutive batches whose predictions and targets agree in trailing shape, dtype
     and device, each concatenated into one batch (a different batch starts a new run)."""
-    def key(t: Tensor) -> tuple[Any, ...]:
-        return (t.shape[1:], t.dtype, t.device) if t.ndim else None
+    def joins(t: Tensor, first: Tensor) -> bool:
+        return t.ndim > 0 and t.shape[1:] == first.shape[1:] and t.dtype == first.dtype \
+            and t.device == first.device
 
     runs: list[list[tuple[Tensor, Tensor]]] = []
     for pair in held:
-        if runs and pair[0].ndim and pair[1].ndim and key(pair[0]) == key(runs[-1][0][0]) \
-                and key(pair[1]) == key(runs[-1][0][1]):
+        if runs and joins(pair[0], runs[-1][0][0]) and joins(pair[1], runs[-1][0][1]):
             runs[-1].append(pair)
         else:
             runs.append([pair])
@@ -896,7 +896,7 @@ class RunningMeans:
         {'train_loss': 0.4}
     """
 
-    GROUP = 16
+    GROUP = 64
 
     def __init__(self, device: torch.device):
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
