@@ -35,6 +35,7 @@ bench: setup  ## benchmarks (not tests): ratios against hand-written loops and p
 	$(PY) bench/startup.py
 	$(PY) bench/checkpoint_cost.py
 	$(PY) bench/quickstart.py
+	$(PY) bench/attribution.py
 	$(PY) bench/finetune.py
 
 lint: setup
