@@ -264,6 +264,10 @@ def test_bad_sources(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match=r"holds a list, not a state dict"):
         load_initial_weights(tiny_cnn(3), tmp_path / "list.pt")
+    # The runs of a recipe that has not run yet: say which recipe writes them.
+    with pytest.raises(CheckpointError, match=r"runs/pretrain not found .*train that run first: "
+                                              r"`traincraft fit` of a recipe with name: pretrain"):
+        load_initial_weights(tiny_cnn(3), tmp_path / "runs" / "pretrain")
     save_checkpoint({"optimizer": {}}, tmp_path / "no_model.ckpt")
     with pytest.raises(CheckpointError, match=r"a checkpoint without model weights"):
         load_initial_weights(tiny_cnn(3), tmp_path / "no_model.ckpt")

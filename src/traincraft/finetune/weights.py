@@ -152,7 +152,7 @@ def _read_tensors(source: Path, label: str) -> tuple[Path, dict[str, torch.Tenso
     if source.is_dir():
         return _read_run_folder(source, label)
     if not source.is_file():
-        raise CheckpointError(f"{label}: {source} not found")
+        raise CheckpointError(f"{label}: {source} not found (from {Path.cwd()}){_train_first(source)}")
     suffix = source.suffix.lower()
     if suffix == ".safetensors":
         raw: Any = _read_safetensors(source, label)
@@ -179,7 +179,7 @@ def _read_run_folder(folder: Path, label: str) -> tuple[Path, dict[str, torch.Te
     if not candidates:
         raise CheckpointError(
             f"{label}: {folder} holds neither best.safetensors nor a checkpoint; give a run "
-            "folder (runs/NAME/TIMESTAMP) or a weights file"
+            f"folder (runs/NAME/TIMESTAMP) or a weights file{_train_first(folder)}"
         )
     problems = []
     for path in candidates:  # newest first; a damaged one falls back to the next kept one
@@ -372,3 +372,11 @@ def _newest_run(folder: Path) -> Path | None:
                                                           or checkpoint_candidates(p))]
     return max(runs, key=lambda p: p.name) if runs else None  # run folders are named by time
 
+
+
+def _train_first(path: Path) -> str:
+    """A hint when ``path`` names the runs of a recipe (``runs/NAME``) that has not run yet."""
+    parts = path.parts
+    if "runs" in parts[:-1] and parts.index("runs") == len(parts) - 2:
+        return f"; train that run first: `traincraft fit` of a recipe with name: {parts[-1]} writes it"
+    return ""
