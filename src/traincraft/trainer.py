@@ -656,7 +656,11 @@ class Trainer:
 
         self.history.stop_reason = self.state.stop_reason
         self.history.best = self._best()
-        files.wait()  # the run's files are in place when fit() returns
+        try:
+            files.wait()  # the run's files are in place when fit() returns
+        except OSError:
+            if self.state.stop_reason is not None:  # else an error of the run is on its way up
+                raise
 
     # ------------------------------------------------------------------ fine-tuning
 
