@@ -381,7 +381,7 @@ class Trainer:
         state = self._own_part(state)
         self.model.load_state_dict({unwrap_key(k): v for k, v in state["model"].items()})
         if state.get("unfreeze"):  # the optimizer's groups must be those of the saved run
-            self._unfreeze_until(int(state["unfreeze"]["done"]), quiet=True)
+            self._unfreeze_until(int(state["unfreeze"]["done"]))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None and state.get("schedule") is not None:
             self.schedule.load_state_dict(state["schedule"])
@@ -669,14 +669,13 @@ class Trainer:
             self._unfreeze(event, quiet=False)
         self._next_unfreeze = self.finetuning.plan.next_step
 
-    def _unfreeze_until(self, done: int, quiet: bool) -> None:
-        """Apply the plan's first ``done`` events (a resumed run's optimizer had their groups)."""
+    def _unfreeze_until(self, done: int) -> None:
+        """Apply the plan's first ``done`` events, quietly: a resumed run's optimizer had their
+        groups (the plan was resolved when the run was set up)."""
         plan = self.finetuning.plan
-        if not plan.events and self.schedule is not None:
-            plan.resolve(steps_per_epoch=self.state.steps_per_epoch, total_steps=self.state.max_steps)
         while plan.done < done:
             plan.done += 1
-            self._unfreeze(plan.events[plan.done - 1], quiet=quiet)
+            self._unfreeze(plan.events[plan.done - 1], quiet=True)
         self._next_unfreeze = plan.next_step
 
     def _unfreeze(self, event: Any, quiet: bool) -> None:
