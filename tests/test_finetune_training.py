@@ -385,3 +385,25 @@ def test_swa_writes_the_averaged_model_as_best(tmp_path):
     assert best["swa"] is True and best["epochs_averaged"] == 3  # from step 8: epochs 2, 3 and 4
     assert best["val_loss"] == pytest.approx(t.evaluate(data(32, seed=1))["loss"], rel=1e-6)
     assert math.isfinite(best["val_loss"])
+
+
+def test_ema_of_a_model_with_tied_weights_averages_and_swaps_the_weight_once():
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encode = nn.Linear(6, 6, bias=False)
+            self.decode = nn.Linear(6, 6, bias=False)
+            self.decode.weight = self.encode.weight  # one tensor, two names
+            self.head = nn.Linear(6, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.decode(self.encode(x)))
+
+    torch.manual_seed(0)
+    model = Tied()
+    ema = EMA(decay=0.5, warmup=False)
+    t = trainer(model, ema=ema, max_epochs=1)
+    t.fit(data(), val=data(16, seed=3))
+    assert list(ema.shadow) == ["encode.weight", "head.weight", "head.bias"]
+    assert torch.equal(model.encode.weight, ema.shadow["encode.weight"])  # the model ends on the EMA
+    assert model.decode.weight is model.encode.weight

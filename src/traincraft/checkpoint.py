@@ -38,6 +38,16 @@ def unwrap_key(key: str) -> str:
     return key
 
 
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters and persistent buffers themselves (not copies), by unwrapped
+    state-dict key; a tied tensor appears under each of its names."""
+    return {
+        unwrap_key(k): v
+        for k, v in model.state_dict(keep_vars=True).items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights with wrapper prefixes removed, detached, on the CPU."""
     return {

@@ -155,15 +155,16 @@ class EMA(Callback):
 
 
 def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's parameters and buffers under their state-dict names (the tensors themselves,
-    not detached aliases, so that swapping their storage changes the model)."""
-    from traincraft.checkpoint import unwrap_key
+    """The model's parameters and persistent buffers themselves (swapping their storage changes
+    the model), each tensor once: a tied weight is averaged and swapped under its first name."""
+    from traincraft.checkpoint import model_tensors
 
-    tensors: dict[str, torch.Tensor] = {}
-    for name, param in model.named_parameters():
-        tensors[unwrap_key(name)] = param
-    for name, buffer in model.named_buffers():
-        tensors[unwrap_key(name)] = buffer
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in model_tensors(model).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            tensors[name] = tensor
     return tensors
 
 

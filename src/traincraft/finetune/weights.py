@@ -18,6 +18,7 @@ from traincraft.checkpoint import (
     CheckpointError,
     checkpoint_candidates,
     load_checkpoint,
+    model_tensors,
     unwrap_key,
 )
 from traincraft.errors import did_you_mean
@@ -277,15 +278,6 @@ def _tensor_dict(raw: Any, path: Path, label: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's parameters and persistent buffers themselves (not copies), by unwrapped key."""
-    return {
-        unwrap_key(k): v
-        for k, v in model.state_dict(keep_vars=True).items()
-        if isinstance(v, torch.Tensor)
-    }
-
-
 def _match(
     model: nn.Module,
     tensors: Mapping[str, torch.Tensor],
@@ -294,7 +286,7 @@ def _match(
     skip: Sequence[str] = (),
 ) -> LoadReport:
     report = LoadReport(source=source, label=label)
-    own = _model_tensors(model)
+    own = model_tensors(model)
     for key, target in own.items():
         if _glob_hit(key, skip):
             report.skipped.append(key)
@@ -333,7 +325,7 @@ def _check_skip_used(
 
 
 def _copy(model: nn.Module, tensors: Mapping[str, torch.Tensor], keys: Iterable[str]) -> None:
-    own = _model_tensors(model)
+    own = model_tensors(model)
     with torch.no_grad():
         for key in keys:
             # copy_ keeps the target's identity, dtype and device (optimizers still point at it).
@@ -345,7 +337,7 @@ def _nothing_loaded(
 ) -> str:
     if report.mismatched:
         return f"{report.summary()}: no tensor could be loaded; is this the right model?"
-    model_keys = list(_model_tensors(model))
+    model_keys = list(model_tensors(model))
     return (
         f"{report.label} {report.source}: no tensor name matches the model; first file keys: "
         f"{_listing(list(tensors), more=False)}; first model keys: "
