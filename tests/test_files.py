@@ -68,3 +68,27 @@ def test_a_plain_write_comes_after_pending_background_ones(tmp_path):
     assert target.read_text() == "plain"
     files.wait()
     assert target.read_text() == "plain"
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_a_background_write_is_whole_in_memory_or_spilled_and_a_failed_one_leaves_nothing(
+    tmp_path, monkeypatch, spill
+):
+    # Past SPILL_BYTES the bytes go to the temporary file on the caller's thread.
+    monkeypatch.setattr(files, "SPILL_BYTES", 10 if spill else 1 << 20)
+    target = tmp_path / "f.bin"
+    chunks = [bytes([i]) * 7 for i in range(5)]
+    files.atomic_write(target, lambda h: [h.write(c) for c in chunks], background=True)
+    files.wait()
+    assert target.read_bytes() == b"".join(chunks)
+
+    def broken(handle):
+        for chunk in chunks:
+            handle.write(chunk)
+        raise ValueError("serialisation failed")
+
+    with pytest.raises(ValueError, match="serialisation failed"):
+        files.atomic_write(target, broken, background=True)
+    files.wait()
+    assert target.read_bytes() == b"".join(chunks)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

@@ -708,6 +708,34 @@ def test_metric_set_groups_batches_into_the_same_figures():
     assert ms.compute() == {"accuracy": 0.5}
 
 
+@pytest.mark.parametrize("kind", ["shape", "dtype"])
+def test_batches_that_differ_are_not_joined_into_one(kind):
+    # Alike batches are concatenated; a batch of another trailing shape or dtype is added on its
+    # own, in its own precision (a float32 error is not recomputed in float64).
+    tiny = [
+        (torch.tensor([[1 + 2**-23]]), torch.tensor([[1e-9]])),  # the difference rounds in float32
+        (torch.tensor([[1 + 2**-23]], dtype=torch.float64), torch.tensor([[1e-9]], dtype=torch.float64)),
+    ]
+    other_shape = [
+        (torch.zeros(2, 3), torch.ones(2, 3)),
+        (torch.zeros(2, 3), torch.ones(2, 3)),
+        (torch.zeros(1, 2), torch.full((1, 2), 4.0)),  # same ndim, other trailing shape
+    ]
+    batches = tiny if kind == "dtype" else other_shape
+    grouped, one_by_one = metrics.MetricSet(["mae"]), metrics.MetricSet(["mae"])
+    one_by_one.GROUP_BATCHES = 1
+    for pred, target in batches:
+        grouped.update(pred, target)
+        one_by_one.update(pred, target)
+    if kind == "dtype":
+        float32_error = float(torch.tensor(1 + 2**-23) - torch.tensor(1e-9))
+        want = (float32_error + (1 + 2**-23 - 1e-9)) / 2
+    else:
+        want = (12 * 1.0 + 2 * 4.0) / 14
+    assert one_by_one.compute()["mae"] == pytest.approx(want, rel=1e-15)
+    assert grouped.compute() == one_by_one.compute()
+
+
 def test_batches_held_in_inference_mode_are_added_after_it():
     pred, target = regression_data(seed=42)
     ms = metrics.MetricSet(["mae"])

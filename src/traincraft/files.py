@@ -2,11 +2,14 @@
 
 A crash (even SIGKILL) at any instant leaves either the old file or the new one, never a torn one.
 
-With ``background=True`` (the files a training loop writes every epoch) the caller's thread
-writes the bytes into the temporary file; the fsync, the rename and the fsync of the folder
-happen on one background thread, in the order the writes were made, so that the loop does not
-wait for the disk. A file appears under its name
-only once its bytes are on disk, exactly as before; it just appears a few milliseconds later.
+With ``background=True`` (the files a training loop writes every epoch) the caller's thread only
+serializes: the bytes go to memory (up to ``SPILL_BYTES``; a larger file spills into its
+temporary file on the caller's thread). Creating the temporary file, writing it, the fsync and the
+rename happen on one background thread, in the order the writes were made, so that the loop
+waits neither for the disk nor for the file system. A file appears under its name only once its
+bytes are on disk, exactly as a plain write; it just appears a few milliseconds later. The
+folders' own fsync (which makes the renames durable) is done once per folder whenever the
+thread runs out of work, not once per file.
 :func:`wait` returns once every pending file is in place (readers in the same process call it;
 the trainer calls it before ``on_fit_end``, and it runs at exit). An error of the background
 work (a full disk) is raised by the next :func:`atomic_write` or :func:`wait`.
@@ -15,6 +18,7 @@ work (a full disk) is raised by the next :func:`atomic_write` or :func:`wait`.
 from __future__ import annotations
 
 import atexit
+import io
 import os
 import queue
 import tempfile
@@ -22,6 +26,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+# A background file's bytes up to this size wait in memory for the writer thread.
+SPILL_BYTES = 64 << 20
 
 
 def atomic_write(
@@ -31,32 +38,37 @@ def atomic_write(
     then: Callable[[], Any] | None = None,
     background: bool = False,
 ) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``; it replaces ``path`` once its
-    bytes are on disk. ``then`` runs after the rename: to link or delete files that depend on
-    this one. ``background``: return once the bytes are written; the fsync, the rename and
-    ``then`` happen on the writer thread, in order (the training loop's own files). Otherwise
-    the file is in place when this returns (after every pending background file)."""
+    """Call ``write(fileobj)``; what it writes replaces ``path`` once its bytes are on disk.
+    ``then`` runs after the rename: to link or delete files that depend on this one.
+    ``background``: return once ``write`` has returned; the file work happens on the writer
+    thread, in order (the training loop's own files). Otherwise the file is in place when this
+    returns (after every pending background file)."""
     path = Path(path)
     if background:
         _SYNCER.raise_error()
-    else:
-        _SYNCER.wait()  # earlier background writes first: the order of writes is kept
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        spool = _Spool(path)
+        try:
+            write(spool)  # type: ignore[arg-type]
+            spool.flush()
+        except BaseException:
+            spool.discard()
+            raise
+        _SYNCER.submit(_Job(path, spool, then))
+        return path
+    _SYNCER.wait()  # earlier background writes first: the order of writes is kept
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb", closefd=False) as handle:
             write(handle)
             handle.flush()
     except BaseException:
         os.close(fd)
-        with _suppress():
-            os.unlink(tmp)
+        _remove(tmp)
         raise
-    job = _Job(fd, tmp, path, then)
-    if background:
-        _SYNCER.submit(job)
-    else:
-        job.run()
+    _finish(fd, tmp, path)
+    _fsync_dir(path.parent)
+    if then is not None:
+        then()
     return path
 
 
@@ -69,24 +81,92 @@ def wait() -> None:
     _SYNCER.wait()
 
 
-class _Job:
-    __slots__ = ("fd", "tmp", "path", "then")
+def _temporary(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
-    def __init__(self, fd: int, tmp: str, path: Path, then: Callable[[], Any] | None):
-        self.fd, self.tmp, self.path, self.then = fd, tmp, path, then
+
+def _finish(fd: int, tmp: str, path: Path) -> None:
+    """fsync and close the temporary file, then rename it into place."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+class _Spool(io.RawIOBase):
+    """Where a background write goes: memory, then its temporary file once past SPILL_BYTES
+    (so a large checkpoint is never held whole in memory)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.memory: io.BytesIO | None = io.BytesIO()
+        self.fd: int | None = None
+        self.tmp = ""
+        self.handle: IO[bytes] | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.handle is not None:
+            return self.handle.write(data)
+        assert self.memory is not None
+        written = self.memory.write(data)
+        if self.memory.tell() > SPILL_BYTES:
+            self.fd, self.tmp = _temporary(self.path)
+            self.handle = os.fdopen(self.fd, "wb", closefd=False)
+            self.handle.write(self.memory.getbuffer())
+            self.memory = None
+        return written
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            _remove(self.tmp)
+            self.fd = None
+
+    def finish(self) -> None:
+        """On the writer thread: the bytes into their temporary file, fsync, rename."""
+        if self.fd is None:
+            assert self.memory is not None
+            self.fd, self.tmp = _temporary(self.path)
+            try:
+                with os.fdopen(self.fd, "wb", closefd=False) as handle:
+                    handle.write(self.memory.getbuffer())
+            except BaseException:
+                self.discard()
+                raise
+            self.memory = None
+        elif self.handle is not None:
+            self.handle.close()  # flushed already; the descriptor stays open (closefd=False)
+        _finish(self.fd, self.tmp, self.path)
+
+
+class _Job:
+    __slots__ = ("path", "spool", "then")
+
+    def __init__(self, path: Path, spool: _Spool, then: Callable[[], Any] | None):
+        self.path, self.spool, self.then = path, spool, then
 
     def run(self) -> None:
-        try:
-            os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
-        try:
-            os.replace(self.tmp, self.path)
-        except BaseException:
-            with _suppress():
-                os.unlink(self.tmp)
-            raise
-        _fsync_dir(self.path.parent)
+        self.spool.finish()
         if self.then is not None:
             self.then()
 
@@ -111,13 +191,23 @@ class _Syncer:
         self._thread.start()
 
     def _work(self) -> None:
+        folders: set[Path] = set()
+        renamed = 0  # since the folders' last fsync
         while True:
             job = self._jobs.get()
             try:
+                folders.add(job.path.parent)
+                renamed += 1
                 job.run()
             except BaseException as err:  # kept for the caller's thread
                 self._error = self._error or err
             finally:
+                if self._jobs.qsize() == 0 or renamed >= 16:
+                    # Out of work: the renames so far made durable, once per folder.
+                    for folder in folders:
+                        _fsync_dir(folder)
+                    folders.clear()
+                    renamed = 0
                 self._jobs.task_done()
 
     def wait(self) -> None:
@@ -155,11 +245,3 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True

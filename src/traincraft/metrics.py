@@ -791,9 +791,12 @@ class MetricSet:
         """
         if not self.metrics:
             return
-        pred, target = pred.detach(), target.detach()
+        if pred.requires_grad:  # held without its autograd graph
+            pred = pred.detach()
+        if target.requires_grad:
+            target = target.detach()
         self._held.append((pred, target))
-        self._held_bytes += _nbytes(pred) + _nbytes(target)
+        self._held_bytes += pred.nbytes + target.nbytes
         if len(self._held) >= self.GROUP_BATCHES or self._held_bytes >= self.GROUP_BYTES:
             self.flush()
 
@@ -852,19 +855,24 @@ class MetricSet:
         for pred, target in state.get(_HELD, []):
             device = next((s.device for m in self.metrics for s in getattr(m, "_sums", [])), pred.device)
             self._held.append((pred.to(device), target.to(device)))
-            self._held_bytes += _nbytes(pred) + _nbytes(target)
+            self._held_bytes += pred.nbytes + target.nbytes
 
 
 _HELD = "_held_batches"  # a state_dict key no metric name can take (names are identifiers)
 
 
-def _nbytes(t: Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
 def _grouped(held: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
     """Runs of consecutive batches whose predictions and targets agree in trailing shape, dtype
     and device, each concatenated into one batch (a different batch starts a new run)."""
+    preds, targets = [p for p, _ in held], [t for _, t in held]
+    if len(held) > 1 and _one_kind(preds) and _one_kind(targets):
+        # The usual case, all alike, in one go: cat itself refuses other trailing shapes or
+        # devices (it would only promote dtypes silently, which _one_kind rules out).
+        try:
+            return [(torch.cat(preds), torch.cat(targets))]
+        except RuntimeError:
+            pass
+
     def joins(t: Tensor, first: Tensor) -> bool:
         return t.ndim > 0 and t.shape[1:] == first.shape[1:] and t.dtype == first.dtype \
             and t.device == first.device
@@ -879,6 +887,12 @@ def _grouped(held: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
         run[0] if len(run) == 1 else (torch.cat([p for p, _ in run]), torch.cat([t for _, t in run]))
         for run in runs
     ]
+
+
+def _one_kind(tensors: list[Tensor]) -> bool:
+    """One dtype and one number of dimensions (at least 1) among ``tensors``."""
+    return len({t.dtype for t in tensors}) == 1 and len({t.ndim for t in tensors}) == 1 \
+        and tensors[0].ndim > 0
 
 
 class RunningMeans:

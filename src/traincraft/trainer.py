@@ -508,7 +508,7 @@ class Trainer:
             for name, term in getattr(self.loss_fn, "last_terms", {}).items():
                 sums.add(f"loss/{name}", term, samples)
             if samples or shards is None:
-                self.metrics.update(pred.detach(), target)
+                self.metrics.update(pred, target)  # held detached
             state.batch_in_epoch += 1
             state.samples_seen += samples if shards is None else shards.total[index]
             if stepper.window_full():
