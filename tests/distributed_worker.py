@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 import traincraft as tc
+from traincraft import files
 from traincraft.cli import main as cli_main
 from traincraft.metrics import Metric
 
@@ -174,17 +174,17 @@ def equivalence(out: Path, rank: int) -> dict:
 def command_line(out: Path, recipe: str, rank: int) -> dict:
     os.chdir(out)
     made: list[str] = []
-    original = tempfile.mkstemp
+    original = files._temporary
 
-    def counted(*args, **kwargs):
-        made.append(str(kwargs.get("dir", "")))
-        return original(*args, **kwargs)
+    def counted(path):
+        made.append(str(path))
+        return original(path)
 
-    tempfile.mkstemp = counted  # every atomic write of traincraft goes through it
+    files._temporary = counted  # every atomic write of traincraft goes through it
     try:
         full = cli_main(["fit", recipe, "--no-progress"])
     finally:
-        tempfile.mkstemp = original
+        files._temporary = original
     os.environ["STOP_AT_FORWARD"] = "11"
     try:
         part = cli_main(["fit", recipe, "--run-dir", "interrupted", "--no-progress"])

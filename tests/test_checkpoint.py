@@ -123,6 +123,65 @@ def test_checkpoint_holds_everything_and_only_safe_types(tmp_path):
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
 
 
+def test_small_tensors_are_packed_and_come_back_equal_each_in_its_own_storage(tmp_path):
+    big = torch.randn(200, 100)  # 80 kB: stored as itself
+    state = {
+        "model": {"w": torch.randn(3, 4), "b": torch.randn(4), "big": big, "t": torch.randn(4, 3).t()},
+        "scalars": [torch.tensor(3.0), torch.tensor(7), torch.tensor(True), torch.zeros(0, 5)],
+        "mixed": (torch.arange(5, dtype=torch.uint8), {"h": torch.randn(2, dtype=torch.float64)}, "x", 3),
+        "half": torch.randn(3, dtype=torch.bfloat16),
+    }
+    path = save_checkpoint(state, tmp_path / "a.ckpt")
+    loaded = load_checkpoint(path)
+
+    def pairs(a, b):
+        if isinstance(a, torch.Tensor):
+            yield a, b
+        elif isinstance(a, dict):
+            assert a.keys() == b.keys()
+            for k in a:
+                yield from pairs(a[k], b[k])
+        elif isinstance(a, (list, tuple)):
+            assert type(a) is type(b) and len(a) == len(b)
+            for x, y in zip(a, b):
+                yield from pairs(x, y)
+        else:
+            assert a == b
+
+    assert loaded.pop("format") == 2
+    tensors = list(pairs(state, loaded))
+    assert len(tensors) == 11
+    for want, got in tensors:
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+        assert got.untyped_storage().nbytes() == want.nbytes  # not a view into a shared buffer
+    # One record per dtype for the ten small tensors (six dtypes), one for the big one.
+    import zipfile
+
+    records = [n for n in zipfile.ZipFile(path).namelist() if "/data/" in n]
+    assert len(records) == 6 + 1
+
+
+def test_a_checkpoint_of_the_first_format_still_loads(tmp_path):
+    # Format 1 stored every tensor on its own and python's random state as a tuple of ints.
+    old = tmp_path / "old.ckpt"
+    words = random.getstate()
+    torch.save({"format": 1, "model": {"w": torch.ones(2)}, "rng": {"python": words}}, old)
+    state = load_checkpoint(old)
+    assert torch.equal(state["model"]["w"], torch.ones(2)) and state["rng"]["python"] == words
+
+
+def test_the_random_state_round_trips_through_a_checkpoint(tmp_path):
+    import numpy as np
+
+    from traincraft.seeding import rng_state, seed_everything, set_rng_state
+
+    seed_everything(5)
+    path = save_checkpoint({"rng": rng_state()}, tmp_path / "r.ckpt")
+    first = (random.random(), float(torch.rand(())), np.random.rand())
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert (random.random(), float(torch.rand(())), np.random.rand()) == first
+
+
 def test_best_weights_and_best_json(tmp_path):
     train, val = data()
     trainer = small_trainer(tmp_path, callbacks=[tc.EarlyStopping(patience=9, verbose=False)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -92,3 +93,22 @@ def test_a_background_write_is_whole_in_memory_or_spilled_and_a_failed_one_leave
     files.wait()
     assert target.read_bytes() == b"".join(chunks)
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_deferred_writes_start_when_the_block_ends_and_wait_hands_them_over(tmp_path):
+    target = tmp_path / "f.txt"
+    with files.deferred():
+        files.atomic_write_text(target, "one", background=True)
+        with files.deferred():  # nested: still held until the outer block ends
+            files.atomic_write_text(target, "two", background=True)
+        time.sleep(0.05)
+        assert not target.exists()
+    files.wait()
+    assert target.read_text() == "two"
+    with files.deferred():
+        files.atomic_write_text(target, "three", background=True)
+        files.wait()  # a reader inside the block gets the file in place
+        assert target.read_text() == "three"
+        files.atomic_write_text(target, "four", background=True)
+    files.wait()
+    assert target.read_text() == "four"

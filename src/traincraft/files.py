@@ -18,12 +18,13 @@ work (a full disk) is raised by the next :func:`atomic_write` or :func:`wait`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
+import itertools
 import queue
-import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,9 +82,38 @@ def wait() -> None:
     _SYNCER.wait()
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Background writes made inside the block are handed to the writer thread when it ends, so
+    that the thread does not compete with the caller for the interpreter meanwhile (the trainer
+    serializes an epoch's files under it). :func:`wait` inside the block hands them over first."""
+    _SYNCER.holding += 1
+    try:
+        yield
+    finally:
+        _SYNCER.holding -= 1
+        if not _SYNCER.holding:
+            _SYNCER.release()
+
+
+_MADE_FOLDERS: set[Path] = set()
+_COUNTER = itertools.count()
+
+
 def _temporary(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A new temporary file next to ``path``, opened for writing (its name unique to this
+    process and call: no random names to draw)."""
+    folder = path.parent
+    if folder not in _MADE_FOLDERS:
+        folder.mkdir(parents=True, exist_ok=True)
+        _MADE_FOLDERS.add(folder)
+    tmp = f"{folder}/.{path.name}.{os.getpid()}-{next(_COUNTER)}.tmp"
+    try:
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+    except FileNotFoundError:  # the folder was removed since: make it again
+        _MADE_FOLDERS.discard(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
 
 
 def _finish(fd: int, tmp: str, path: Path) -> None:
@@ -148,8 +178,9 @@ class _Spool(io.RawIOBase):
             assert self.memory is not None
             self.fd, self.tmp = _temporary(self.path)
             try:
-                with os.fdopen(self.fd, "wb", closefd=False) as handle:
-                    handle.write(self.memory.getbuffer())
+                data = self.memory.getbuffer()
+                while data:
+                    data = data[os.write(self.fd, data) :]
             except BaseException:
                 self.discard()
                 raise
@@ -179,12 +210,25 @@ class _Syncer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self.holding = 0  # deferred() blocks open
+        self._held: list[_Job] = []
 
     def submit(self, job: _Job) -> None:
+        if self.holding:
+            self._held.append(job)
+            return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._start()
         self._jobs.put(job)
+
+    def release(self) -> None:
+        """Hand the jobs held by deferred() to the thread, in order."""
+        held, self._held, holding = self._held, [], self.holding
+        self.holding = 0
+        for job in held:
+            self.submit(job)
+        self.holding = holding
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="traincraft-files", daemon=True)
@@ -211,6 +255,7 @@ class _Syncer:
                 self._jobs.task_done()
 
     def wait(self) -> None:
+        self.release()
         self._jobs.join()
         self.raise_error()
 

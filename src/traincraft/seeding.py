@@ -34,8 +34,10 @@ def set_deterministic(enabled: bool) -> None:
 def rng_state() -> dict:
     """Every random generator's state, as tensors and plain types (safe to checkpoint)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state = {
-        "python": random.getstate(),
+        # python's 625 words as one tensor: a tuple of ints would be pickled number by number
+        "python": (version, torch.from_numpy(np.array(internal, dtype=np.int64)), gauss),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
@@ -48,7 +50,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    words = internal.tolist() if isinstance(internal, torch.Tensor) else internal  # older checkpoints: a tuple
+    random.setstate((version, tuple(words), gauss))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from traincraft import distributed, losses, metrics, optim, schedules
+from traincraft import distributed, files, losses, metrics, optim, schedules
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.checkpoint import Checkpoint
 from traincraft.callbacks.early_stopping import EarlyStopping
@@ -461,6 +461,12 @@ class Trainer:
         figures = self._train_epoch(train_batches)
         if self.state.stop_reason in ("interrupted", "terminated"):
             return  # a partial epoch: no validation, no history row
+        # The epoch's files (checkpoint, best weights, metrics.csv) reach the disk while the
+        # next epoch trains; their writer thread starts once they are all serialized.
+        with files.deferred():
+            self._end_epoch(val_batches, figures, started)
+
+    def _end_epoch(self, val_batches: Batches | None, figures: dict[str, float], started: float) -> None:
         with self.evaluation_weights():  # the EMA's when it is validated, else the live ones
             if val_batches is not None:
                 figures.update(self._evaluate(val_batches, prefix="val_"))
@@ -652,8 +658,6 @@ class Trainer:
             self.log(self._summary(train_batches, val_batches))
 
     def _finish_run(self) -> None:
-        from traincraft import files
-
         self.history.stop_reason = self.state.stop_reason
         self.history.best = self._best()
         try:
