@@ -30,6 +30,7 @@ import torch
 from traincraft.errors import TraincraftError
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every plain step
 NONFINITE_POLICIES = ("raise", "skip", "rollback")
 
 
@@ -123,13 +124,13 @@ class Stepper:
         end its window skips the gradient all-reduce (``no_sync``); the window's last one does it."""
         ends_window = last_of_epoch or self.micro_batches + 1 >= self.accumulate
         if self.ddp is None or ends_window:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return self.ddp.no_sync()
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = PRECISIONS[self.precision]
         if dtype is None:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def backward(self, loss: torch.Tensor, samples: int) -> None:

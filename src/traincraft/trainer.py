@@ -197,6 +197,7 @@ class Trainer:
         )
         self._decay_exclude, self._penalty_args = decay_exclude, dict(l1=l1, l2=l2, exclude=penalty_exclude)
         self.penalty = Penalty(self.model, **self._penalty_args)
+        self._penalize = bool(self.penalty)  # read at every step: the flag, not the check
         self.stepper = Stepper(
             self.optimizer, self.model.parameters(), device=self.device, accumulate=accumulate,
             precision=precision, clip_grad_norm=clip_grad_norm, clip_norm_type=clip_norm_type,
@@ -506,7 +507,7 @@ class Trainer:
                     pred = self._forward(inputs)
                     target = self._adapt(pred, target)
                     loss = self._loss(pred, target)
-                    penalty = self.penalty() if self.penalty else None
+                    penalty = self.penalty() if self._penalize else None
                 stepper.backward(loss if penalty is None else loss + penalty, samples)
             sums.add("loss", loss, samples)
             if penalty is not None:
@@ -701,6 +702,7 @@ class Trainer:
         if self.ddp is not None:
             self._wrap_for_processes()
         self.penalty = Penalty(self.model, **self._penalty_args)
+        self._penalize = bool(self.penalty)  # read at every step: the flag, not the check
         if not quiet:
             count = sum(p.numel() for _, p in named)
             mults = sorted({g["lr_mult"] for g in groups})
@@ -765,8 +767,8 @@ class Trainer:
         """Raise when the loss or gradient norm went non-finite since the last check (reads the
         epoch's running sums, which a non-finite value poisons for good)."""
         self._next_finite_check = time.monotonic() + 0.5
-        bad = [name for name in ("loss", "grad_norm") if name in self._sums.sums
-               and not math.isfinite(float(self._sums.sums[name]))]
+        totals = self._sums.sums
+        bad = [name for name in ("loss", "grad_norm") if name in totals and not math.isfinite(float(totals[name]))]
         if not bad:
             self._last_finite_step = self.state.step
             return
