@@ -297,7 +297,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "traincraft", "fit", str(recipe), "--run-dir", str(run_dir),
                              "--no-progress"], env=ENV, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.csv").exists() and time.monotonic() < deadline:
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -112,3 +112,31 @@ def test_deferred_writes_start_when_the_block_ends_and_wait_hands_them_over(tmp_
         files.atomic_write_text(target, "four", background=True)
     files.wait()
     assert target.read_text() == "four"
+
+
+def test_a_file_written_at_most_every_so_often_keeps_only_its_newest_version(tmp_path):
+    target = tmp_path / "metrics.csv"
+    written = []
+    real = files._Spool.finish
+
+    def counted(spool):
+        written.append(spool.path.name)
+        real(spool)
+
+    files._Spool.finish = counted
+    try:
+        for i in range(30):  # thirty epochs within the interval
+            files.atomic_write_text(target, f"rows {i}", at_most_every=0.3)
+        time.sleep(0.1)
+        assert not target.exists()  # the first version waits for the interval too
+        deadline = time.monotonic() + 10
+        while not target.exists() and time.monotonic() < deadline:  # due after 0.3 s: no wait()
+            time.sleep(0.02)
+        assert target.read_text() == "rows 29" and written == ["metrics.csv"]  # due: written alone
+        files.atomic_write_text(target, "rows 30", at_most_every=0.3)
+        files.atomic_write_text(target, "rows 31", at_most_every=60)
+        files.wait()  # a reader: the waiting version is written now
+        assert target.read_text() == "rows 31" and written == ["metrics.csv"] * 2
+    finally:
+        files._Spool.finish = real
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]

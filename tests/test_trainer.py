@@ -391,3 +391,48 @@ def test_classification_with_accuracy_and_label_smoothing():
     predicted = trainer.predict(X).argmax(1)
     assert figures["accuracy"] == (predicted == y).sum().item() / len(y)
     assert figures["accuracy"] > 0.9
+
+
+def test_garbage_is_collected_at_fixed_steps_and_epoch_ends_and_automatic_collection_comes_back(monkeypatch):
+    import gc
+
+    import traincraft.trainer as trainer_module
+
+    X, y = regression_data(n=64)
+    seen = []
+
+    class Watch(tc.Callback):
+        def on_step_end(self, trainer):
+            seen.append(("enabled", gc.isenabled()))
+
+    real = gc.collect
+    monkeypatch.setattr(trainer_module.gc, "collect", lambda generation=2: seen.append(("collect", generation)) or real(generation))
+    trainer = quiet(mlp(), loss="mse", batch_size=8, max_epochs=2, gc_every=3, callbacks=[Watch()])
+    assert gc.isenabled()
+    trainer.fit((X, y))
+    assert gc.isenabled()  # as it was
+    assert ("enabled", True) not in seen and seen.count(("enabled", False)) == 16
+    collects = [i for i, event in enumerate(seen) if event[0] == "collect"]
+    assert all(seen[i] == ("collect", 1) for i in collects)
+    # After steps 3, 6, 9, 12, 15 (before their on_step_end) and after each epoch (8 and 16 steps).
+    done_before = [sum(1 for e in seen[:i] if e[0] == "enabled") for i in collects]
+    assert done_before == [2, 5, 8, 8, 11, 14, 16]
+
+    seen.clear()
+    quiet(mlp(), loss="mse", batch_size=8, max_epochs=1, gc_every=None, callbacks=[Watch()]).fit((X, y))
+    assert ("enabled", False) not in seen and not any(e[0] == "collect" for e in seen)
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    with pytest.raises(ModelError):
+        quiet(nn.Sequential(nn.Linear(3, 1), Broken()), loss="mse", batch_size=8).fit((X, y))
+    assert gc.isenabled()  # after an error too
+
+    gc.disable()  # a program that manages collection itself keeps it off
+    try:
+        quiet(mlp(), loss="mse", batch_size=8, max_epochs=1).fit((X, y))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

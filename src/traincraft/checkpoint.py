@@ -65,9 +65,11 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save_weights(model: nn.Module, path: str | Path, *, background: bool = False) -> Path:
-    """Write the model's weights as ``.safetensors``, atomically (``background``: see
-    :func:`traincraft.files.atomic_write`)."""
+def save_weights(
+    model: nn.Module, path: str | Path, *, background: bool = False, at_most_every: float | None = None
+) -> Path:
+    """Write the model's weights as ``.safetensors``, atomically (``background``,
+    ``at_most_every``: see :func:`traincraft.files.atomic_write`)."""
     from safetensors.torch import save
 
     tensors = {k: v.contiguous() for k, v in plain_state_dict(model).items()}
@@ -79,7 +81,7 @@ def save_weights(model: nn.Module, path: str | Path, *, background: bool = False
             tensors[key] = value.clone()
         seen.add(pointer)
     data = save(tensors)
-    return atomic_write(path, lambda handle: handle.write(data), background=background)
+    return atomic_write(path, lambda handle: handle.write(data), background=background, at_most_every=at_most_every)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

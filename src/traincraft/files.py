@@ -11,8 +11,15 @@ bytes are on disk, exactly as a plain write; it just appears a few milliseconds 
 folders' own fsync (which makes the renames durable) is done once per folder whenever the
 thread runs out of work, not once per file.
 :func:`wait` returns once every pending file is in place (readers in the same process call it;
-the trainer calls it before ``on_fit_end``, and it runs at exit). An error of the background
+the trainer calls it before ``fit`` returns, and it runs at exit). An error of the background
 work (a full disk) is raised by the next :func:`atomic_write` or :func:`wait`.
+
+Files rewritten at every epoch that only mirror the training state (``metrics.csv``, the best
+weights) are written with ``at_most_every``: the newest version waits until that many seconds
+have passed since the file's previous write (its first write: since the first request), and a
+newer version replaces a waiting one. Epochs longer than that see no difference; a run of many
+short epochs writes those files a few times instead of once per epoch. :func:`wait` writes every
+waiting version at once, so readers and the end of ``fit`` see the newest.
 """
 
 from __future__ import annotations
@@ -20,16 +27,19 @@ from __future__ import annotations
 import atexit
 import contextlib
 import io
-import os
 import itertools
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 # A background file's bytes up to this size wait in memory for the writer thread.
 SPILL_BYTES = 64 << 20
+# Seconds between two writes of a file that mirrors the training state (metrics.csv, best.*).
+MIRROR_SECONDS = 2.0
 
 
 def atomic_write(
@@ -38,14 +48,16 @@ def atomic_write(
     *,
     then: Callable[[], Any] | None = None,
     background: bool = False,
+    at_most_every: float | None = None,
 ) -> Path:
     """Call ``write(fileobj)``; what it writes replaces ``path`` once its bytes are on disk.
     ``then`` runs after the rename: to link or delete files that depend on this one.
     ``background``: return once ``write`` has returned; the file work happens on the writer
     thread, in order (the training loop's own files). Otherwise the file is in place when this
-    returns (after every pending background file)."""
+    returns (after every pending background file). ``at_most_every`` (seconds, background
+    only): see the module's doc."""
     path = Path(path)
-    if background:
+    if background or at_most_every is not None:
         _SYNCER.raise_error()
         spool = _Spool(path)
         try:
@@ -54,7 +66,10 @@ def atomic_write(
         except BaseException:
             spool.discard()
             raise
-        _SYNCER.submit(_Job(path, spool, then))
+        if at_most_every is not None:
+            _SYNCER.submit_later(_Job(path, spool, then), float(at_most_every))
+        else:
+            _SYNCER.submit(_Job(path, spool, then))
         return path
     _SYNCER.wait()  # earlier background writes first: the order of writes is kept
     fd, tmp = _temporary(path)
@@ -73,8 +88,11 @@ def atomic_write(
     return path
 
 
-def atomic_write_text(path: str | Path, text: str, *, background: bool = False) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), background=background)
+def atomic_write_text(
+    path: str | Path, text: str, *, background: bool = False, at_most_every: float | None = None
+) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), background=background,
+                        at_most_every=at_most_every)
 
 
 def wait() -> None:
@@ -212,6 +230,11 @@ class _Syncer:
         self._error: BaseException | None = None
         self.holding = 0  # deferred() blocks open
         self._held: list[_Job] = []
+        # at_most_every: the waiting newest version of each path, when it is due, and when each
+        # path was last handed to the thread (the caller's thread and this one share them).
+        self._later: dict[Path, tuple[float, _Job]] = {}
+        self._last_written: dict[Path, float] = {}
+        self._later_lock = threading.Lock()
 
     def submit(self, job: _Job) -> None:
         if self.holding:
@@ -221,6 +244,35 @@ class _Syncer:
             if self._thread is None or not self._thread.is_alive():
                 self._start()
         self._jobs.put(job)
+
+    def submit_later(self, job: _Job, seconds: float) -> None:
+        """``job`` as the newest version of its path, due ``seconds`` after the path's previous
+        write (or after now, for its first); a version still waiting is dropped."""
+        now = time.monotonic()
+        with self._later_lock:
+            last = self._last_written.get(job.path)
+            due = now + seconds if last is None else max(now, last + seconds)
+            waiting = self._later.pop(job.path, None)
+            if waiting is not None:  # replaced: the newer version keeps its place in time
+                waiting[1].spool.discard()
+                due = waiting[0]
+            self._later[job.path] = (due, job)
+        self.submit(_WAKE)  # the thread sleeps until the earliest due time
+
+    def _due_jobs(self, everything: bool = False) -> list[_Job]:
+        now = time.monotonic()
+        with self._later_lock:
+            due = [path for path, (when, _) in self._later.items() if everything or when <= now]
+            jobs = [self._later.pop(path)[1] for path in due]
+            for job in jobs:
+                self._last_written[job.path] = now
+        return jobs
+
+    def _next_due_in(self) -> float | None:
+        with self._later_lock:
+            if not self._later:
+                return None
+            return max(0.0, min(when for when, _ in self._later.values()) - time.monotonic())
 
     def release(self) -> None:
         """Hand the jobs held by deferred() to the thread, in order."""
@@ -238,7 +290,15 @@ class _Syncer:
         folders: set[Path] = set()
         renamed = 0  # since the folders' last fsync
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=self._next_due_in())
+            except queue.Empty:  # a waiting version is due
+                for due in self._due_jobs():
+                    self._jobs.put(due)
+                continue
+            if job is _WAKE:
+                self._jobs.task_done()
+                continue
             try:
                 folders.add(job.path.parent)
                 renamed += 1
@@ -255,6 +315,8 @@ class _Syncer:
                 self._jobs.task_done()
 
     def wait(self) -> None:
+        for job in self._due_jobs(everything=True):  # waiting versions: written now
+            self.submit(job)
         self.release()
         self._jobs.join()
         self.raise_error()
@@ -265,6 +327,7 @@ class _Syncer:
             raise OSError(f"writing a run file failed: {error}") from error
 
 
+_WAKE: Any = object()  # put on the queue to make the thread look at its due times again
 _SYNCER = _Syncer()
 atexit.register(lambda: _SYNCER.wait())  # the current one: a forked child has its own
 
@@ -272,7 +335,8 @@ atexit.register(lambda: _SYNCER.wait())  # the current one: a forked child has i
 def _after_fork() -> None:
     # A forked child has no writer thread and must not finish its parent's writes.
     global _SYNCER
-    _SYNCER = _Syncer()
+    _WAKE: Any = object()  # put on the queue to make the thread look at its due times again
+_SYNCER = _Syncer()
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -68,8 +68,8 @@ class History:
                 best = {"epoch": int(row["epoch"]), "monitor": monitor, "value": value}
         return best
 
-    def to_csv(self, path: str | Path, *, background: bool = False) -> Path:
-        """Write the history as CSV (atomically; ``background``: see
+    def to_csv(self, path: str | Path, *, background: bool = False, at_most_every: float | None = None) -> Path:
+        """Write the history as CSV (atomically; ``background``, ``at_most_every``: see
         :func:`traincraft.files.atomic_write`)."""
         buffer = io.StringIO()
         columns = self.columns()
@@ -77,7 +77,7 @@ class History:
         writer.writeheader()
         for row in self.epochs:
             writer.writerow({c: row.get(c, "") for c in columns})
-        return atomic_write_text(path, buffer.getvalue(), background=background)
+        return atomic_write_text(path, buffer.getvalue(), background=background, at_most_every=at_most_every)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": [dict(r) for r in self.epochs], "best": self.best, "stop_reason": self.stop_reason}

@@ -38,14 +38,17 @@ __all__ = ["LOGGERS", "CSVLogger", "MLflowLogger", "TensorBoardLogger", "build",
 
 
 class CSVLogger(Callback):
-    """Writes ``metrics.csv`` in ``folder`` at every epoch end."""
+    """Writes ``metrics.csv`` in ``folder`` after every epoch: the newest version at most every
+    :data:`traincraft.files.MIRROR_SECONDS`, and at the end of ``fit``."""
 
     def __init__(self, folder: str | Path, filename: str = "metrics.csv"):
         self.path = Path(folder) / filename
 
     def on_epoch_end(self, trainer: Trainer) -> None:
+        from traincraft.files import MIRROR_SECONDS
+
         if trainer.is_main_process:
-            trainer.history.to_csv(self.path, background=True)  # the loop does not wait for the disk
+            trainer.history.to_csv(self.path, at_most_every=MIRROR_SECONDS)  # the loop does not wait
 
 
 def require(module: str, logger: str) -> None:

@@ -97,6 +97,7 @@ class TrainSection(Section):
     shuffle: bool = True
     device: str = "auto"
     deterministic: bool = False
+    gc_every: int | None = Field(1000, ge=1, description="optimizer steps between collections of Python's young garbage (automatic collection off during fit); null: automatic")
     sync_batchnorm: bool = Field(False, description="several processes on CUDA: batch norm over the global batch")
     dist_timeout: float = Field(300.0, gt=0, description="seconds a process waits for the others before an error")
 

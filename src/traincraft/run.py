@@ -121,7 +121,7 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         rollback_lr_factor=t.rollback_lr_factor, max_rollbacks=t.max_rollbacks, compile=t.compile,
         clip_norm_type=t.clip_norm_type, clip_grad_value=t.clip_grad_value,
         schedule=recipe.schedule, callbacks=callbacks, checkpoint=recipe.checkpoint.model_dump(),
-        device=t.device, seed=recipe.seed, deterministic=t.deterministic,
+        device=t.device, seed=recipe.seed, deterministic=t.deterministic, gc_every=t.gc_every,
         sync_batchnorm=t.sync_batchnorm, dist_timeout=t.dist_timeout,
         **finetune_kwargs(recipe),
     )

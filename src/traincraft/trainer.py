@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import signal
 import sys
@@ -99,6 +100,10 @@ class Trainer:
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
         seed: seeds python, numpy, torch and the data order; None draws one (see ``trainer.seed``).
         deterministic: use torch's deterministic algorithms.
+        gc_every: Python's automatic garbage collection is off during ``fit``; its young
+            generations are collected every ``gc_every`` optimizer steps and after each epoch
+            (collections then never land in the middle of a step, nor on one process of several
+            at a time). None leaves the automatic collection on.
         sync_batchnorm: under several processes (CUDA), turn batch-norm layers into
             ``SyncBatchNorm``: statistics over the global batch. See ``docs/distributed.md``.
         dist_timeout: seconds a process waits for the others (to join, in a collective) before it
@@ -161,6 +166,7 @@ class Trainer:
         device: str | torch.device = "auto",
         seed: int | None = None,
         deterministic: bool = False,
+        gc_every: int | None = 1000,
         sync_batchnorm: bool = False,
         dist_timeout: float = distributed.DEFAULT_TIMEOUT,
         run_dir: str | Path | None = None,
@@ -179,6 +185,9 @@ class Trainer:
         self.world = distributed.join(self.device, timeout=dist_timeout)
         self.device, self.rank, self.world_size = self.world.device, self.world.rank, self.world.world_size
         self.dist_timeout = float(dist_timeout)
+        if gc_every is not None:
+            _check_positive(gc_every=gc_every)
+        self.gc_every = None if gc_every is None else int(gc_every)
         self._stop_vote: distributed.StopVote | None = None  # several processes: made by fit()
         model, given_ddp = distributed.split_wrapper(model)  # a DDP built by the user keeps its options
         if sync_batchnorm:
@@ -322,7 +331,11 @@ class Trainer:
         self._start_run(train_batches, val_batches)
         if resume is not None:
             self._resume(resume)
-        with self._stop_on_interrupt(), distributed.failures_explained(self.world, self.dist_timeout, self._stop_vote):
+        with (
+            self._stop_on_interrupt(),
+            distributed.failures_explained(self.world, self.dist_timeout, self._stop_vote),
+            _collecting_garbage_ourselves(self.gc_every is not None),
+        ):
             try:
                 self._unfreeze_due()
                 self._emit("on_fit_start")
@@ -466,6 +479,8 @@ class Trainer:
         # next epoch trains; their writer thread starts once they are all serialized.
         with files.deferred():
             self._end_epoch(val_batches, figures, started)
+        if self.gc_every is not None:
+            gc.collect(1)
 
     def _end_epoch(self, val_batches: Batches | None, figures: dict[str, float], started: float) -> None:
         with self.evaluation_weights():  # the EMA's when it is validated, else the live ones
@@ -551,6 +566,8 @@ class Trainer:
         if grad_norm is not None:  # of steps taken: a skipped fp16 step's gradients are inf by design
             self._sums.add("grad_norm", grad_norm, 1)
         self.state.step += 1
+        if self.gc_every is not None and self.state.step % self.gc_every == 0:
+            gc.collect(1)
         self.schedule.step_end(self.state.step)
         if self.state.step >= self._next_unfreeze:
             self._unfreeze_due()
@@ -933,6 +950,20 @@ class Trainer:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _collecting_garbage_ourselves(active: bool) -> Iterator[None]:
+    """Python's automatic garbage collection off (the trainer collects at fixed points), as it
+    was afterwards."""
+    was_enabled = gc.isenabled()
+    if active:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if active and was_enabled:
+            gc.enable()
 
 
 def _averaging_callbacks(ema: Any, swa: Any) -> list[Callback]:

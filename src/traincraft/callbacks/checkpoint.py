@@ -22,7 +22,7 @@ from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor
 from traincraft.checkpoint import save_checkpoint, save_weights
 from traincraft.errors import TraincraftError
-from traincraft.files import atomic_write_text
+from traincraft.files import MIRROR_SECONDS, atomic_write_text
 
 if TYPE_CHECKING:
     from traincraft.trainer import Trainer
@@ -159,11 +159,13 @@ class Checkpoint(Callback):
             return value
         self.best_epoch = trainer.state.epoch
         if trainer.is_main_process:
+            # Mirrors of the training state (the checkpoint holds the best weights too): written
+            # at most every MIRROR_SECONDS, the newest version, and at the end of fit.
             with trainer.evaluation_weights():  # the weights that were validated (EMA's or live)
-                save_weights(trainer.model, self.folder / "best.safetensors", background=True)
+                save_weights(trainer.model, self.folder / "best.safetensors", at_most_every=MIRROR_SECONDS)
             best = {"epoch": self.best_epoch, "step": trainer.state.step,
                     "monitor": self.monitor.monitor, "value": value}
-            atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2), background=True)
+            atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2), at_most_every=MIRROR_SECONDS)
         return value
 
     def _rank(self, value: float, epoch: int) -> Any:
