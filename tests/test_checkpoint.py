@@ -193,6 +193,29 @@ def test_best_weights_and_best_json(tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())  # restored best
 
 
+def test_best_weights_are_those_of_the_best_epoch_even_when_written_later(tmp_path):
+    # best.safetensors is written at most every 2 s: the version written at the end of fit
+    # must hold the weights as they were when that epoch was best, not the live ones.
+    train, val = data()
+    seen = {}
+
+    class RecordThenSpoil(tc.Callback):
+        def on_validation_end(self, trainer):
+            seen[trainer.state.epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+        def on_epoch_end(self, trainer):
+            if trainer.state.epoch >= 2:  # from now on every epoch validates worse
+                with torch.no_grad():
+                    for p in trainer.model.parameters():
+                        p.add_(10.0)
+
+    small_trainer(tmp_path, callbacks=[RecordThenSpoil()]).fit(train, val=val)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["epoch"] == 2
+    saved = load_weights(tmp_path / "best.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in seen[2].items())
+
+
 def test_retention_keeps_the_newest_and_the_top_k(tmp_path):
     train, val = data()
     small_trainer(tmp_path, max_epochs=6, checkpoint={"every_n_steps": 1, "keep_last": 3, "save_top_k": 2}).fit(

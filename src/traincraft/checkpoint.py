@@ -80,8 +80,11 @@ def save_weights(
         if pointer in seen and value.numel():
             tensors[key] = value.clone()
         seen.add(pointer)
+    if at_most_every is not None:  # serialized later, if this version is the one written
+        tensors = stage(tensors)
+        return atomic_write(path, lambda handle: handle.write(save(tensors)), at_most_every=at_most_every)
     data = save(tensors)
-    return atomic_write(path, lambda handle: handle.write(data), background=background, at_most_every=at_most_every)
+    return atomic_write(path, lambda handle: handle.write(data), background=background)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -17,9 +17,11 @@ work (a full disk) is raised by the next :func:`atomic_write` or :func:`wait`.
 Files rewritten at every epoch that only mirror the training state (``metrics.csv``, the best
 weights) are written with ``at_most_every``: the newest version waits until that many seconds
 have passed since the file's previous write (its first write: since the first request), and a
-newer version replaces a waiting one. Epochs longer than that see no difference; a run of many
-short epochs writes those files a few times instead of once per epoch. :func:`wait` writes every
-waiting version at once, so readers and the end of ``fit`` see the newest.
+newer version replaces a waiting one. Its ``write`` runs only then, on the writer thread, so a
+version that is replaced costs nothing but the data it captured (which must not change
+afterwards: a copy). Epochs longer than that see no difference; a run of many short epochs
+writes those files a few times instead of once per epoch. :func:`wait` writes every waiting
+version at once, so readers and the end of ``fit`` see the newest.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ def atomic_write(
     returns (after every pending background file). ``at_most_every`` (seconds, background
     only): see the module's doc."""
     path = Path(path)
-    if background or at_most_every is not None:
+    if at_most_every is not None:
+        _SYNCER.raise_error()
+        _SYNCER.submit_later(_Job(path, None, then, write), float(at_most_every))
+        return path
+    if background:
         _SYNCER.raise_error()
         spool = _Spool(path)
         try:
@@ -66,10 +72,7 @@ def atomic_write(
         except BaseException:
             spool.discard()
             raise
-        if at_most_every is not None:
-            _SYNCER.submit_later(_Job(path, spool, then), float(at_most_every))
-        else:
-            _SYNCER.submit(_Job(path, spool, then))
+        _SYNCER.submit(_Job(path, spool, then))
         return path
     _SYNCER.wait()  # earlier background writes first: the order of writes is kept
     fd, tmp = _temporary(path)
@@ -209,12 +212,25 @@ class _Spool(io.RawIOBase):
 
 
 class _Job:
-    __slots__ = ("path", "spool", "then")
+    """One file to put in place: its bytes in ``spool``, or (``at_most_every``) a ``write`` that
+    produces them when the job runs."""
 
-    def __init__(self, path: Path, spool: _Spool, then: Callable[[], Any] | None):
-        self.path, self.spool, self.then = path, spool, then
+    __slots__ = ("path", "spool", "then", "write")
+
+    def __init__(self, path: Path, spool: _Spool | None, then: Callable[[], Any] | None,
+                 write: Callable[[IO[bytes]], Any] | None = None):
+        self.path, self.spool, self.then, self.write = path, spool, then, write
 
     def run(self) -> None:
+        if self.spool is None:
+            assert self.write is not None
+            self.spool = _Spool(self.path)
+            try:
+                self.write(self.spool)  # type: ignore[arg-type]
+                self.spool.flush()
+            except BaseException:
+                self.spool.discard()
+                raise
         self.spool.finish()
         if self.then is not None:
             self.then()
@@ -253,8 +269,7 @@ class _Syncer:
             last = self._last_written.get(job.path)
             due = now + seconds if last is None else max(now, last + seconds)
             waiting = self._later.pop(job.path, None)
-            if waiting is not None:  # replaced: the newer version keeps its place in time
-                waiting[1].spool.discard()
+            if waiting is not None:  # replaced (never serialized): the newer keeps its place in time
                 due = waiting[0]
             self._later[job.path] = (due, job)
         self.submit(_WAKE)  # the thread sleeps until the earliest due time

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from traincraft.files import atomic_write_text
+from traincraft.files import atomic_write
 
 FIRST_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss")
 
@@ -71,13 +71,17 @@ class History:
     def to_csv(self, path: str | Path, *, background: bool = False, at_most_every: float | None = None) -> Path:
         """Write the history as CSV (atomically; ``background``, ``at_most_every``: see
         :func:`traincraft.files.atomic_write`)."""
-        buffer = io.StringIO()
-        columns = self.columns()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for row in self.epochs:
-            writer.writerow({c: row.get(c, "") for c in columns})
-        return atomic_write_text(path, buffer.getvalue(), background=background, at_most_every=at_most_every)
+        rows, columns = [dict(row) for row in self.epochs], self.columns()  # as they are now
+
+        def write(handle: Any) -> None:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({c: row.get(c, "") for c in columns})
+            handle.write(buffer.getvalue().encode("utf-8"))
+
+        return atomic_write(path, write, background=background, at_most_every=at_most_every)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": [dict(r) for r in self.epochs], "best": self.best, "stop_reason": self.stop_reason}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -44,7 +44,10 @@ class TrainState:
             self.stop_reason = reason
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a plain value but metrics, a dict of floats (asdict's deep copy is slow).
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["metrics"] = dict(self.metrics)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
