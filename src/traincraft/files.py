@@ -8,8 +8,9 @@ temporary file on the caller's thread). Creating the temporary file, writing it,
 rename happen on one background thread, in the order the writes were made, so that the loop
 waits neither for the disk nor for the file system. A file appears under its name only once its
 bytes are on disk, exactly as a plain write; it just appears a few milliseconds later. The
-folders' own fsync (which makes the renames durable) is done once per folder whenever the
-thread runs out of work, not once per file.
+folders' own fsync (which makes the renames themselves durable: without it, a power cut can
+bring back the previous version, never a torn one) is done by :func:`wait`, and otherwise at
+most every ``FOLDER_SYNC_SECONDS`` when the thread runs out of work.
 :func:`wait` returns once every pending file is in place (readers in the same process call it;
 the trainer calls it before ``fit`` returns, and it runs at exit). An error of the background
 work (a full disk) is raised by the next :func:`atomic_write` or :func:`wait`.
@@ -42,6 +43,8 @@ from typing import IO, Any
 SPILL_BYTES = 64 << 20
 # Seconds between two writes of a file that mirrors the training state (metrics.csv, best.*).
 MIRROR_SECONDS = 2.0
+# Seconds between two fsyncs of the folders the background writes renamed files in.
+FOLDER_SYNC_SECONDS = 10.0
 
 
 def atomic_write(
@@ -251,6 +254,10 @@ class _Syncer:
         self._later: dict[Path, tuple[float, _Job]] = {}
         self._last_written: dict[Path, float] = {}
         self._later_lock = threading.Lock()
+        # Folders whose renames are not fsynced yet: done by wait(), else when the thread is
+        # out of work and FOLDER_SYNC_SECONDS have passed (each file itself is fsynced at once).
+        self._renamed_in: set[Path] = set()
+        self._next_folder_sync = 0.0
 
     def submit(self, job: _Job) -> None:
         if self.holding:
@@ -302,8 +309,6 @@ class _Syncer:
         self._thread.start()
 
     def _work(self) -> None:
-        folders: set[Path] = set()
-        renamed = 0  # since the folders' last fsync
         while True:
             try:
                 job = self._jobs.get(timeout=self._next_due_in())
@@ -315,25 +320,30 @@ class _Syncer:
                 self._jobs.task_done()
                 continue
             try:
-                folders.add(job.path.parent)
-                renamed += 1
+                with self._later_lock:
+                    self._renamed_in.add(job.path.parent)
                 job.run()
+                if self._jobs.qsize() == 0 and time.monotonic() >= self._next_folder_sync:
+                    self.sync_folders()  # out of work, and a while since the last time
             except BaseException as err:  # kept for the caller's thread
                 self._error = self._error or err
             finally:
-                if self._jobs.qsize() == 0 or renamed >= 16:
-                    # Out of work: the renames so far made durable, once per folder.
-                    for folder in folders:
-                        _fsync_dir(folder)
-                    folders.clear()
-                    renamed = 0
                 self._jobs.task_done()
+
+    def sync_folders(self) -> None:
+        """fsync the folders of the renames made since the last call: the renames made durable."""
+        with self._later_lock:
+            folders, self._renamed_in = self._renamed_in, set()
+            self._next_folder_sync = time.monotonic() + FOLDER_SYNC_SECONDS
+        for folder in folders:
+            _fsync_dir(folder)
 
     def wait(self) -> None:
         for job in self._due_jobs(everything=True):  # waiting versions: written now
             self.submit(job)
         self.release()
         self._jobs.join()
+        self.sync_folders()
         self.raise_error()
 
     def raise_error(self) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from traincraft.callbacks.base import Callback
 from traincraft.errors import TraincraftError
+from traincraft.files import MIRROR_SECONDS
 from traincraft.registry import Registry, split_spec
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ class CSVLogger(Callback):
         self.path = Path(folder) / filename
 
     def on_epoch_end(self, trainer: Trainer) -> None:
-        from traincraft.files import MIRROR_SECONDS
-
         if trainer.is_main_process:
             trainer.history.to_csv(self.path, at_most_every=MIRROR_SECONDS)  # the loop does not wait
 
