@@ -8,8 +8,10 @@ thread), tensors given to ``fit``. Cases, interleaved, medians over the repeats 
 * hand-written tensor loop (index slicing, the epoch's loss summed on the device, validation in
   batches under ``inference_mode``);
 * traincraft, bare: no metric, no callback, no progress bar, no run folder;
-* + ``metrics=["mae"]``; + ``EarlyStopping``; + a run folder (checkpoint, best weights and
-  ``metrics.csv`` each epoch).
+* + a progress bar (to a null stream that says it is a terminal, so that it renders);
+  + ``metrics=["mae"]``; + ``EarlyStopping``; + a run folder (checkpoint, best weights and
+  ``metrics.csv`` each epoch);
+* all of them: what ``bench/overhead.py`` times as "traincraft, tensors".
 
 Prints µs per optimizer step and the ratio to the hand-written loop; writes
 ``bench/results/attribution.md``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import shutil
 import statistics
@@ -32,6 +35,16 @@ import torch
 from torch import nn
 
 RESULTS = Path(__file__).parent / "results"
+
+
+class Terminal(io.StringIO):
+    """Drops what is written, and says it is a terminal so that progress bars render."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def isatty(self) -> bool:
+        return True
 STEPS = 4 * 16384 // 64
 
 
@@ -97,14 +110,18 @@ def main() -> None:
     cases: dict[str, Callable[[], float]] = {
         "hand-written tensor loop": lambda: hand(train, val),
         "traincraft, bare": lambda: traincraft(train, val),
+        "+ progress bar": lambda: traincraft(train, val, progress=True),
         "+ metrics=['mae']": lambda: traincraft(train, val, metrics=["mae"]),
-        "+ EarlyStopping": lambda: traincraft(train, val, callbacks=[EarlyStopping(patience=4, verbose=False)]),
+        "+ EarlyStopping": lambda: traincraft(train, val, callbacks=[EarlyStopping(patience=4)]),
         "+ run folder": lambda: traincraft(train, val, run_dir=root / "run"),
+        "all of them": lambda: traincraft(train, val, progress=True, metrics=["mae"],
+                                          callbacks=[EarlyStopping(patience=4)], run_dir=root / "all"),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
-    with contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stderr(Terminal()):
         for round_ in range(args.repeats + 1):
             for name, case in cases.items():
+                gc.collect()  # what an earlier case left is not collected inside this one
                 seconds = case()
                 if round_:  # the first round warms up
                     times[name].append(seconds / STEPS * 1e6)

@@ -5,8 +5,9 @@
 Both write the same content (model, optimizer, schedule, callbacks, counters, history, RNG) to
 the same folder; ours adds the atomic write (temporary file, flush, fsync, rename). Two rows for
 ours: the whole durable write, and what the training loop waits for (the ``Checkpoint``
-callback's ``background=True``: fsync and rename on the writer thread; the next write or the end
-of ``fit`` waits for it, timed here before the next repeat). Interleaved repeats, medians.
+callback's ``background=True``: the state is serialized into memory, and the file is created,
+fsynced and renamed on the writer thread; the next write or the end of ``fit`` waits for it,
+timed here before the next repeat). Interleaved repeats, medians.
 Writes bench/results/checkpoint_cost.md.
 """
 
@@ -64,7 +65,7 @@ def main() -> None:
         f"| checkpoint ({size:.1f} MiB) | median ms | ratio |\n|---|---:|---:|\n"
         f"| plain torch.save | {b * 1e3:.1f} | 1.00 |\n"
         f"| traincraft save_checkpoint (atomic: temp file, flush, fsync, rename) | {a * 1e3:.1f} | {a / b:.2f} |\n"
-        f"| … what the training loop waits for (fsync and rename on the writer thread) | {c * 1e3:.1f} | {c / b:.2f} |\n\n"
+        f"| … what the training loop waits for (serialized into memory; the file written on the writer thread) | {c * 1e3:.1f} | {c / b:.2f} |\n\n"
         f"budget: 1.2x; {args.repeats} interleaved repeats"
     )
     print(text)
