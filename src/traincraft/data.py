@@ -295,9 +295,14 @@ class TensorBatches(Batches):
         order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed).to(device)
         batches = shard_batches(order, bs, self.rank, self.world_size, equal_steps=self.equal_steps,
                                 drop_last=self.drop_last)
+        inputs, target = self.inputs, self.target
+        if isinstance(inputs, torch.Tensor) and isinstance(target, torch.Tensor):  # the usual case
+            for index in batches[start:]:
+                yield inputs.index_select(0, index), target.index_select(0, index)
+            return
         for index in batches[start:]:
             take = lambda t, index=index: t.index_select(0, index)  # noqa: E731
-            yield map_tensors(take, self.inputs), map_tensors(take, self.target)
+            yield map_tensors(take, inputs), map_tensors(take, target)
 
 
 def _local_sizes(n: int, batch_size: int, rank: int, world_size: int, equal_steps: bool,

@@ -277,7 +277,7 @@ class _Syncer:
             due = now + seconds if last is None else max(now, last + seconds)
             waiting = self._later.pop(job.path, None)
             if waiting is not None:  # replaced (never serialized): the newer keeps its place in time
-                due = waiting[0]
+                due = min(due, waiting[0])
             self._later[job.path] = (due, job)
         self.submit(_WAKE)  # the thread sleeps until the earliest due time
 

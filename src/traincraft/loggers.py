@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from traincraft.callbacks.base import Callback
+from traincraft.callbacks.checkpoint import mirror_interval
 from traincraft.errors import TraincraftError
-from traincraft.files import MIRROR_SECONDS
 from traincraft.registry import Registry, split_spec
 
 if TYPE_CHECKING:
@@ -40,14 +40,14 @@ __all__ = ["LOGGERS", "CSVLogger", "MLflowLogger", "TensorBoardLogger", "build",
 
 class CSVLogger(Callback):
     """Writes ``metrics.csv`` in ``folder`` after every epoch: the newest version at most every
-    :data:`traincraft.files.MIRROR_SECONDS`, and at the end of ``fit``."""
+    :data:`traincraft.files.MIRROR_SECONDS`, and at the end of ``fit`` (see :func:`mirror_interval`)."""
 
     def __init__(self, folder: str | Path, filename: str = "metrics.csv"):
         self.path = Path(folder) / filename
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if trainer.is_main_process:
-            trainer.history.to_csv(self.path, at_most_every=MIRROR_SECONDS)  # the loop does not wait
+            trainer.history.to_csv(self.path, at_most_every=mirror_interval(trainer))  # the loop does not wait
 
 
 def require(module: str, logger: str) -> None:

@@ -161,11 +161,12 @@ class Checkpoint(Callback):
         if trainer.is_main_process:
             # Mirrors of the training state (the checkpoint holds the best weights too): written
             # at most every MIRROR_SECONDS, the newest version, and at the end of fit.
+            every = mirror_interval(trainer)
             with trainer.evaluation_weights():  # the weights that were validated (EMA's or live)
-                save_weights(trainer.model, self.folder / "best.safetensors", at_most_every=MIRROR_SECONDS)
+                save_weights(trainer.model, self.folder / "best.safetensors", at_most_every=every)
             best = {"epoch": self.best_epoch, "step": trainer.state.step,
                     "monitor": self.monitor.monitor, "value": value}
-            atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2), at_most_every=MIRROR_SECONDS)
+            atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2), at_most_every=every)
         return value
 
     def _rank(self, value: float, epoch: int) -> Any:
@@ -205,6 +206,12 @@ class Checkpoint(Callback):
         self.top = [(float(v), str(n)) for v, n in state["top"]]
         self.best_epoch = state["best_epoch"]
         self._loaded = True
+
+
+def mirror_interval(trainer: Trainer) -> float:
+    """How long a file mirroring the training state may wait: MIRROR_SECONDS, or nothing once
+    the run is about to end (its last versions are then written while ``fit`` winds down)."""
+    return 0.0 if trainer.state.should_stop else MIRROR_SECONDS
 
 
 def _link(source: Path, target: Path) -> None:
