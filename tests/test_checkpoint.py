@@ -266,6 +266,20 @@ def test_a_damaged_checkpoint_is_named_and_resume_falls_back(tmp_path, capsys):
         load_checkpoint(garbled)
 
 
+def test_a_resumed_run_keeps_exactly_the_newest_checkpoints(tmp_path):
+    # Each checkpoint lists itself among the kept ones, so a run resumed from it deletes the
+    # right older files and no step file is left behind.
+    train, val = data()
+    small_trainer(tmp_path, max_epochs=3).fit(train, val=val)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == [
+        "step-00000008.ckpt", "step-00000012.ckpt"]
+    small_trainer(tmp_path, max_epochs=5).fit(train, val=val, resume=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == [
+        "step-00000016.ckpt", "step-00000020.ckpt"]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert state["callbacks"]["Checkpoint"]["kept"] == ["step-00000016.ckpt", "step-00000020.ckpt"]
+
+
 def test_resume_with_more_epochs_trains_further(tmp_path):
     train, val = data()
     small_trainer(tmp_path, max_epochs=2).fit(train, val=val)

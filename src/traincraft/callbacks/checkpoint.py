@@ -119,17 +119,18 @@ class Checkpoint(Callback):
     def save(self, trainer: Trainer, then: Any = None) -> Path:
         """Write ``last.ckpt`` (atomically) and keep a hard link under the step's name."""
         last = self.directory / "last.ckpt"
-        # Every process: under several, state_dict() gathers each one's random state and sums.
-        state = trainer.state_dict()
-        if not trainer.is_main_process:
-            return last
         named = self.directory / f"step-{trainer.state.step:08d}.ckpt"
-        keep = self.keep_last > 1 or self.save_top_k > 0
-        if keep:
+        keep = (self.keep_last > 1 or self.save_top_k > 0) and trainer.is_main_process
+        dropped: list[str] = []
+        if keep:  # before the state is taken: the checkpoint lists itself among the kept ones
             if named.name in self.kept:
                 self.kept.remove(named.name)
             self.kept.append(named.name)
             dropped, self.kept = self.kept[: -self.keep_last], self.kept[-self.keep_last :]
+        # Every process: under several, state_dict() gathers each one's random state and sums.
+        state = trainer.state_dict()
+        if not trainer.is_main_process:
+            return last
 
         def after_rename() -> None:  # on the file writer's thread, once last.ckpt is in place
             if keep:
