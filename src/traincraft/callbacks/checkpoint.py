@@ -217,6 +217,11 @@ def mirror_interval(trainer: Trainer) -> float:
 
 def _link(source: Path, target: Path) -> None:
     """Make ``target`` name the same file as ``source`` (a copy where hard links are refused)."""
+    try:
+        os.link(source, target)  # the usual case: a new name (one system call)
+        return
+    except OSError:
+        pass  # the name exists (a rerun step) or the file system refuses links: below
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
