@@ -436,3 +436,35 @@ def test_garbage_is_collected_at_fixed_steps_and_epoch_ends_and_automatic_collec
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class GcFlagDataset(Dataset):
+    """Each sample's input says whether automatic garbage collection is on where it was made."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        import gc
+
+        return torch.tensor([float(gc.isenabled())]), torch.tensor([0.0])
+
+
+class Recorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.extend(x[:, 0].tolist())
+        return self.layer(x)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_dataloader_workers_forked_during_fit_collect_their_own_garbage(workers):
+    model = Recorder()
+    loader = DataLoader(GcFlagDataset(), batch_size=4, num_workers=workers)
+    quiet(model, loss="mse", max_epochs=1).fit(loader)
+    # In the training process collection is the trainer's (off); a forked worker has it back.
+    assert model.seen == [float(workers == 1)] * 8

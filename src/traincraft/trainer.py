@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import signal
 import sys
 import threading
@@ -103,7 +104,8 @@ class Trainer:
         gc_every: Python's automatic garbage collection is off during ``fit``; its young
             generations are collected every ``gc_every`` optimizer steps and after each epoch
             (collections then never land in the middle of a step, nor on one process of several
-            at a time). None leaves the automatic collection on.
+            at a time). DataLoader workers forked meanwhile keep automatic collection. None
+            leaves the automatic collection on.
         sync_batchnorm: under several processes (CUDA), turn batch-norm layers into
             ``SyncBatchNorm``: statistics over the global batch. See ``docs/distributed.md``.
         dist_timeout: seconds a process waits for the others (to join, in a collective) before it
@@ -952,18 +954,33 @@ class Trainer:
                 signal.signal(sig, old)
 
 
+_gc_off_by_fit = False  # a process forked meanwhile (DataLoader workers) turns it back on
+
+
 @contextlib.contextmanager
 def _collecting_garbage_ourselves(active: bool) -> Iterator[None]:
     """Python's automatic garbage collection off (the trainer collects at fixed points), as it
     was afterwards."""
+    global _gc_off_by_fit
     was_enabled = gc.isenabled()
-    if active:
+    if active and was_enabled:
         gc.disable()
+        _gc_off_by_fit = True
     try:
         yield
     finally:
         if active and was_enabled:
+            _gc_off_by_fit = False
             gc.enable()
+
+
+def _after_fork_in_child() -> None:
+    # A worker forked during fit collects its own garbage: the trainer's fixed points are not its.
+    if _gc_off_by_fit:
+        gc.enable()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _averaging_callbacks(ema: Any, swa: Any) -> list[Callback]:
