@@ -251,15 +251,19 @@ def test_a_damaged_checkpoint_is_named_and_resume_falls_back(tmp_path, capsys):
     train, val = data()
     small_trainer(tmp_path, checkpoint={"every_n_steps": 2, "keep_last": 3}).fit(train, val=val)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    newest_kept = sorted((tmp_path / "checkpoints").glob("step-*.ckpt"))[-1]
-    # last.ckpt and the newest step file are one file (a hard link): truncating one damages both
+    kept = sorted((tmp_path / "checkpoints").glob("step-*.ckpt"))
+    # The kept step files are copies of their own (not links): damage to one spares the others.
+    assert len({p.stat().st_ino for p in [last, *kept]}) == len(kept) + 1
+    assert load_checkpoint(kept[-1])["state"]["step"] == load_checkpoint(last)["state"]["step"]
     last.write_bytes(last.read_bytes()[:200])
     with pytest.raises(CheckpointError, match=r"last.ckpt is damaged \(truncated or garbled\)"):
         load_checkpoint(last)
+    kept[-1].write_bytes(b"")
     messages = []
     path, state = find_resume_checkpoint(tmp_path, warn=messages.append)
-    assert path == sorted((tmp_path / "checkpoints").glob("step-*.ckpt"))[-2] and path != newest_kept
-    assert "warning:" in messages[0] and "last.ckpt is damaged" in messages[0]
+    assert path == kept[-2]
+    assert len(messages) == 2 and all(m.startswith("warning:") for m in messages)
+    assert "last.ckpt is damaged" in messages[0] and kept[-1].name in messages[1]
     garbled = tmp_path / "garbled.ckpt"
     garbled.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="garbled.ckpt is damaged"):

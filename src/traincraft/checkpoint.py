@@ -4,6 +4,11 @@ A training checkpoint (``.ckpt``) holds only tensors and plain Python types and 
 ``torch.load(weights_only=True)``: a file that carries any other pickle payload is refused before
 the payload can run. Weights-only files are ``.safetensors``.
 
+Every tensor's bytes carry a CRC32, checked on load: a flipped bit in a tensor's data (media
+damage, a bad copy) is an error naming the file, never wrong weights loaded in silence. In a
+``.ckpt`` the checksums are a list under ``__crc32__`` (tensors in the order of a depth-first
+walk); in a ``.safetensors`` file they are its metadata ``traincraft_crc32`` (name -> CRC32).
+
 Small tensors (under ``PACK_BELOW`` bytes: optimizer steps, biases, sums, random states) are
 stored together, one buffer per dtype, each replaced by ``{"__packed__": [dtype, offset, shape]}``:
 torch.save spends about 20 µs on every tensor whatever its size, which made a small model's
@@ -12,9 +17,12 @@ checkpoint cost milliseconds. :func:`load_checkpoint` puts them back, each in it
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import warnings
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +78,15 @@ def save_weights(
 ) -> Path:
     """Write the model's weights as ``.safetensors``, atomically (``background``,
     ``at_most_every``: see :func:`traincraft.files.atomic_write`)."""
-    from safetensors.torch import save
+    return save_weights_dict(plain_state_dict(model), path, background=background, at_most_every=at_most_every)
 
-    tensors = {k: v.contiguous() for k, v in plain_state_dict(model).items()}
+
+def save_weights_dict(
+    weights: dict[str, torch.Tensor], path: str | Path, *, background: bool = False,
+    at_most_every: float | None = None,
+) -> Path:
+    """Write a dict of tensors as ``.safetensors`` with the CRC32 of each, atomically."""
+    tensors = {unwrap_key(k): v.detach().to("cpu").contiguous() for k, v in weights.items()}
     # safetensors refuses tensors that share memory; clone those (tied weights).
     seen: set[int] = set()
     for key, value in tensors.items():
@@ -82,9 +96,29 @@ def save_weights(
         seen.add(pointer)
     if at_most_every is not None:  # serialized later, if this version is the one written
         tensors = stage(tensors)
-        return atomic_write(path, lambda handle: handle.write(save(tensors)), at_most_every=at_most_every)
-    data = save(tensors)
+        return atomic_write(path, lambda handle: handle.write(_safetensors_bytes(tensors)),
+                            at_most_every=at_most_every)
+    data = _safetensors_bytes(tensors)
     return atomic_write(path, lambda handle: handle.write(data), background=background)
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    sums = {name: crc32(tensor) for name, tensor in tensors.items()}
+    return save(tensors, metadata={CRC_METADATA: json.dumps(sums, separators=(",", ":"))})
+
+
+CRC_METADATA = "traincraft_crc32"
+CRC_KEY = "__crc32__"
+
+
+def crc32(tensor: torch.Tensor) -> int:
+    """The CRC32 of a CPU tensor's bytes."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return 0
+    return zlib.crc32(flat.view(torch.uint8).numpy())
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -95,13 +129,25 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file {path} not found")
     if path.suffix == ".ckpt":
         return {unwrap_key(k): v for k, v in load_checkpoint(path)["model"].items()}
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return {unwrap_key(k): v for k, v in load_file(str(path)).items()}
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({err})") from err
+    if CRC_METADATA in metadata:  # files of other tools (or older ones) have none to check
+        try:
+            sums = json.loads(metadata[CRC_METADATA])
+        except ValueError:
+            raise CheckpointError(f"{path} is damaged: its checksums are unreadable") from None
+        bad = [name for name, tensor in tensors.items() if sums.get(name) != crc32(tensor)]
+        if bad or set(sums) != set(tensors):
+            raise CheckpointError(f"{path} is damaged: the bytes of {', '.join(bad[:3]) or 'its tensor list'} "
+                                  "do not match their checksums")
+    return {unwrap_key(k): v for k, v in tensors.items()}
 
 
 def save_checkpoint(
@@ -138,7 +184,36 @@ def pack(state: dict[str, Any]) -> dict[str, Any]:
 
     packed = walk(state)
     packed[PACKED] = {name: torch.cat(tensors) for name, tensors in parts.items()}
+    packed[CRC_KEY] = [crc32(tensor) for tensor in _tensors_in_order(packed)]
     return packed
+
+
+def _tensors_in_order(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor of a nested structure, depth first (the checksums' order)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if key != CRC_KEY:
+                yield from _tensors_in_order(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors_in_order(value)
+
+
+def verify(state: dict[str, Any], path: Path) -> None:
+    """Check a loaded checkpoint's tensors against the checksums it was written with."""
+    sums = state.pop(CRC_KEY, None)
+    if sums is None:
+        return  # written before checksums
+    tensors = list(_tensors_in_order(state))
+    if len(tensors) != len(sums):
+        raise CheckpointError(f"{path} is damaged: it holds {len(tensors)} tensors, its checksums {len(sums)}")
+    for index, (tensor, expected) in enumerate(zip(tensors, sums)):
+        if crc32(tensor.cpu()) != expected:
+            raise CheckpointError(f"{path} is damaged: the bytes of its tensor #{index} "
+                                  f"({str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}) "
+                                  "do not match their checksum")
 
 
 def unpack(state: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +279,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is damaged (truncated or garbled): {err}") from None
     if not isinstance(state, dict) or state.get("format") not in (1, FORMAT):
         raise CheckpointError(f"{path} is not a traincraft training checkpoint")
+    verify(state, path)
     try:
         return unpack(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as err:

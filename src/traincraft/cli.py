@@ -22,6 +22,7 @@ EXAMPLES = {
   traincraft fit recipe.yaml optimizer.lr=3e-4 train.max_epochs=5 metrics=[mae]
   traincraft fit recipe.yaml --run-dir runs/try1
   traincraft fit recipe.yaml --resume runs/try1     # continue an interrupted run exactly
+  traincraft fit recipe.yaml --run-dir runs/job --resume auto   # continue if it has started, else start
   traincraft fit recipe.yaml --nproc 2              # two processes (DDP): one per GPU, or CPU cores""",
     "resume": """examples:
   traincraft resume runs/quickstart/20261121-101500
@@ -136,9 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a recipe file or template name, then overrides read as YAML")
     fit.add_argument("--run-dir", help="the run folder (default runs/<name>/<YYYYmmdd-HHMMSS>)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
-    fit.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    fit.add_argument("--resume", metavar="RUN_DIR|auto",
+                     help="continue an interrupted run exactly; auto: continue --run-dir's run if it "
+                     "has a checkpoint, else start it (for jobs that a scheduler restarts)")
     fit.add_argument("--allow-changes", action="store_true",
                      help="resume even though the recipe differs from the run's")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace the run in --run-dir (refused otherwise)")
     add_process_options(fit)
 
     resume = command("resume", cmd_resume, "continue an interrupted run with its own recipe")
@@ -219,14 +224,28 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if "=" not in override:
             raise TraincraftError(f"expected key.path=value after the recipe, got {override!r}")
     recipe = load_recipe(source, overrides)
+    if args.resume == "auto":
+        if not args.run_dir:
+            raise TraincraftError("--resume auto continues the run in --run-dir: give --run-dir too")
+        from traincraft.checkpoint import checkpoint_candidates
+
+        if checkpoint_candidates(Path(args.run_dir)):
+            args.resume = args.run_dir
+        else:  # not started, or killed before its first checkpoint: (re)start it
+            args.resume, args.overwrite = None, True
     if args.resume:
         if args.run_dir and Path(args.run_dir) != Path(args.resume):
             raise TraincraftError("--resume continues in its own run folder: leave out --run-dir")
         if launches(args, recipe):
             return launch_processes(["fit", *args.args, "--resume", args.resume], args)
         return train(recipe, Path(args.resume), args, resume=True)
+    if args.run_dir and not args.overwrite:  # refused before any data is loaded
+        from traincraft.runfolder import claim, holds_run
+
+        if holds_run(Path(args.run_dir)):
+            raise TraincraftError(claim(Path(args.run_dir), overwrite=False))
     if launches(args, recipe):
-        # Named here, once, so that every process writes (rank 0) and reads the same folder.
+        # Named (and made) here, once, so that every process writes (rank 0) and reads the same folder.
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
         return launch_processes(["fit", *args.args, "--run-dir", str(run_dir)], args)
     return train(recipe, Path(args.run_dir) if args.run_dir else agreed_run_dir(recipe), args)
@@ -252,12 +271,9 @@ def launch_processes(command: list[str], args: argparse.Namespace) -> int:
     from traincraft.distributed import launch
 
     flags = [flag for flag, on in (("--no-progress", args.no_progress), ("--debug", args.debug),
-                                   ("--allow-changes", getattr(args, "allow_changes", False))) if on]
+                                   ("--allow-changes", getattr(args, "allow_changes", False)),
+                                   ("--overwrite", getattr(args, "overwrite", False))) if on]
     return launch([*command, *flags], nproc=args.nproc, master_port=args.master_port, debug=args.debug)
-
-
-# Raising the limits is the common reason to resume with a changed recipe.
-CHANGES_ALLOWED_ON_RESUME = {"train.max_epochs", "train.max_steps"}
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -268,6 +284,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     recipe_file = Path(args.run_dir) / "recipe.yaml"
     if not recipe_file.is_file():
         raise TraincraftError(f"{args.run_dir} is not a run folder: recipe.yaml is missing")
+    done = _finished(Path(args.run_dir))
+    if done is not None and not args.overrides:  # raised limits would make it go on
+        print(f"{args.run_dir}: the run is finished ({done['stop_reason']} at epoch {done['epoch']}, "
+              f"step {done['step']}); nothing to resume. To train longer: traincraft resume "
+              f"{args.run_dir} train.max_epochs=N", file=sys.stderr)
+        return 0
     for override in args.overrides:
         if "=" not in override:
             raise TraincraftError(f"expected key.path=value, got {override!r}")
@@ -277,10 +299,24 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return train(recipe, Path(args.run_dir), args, resume=True)
 
 
+def _finished(run_dir: Path) -> dict[str, Any] | None:
+    """What ``checkpoints/finished.json`` says when it is newer than the newest checkpoint."""
+    from traincraft.runfolder import FINISHED
+
+    marker, last = run_dir / "checkpoints" / FINISHED, run_dir / "checkpoints" / "last.ckpt"
+    try:
+        if last.is_file() and marker.stat().st_mtime_ns < last.stat().st_mtime_ns:
+            return None
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def check_recipe_changes(recipe: Any, run_dir: Path, allow: bool) -> None:
     """Refuse to resume with a recipe that differs from the run's, unless allowed."""
     from traincraft.errors import TraincraftError
     from traincraft.recipe import changed_keys, load_recipe
+    from traincraft.runfolder import CHANGES_ALLOWED_ON_RESUME
 
     saved_file = run_dir / "recipe.yaml"
     if not saved_file.is_file():
@@ -302,12 +338,14 @@ def train(recipe: Any, run_dir: Path, args: argparse.Namespace, resume: bool = F
     if resume:
         check_recipe_changes(recipe, run_dir, args.allow_changes)
     started = time.perf_counter()
-    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress)
+    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress, resuming=resume)
+    trainer.resume_hint = f"traincraft resume {run_dir}"
     freeze_startup_objects()  # the data, the model and the later imports: set-up that stays
     main = trainer.is_main_process  # several processes: rank 0 speaks for all
     if main:
         print(trainer.data.summary(), file=sys.stderr)
-    history = trainer.fit(resume=run_dir if resume else None)
+    history = trainer.fit(resume=run_dir if resume else None, overwrite=getattr(args, "overwrite", False),
+                          allow_changes=getattr(args, "allow_changes", False))
     if main:
         print_summary(trainer, history, run_dir, time.perf_counter() - started)
     if history.stop_reason in ("interrupted", "terminated"):
@@ -332,18 +370,14 @@ def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> 
 
 def _run_trainer(run_dir: str) -> tuple[Any, Any, Any]:
     """A trainer holding a run's best weights, with the run's data (same seed, same split)."""
-    from traincraft.checkpoint import load_weights
-    from traincraft.errors import TraincraftError
-    from traincraft.run import build_model, load_run, trainer_kwargs
+    from traincraft.run import build_model, load_run, run_weights, standalone_kwargs
     from traincraft.trainer import Trainer
 
     recipe, info = load_run(run_dir)
-    model = build_model(recipe, info)
-    weights = Path(run_dir) / "best.safetensors"
-    if not weights.is_file():
-        raise TraincraftError(f"{weights} not found: the run saved no weights")
-    model.load_state_dict(load_weights(weights))
-    kwargs = trainer_kwargs(recipe)
+    # The run folder alone: neither init_from nor the model's weights: file is read again.
+    model = build_model(recipe, info, init_weights=False)
+    model.load_state_dict(run_weights(run_dir))
+    kwargs = standalone_kwargs(recipe)
     kwargs["callbacks"] = []
     trainer = Trainer(model, **kwargs, progress=False)
     return trainer, recipe, info

@@ -360,8 +360,8 @@ class DatasetBatches(Batches):
         self.loader_kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
         if collate_fn is not None:
             self.loader_kwargs["collate_fn"] = collate_fn
-        if worker_init_fn is not None:
-            self.loader_kwargs["worker_init_fn"] = worker_init_fn
+        if num_workers:
+            self.loader_kwargs["worker_init_fn"] = WorkerIgnoringSignals(worker_init_fn)
         self._n = len(dataset)  # type: ignore[arg-type]
         self._sizes = _local_sizes(self._n, batch_size, rank, world_size, equal_steps, drop_last)
 
@@ -386,10 +386,16 @@ class DatasetBatches(Batches):
         return [batch.tolist() for batch in batches]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        sampler = _OrderSampler(self._index_batches(epoch)[start:])
-        loader = DataLoader(self.dataset, batch_sampler=sampler, **self.loader_kwargs)
-        for batch in loader:
-            yield split_batch(batch)
+        # The loader's seeds (its workers') come from (seed, epoch), not from torch's global
+        # generator. Workers hand out batches in turn, each drawing from its own generator: a
+        # resume replays the epoch's first batches through them (exact augmentation); without
+        # workers the draws are the main process's, restored with the checkpoint.
+        replay = start if self.loader_kwargs["num_workers"] else 0
+        batches = self._index_batches(epoch)[start - replay :]
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        loader = DataLoader(self.dataset, batch_sampler=_OrderSampler(batches), generator=generator,
+                            **self.loader_kwargs)
+        return _started(loader, replay)
 
 
 class LoaderBatches(Batches):
@@ -420,9 +426,47 @@ class LoaderBatches(Batches):
         for candidate in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
             if hasattr(candidate, "set_epoch"):
                 candidate.set_epoch(epoch)
-        for index, batch in enumerate(self.loader):
-            if index >= start:
-                yield split_batch(batch)
+        loader = self.loader
+        if loader.num_workers and not isinstance(loader.worker_init_fn, WorkerIgnoringSignals):
+            given = loader.worker_init_fn  # the user's, called first thing in every worker
+            loader.worker_init_fn = WorkerIgnoringSignals(given)
+            try:
+                return _started(loader, start)
+            finally:
+                loader.worker_init_fn = given
+        return _started(loader, start)
+
+
+def _started(loader: DataLoader, skip: int) -> Iterator[Batch]:
+    """The loader's iterator, made now (it draws its seeds, starts its workers) with its first
+    ``skip`` batches consumed now; the rest is read as it is iterated."""
+    iterator = iter(loader)
+    for _ in range(skip):
+        if next(iterator, _END) is _END:
+            break
+    return (split_batch(batch) for batch in iterator)
+
+
+_END: Any = object()
+
+
+class WorkerIgnoringSignals:
+    """A DataLoader ``worker_init_fn`` that makes a worker ignore Ctrl-C and SIGTERM (then
+    calls the given one): a signal sent to the whole process group (a terminal's Ctrl-C, Slurm's
+    scancel, systemd) reaches the workers too, and a worker that dies of it makes the loader
+    raise in the main process before the trainer's graceful stop is done. The main process shuts
+    its workers down as usual."""
+
+    def __init__(self, then: Any = None):
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 def split_batch(batch: Any) -> Batch:

@@ -33,11 +33,14 @@ import io
 import itertools
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from traincraft.errors import TraincraftError
 
 # A background file's bytes up to this size wait in memory for the writer thread.
 SPILL_BYTES = 64 << 20
@@ -72,26 +75,99 @@ def atomic_write(
         try:
             write(spool)  # type: ignore[arg-type]
             spool.flush()
+        except OSError as err:  # spilling into its temporary file
+            spool.discard()
+            raise RunFilesError.of(err, path, spool.size) from err
         except BaseException:
             spool.discard()
             raise
         _SYNCER.submit(_Job(path, spool, then))
         return path
     _SYNCER.wait()  # earlier background writes first: the order of writes is kept
-    fd, tmp = _temporary(path)
+    written = 0
     try:
-        with os.fdopen(fd, "wb", closefd=False) as handle:
-            write(handle)
-            handle.flush()
-    except BaseException:
-        os.close(fd)
-        _remove(tmp)
-        raise
-    _finish(fd, tmp, path)
+        fd, tmp = _temporary(path)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as handle:
+                write(handle)
+                handle.flush()
+                written = handle.tell()
+        except BaseException:
+            os.close(fd)
+            _remove(tmp)
+            raise
+        _finish(fd, tmp, path)
+    except OSError as err:
+        raise RunFilesError.of(err, path, written) from err
     _fsync_dir(path.parent)
     if then is not None:
         then()
     return path
+
+
+class RunFilesError(TraincraftError, OSError):
+    """A run file could not be written (a full disk, a read-only folder): one line naming the
+    file, the folder's free space and what the file needed. The file's previous version is intact."""
+
+    @classmethod
+    def of(cls, err: OSError, path: Path, size: int = 0) -> RunFilesError:
+        if isinstance(err, RunFilesError):
+            return err
+        folder = path.parent
+        try:
+            free = shutil.disk_usage(_existing(folder)).free
+            space = f"; {folder} has {_size(free)} free"
+        except OSError:
+            space = ""
+        needed = f", the file needs {_size(size)}" if size else ""
+        reason = err.strerror or str(err)
+        return cls(f"cannot write {path}: {reason}{space}{needed}. Its previous version is intact: "
+                   "free some space (or make the folder writable) and resume the run")
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def copy_durably(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``source`` of its own (not a link: other blocks of the disk),
+    atomically and fsynced."""
+    fd, tmp = _temporary(target)
+    try:
+        with open(source, "rb") as src:
+            os.ftruncate(fd, 0)
+            size = os.fstat(src.fileno()).st_size
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(fd, src.fileno(), offset, size - offset) if hasattr(os, "sendfile") else 0
+                if not sent:  # no sendfile here: a plain copy
+                    src.seek(offset)
+                    while chunk := src.read(1 << 20):
+                        os.write(fd, chunk)
+                    break
+                offset += sent
+    except BaseException:
+        os.close(fd)
+        _remove(tmp)
+        raise
+    _finish(fd, tmp, target)
+
+
+def flush_waiting() -> None:
+    """Hand every waiting version (``at_most_every``) to the writer now, in order: what is
+    submitted next is written after them."""
+    for job in _SYNCER._due_jobs(everything=True):
+        _SYNCER.submit(job)
 
 
 def atomic_write_text(
@@ -170,11 +246,13 @@ class _Spool(io.RawIOBase):
         self.fd: int | None = None
         self.tmp = ""
         self.handle: IO[bytes] | None = None
+        self.size = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
+        self.size += memoryview(data).nbytes
         if self.handle is not None:
             return self.handle.write(data)
         assert self.memory is not None
@@ -325,6 +403,9 @@ class _Syncer:
                 job.run()
                 if self._jobs.qsize() == 0 and time.monotonic() >= self._next_folder_sync:
                     self.sync_folders()  # out of work, and a while since the last time
+            except OSError as err:  # kept for the caller's thread
+                size = job.spool.size if job.spool is not None else 0
+                self._error = self._error or RunFilesError.of(err, job.path, size)
             except BaseException as err:  # kept for the caller's thread
                 self._error = self._error or err
             finally:
@@ -348,6 +429,8 @@ class _Syncer:
 
     def raise_error(self) -> None:
         error, self._error = self._error, None
+        if isinstance(error, RunFilesError):
+            raise error
         if error is not None:
             raise OSError(f"writing a run file failed: {error}") from error
 

@@ -120,7 +120,7 @@ class RunReport(Callback):
             self.momenta.append(momentum)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if not trainer.is_main_process:
+        if not trainer.is_main_process or trainer.run_complete:
             return
         if not trainer.history.epochs:
             trainer.log("no epoch finished: no report (it is built at the end of a run with epochs)")

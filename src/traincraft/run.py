@@ -36,13 +36,11 @@ if TYPE_CHECKING:
 
 
 def default_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
-    """``runs/<name>/<YYYYmmdd-HHMMSS>`` (a suffix keeps two runs in one second apart)."""
-    folder = Path(root) / recipe.name / time.strftime("%Y%m%d-%H%M%S")
-    candidate, n = folder, 1
-    while candidate.exists():
-        n += 1
-        candidate = folder.with_name(f"{folder.name}-{n}")
-    return candidate
+    """A new folder ``runs/<name>/<YYYYmmdd-HHMMSS>``, created here (``-2``, ``-3``, ... when
+    another run took the name: two runs started in the same second get a folder each)."""
+    from traincraft.runfolder import new_run_dir
+
+    return new_run_dir(Path(root) / recipe.name, time.strftime("%Y%m%d-%H%M%S"))
 
 
 def agreed_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
@@ -127,6 +125,14 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
     )
 
 
+def standalone_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """:func:`trainer_kwargs` for a trainer whose weights come from its run folder: nothing the
+    run started from (``init_from``) is read again."""
+    kwargs = trainer_kwargs(recipe)
+    kwargs.pop("init_from", None)
+    return kwargs
+
+
 def finetune_kwargs(recipe: Recipe) -> dict[str, Any]:
     """``init_from``, ``finetune``, ``ema`` and ``swa`` of a recipe (empty when not set)."""
     kwargs: dict[str, Any] = {}
@@ -155,8 +161,11 @@ def resolve_path(path: str, recipe: Recipe) -> Path:
 def trainer_from_recipe(
     recipe: Recipe | str | Path | dict[str, Any], *, run_dir: str | Path | None = None,
     progress: bool = True, callbacks: list[Callback] | None = None, checkpoint: bool = True,
+    resuming: bool = False,
 ) -> Trainer:
-    """Build data, model and trainer from a recipe (``Trainer.from_recipe``)."""
+    """Build data, model and trainer from a recipe (``Trainer.from_recipe``). ``resuming``: the
+    run folder's checkpoint will give every tensor, so the recipe's starting weights
+    (``finetune.init_from``, the model's ``weights:``) are not read."""
     from traincraft.seeding import seed_everything
     from traincraft.trainer import Trainer
 
@@ -165,8 +174,8 @@ def trainer_from_recipe(
     data = prepare_data(recipe)
     info = data_info(data)
     seed_everything(recipe.seed)  # the model's initial weights follow the recipe's seed
-    model = build_model(recipe, info)
-    kwargs = trainer_kwargs(recipe)
+    model = build_model(recipe, info, init_weights=not resuming)
+    kwargs = standalone_kwargs(recipe) if resuming else trainer_kwargs(recipe)
     kwargs["callbacks"] = [*kwargs["callbacks"], *(callbacks or [])]
     if run_dir is not None:
         kwargs["callbacks"].append(RunFolder(run_dir, recipe, info))
@@ -186,15 +195,15 @@ class RunFolder(Callback):
         self.folder, self.recipe, self.info = Path(folder), recipe, info
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        if not trainer.is_main_process:
+        if not trainer.is_main_process or trainer.run_complete:
             return
         atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe))
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if trainer.state.stop_reason is None:
-            return  # an exception ended the run: nothing to evaluate
+        if trainer.state.stop_reason is None or trainer.run_complete:
+            return  # an exception ended the run (nothing to evaluate), or its end is done already
         results: dict[str, Any] = {
             "stop_reason": trainer.state.stop_reason,
             "epochs": trainer.state.epoch,
@@ -286,8 +295,34 @@ def load_model(run_dir: str | Path, weights: str = "best.safetensors") -> torch.
 
     recipe, info = load_run(run_dir)
     model = build_model(recipe, info, init_weights=False)  # the run's own weights replace them
+    if weights == "best.safetensors":
+        model.load_state_dict(run_weights(run_dir))
+        return model.eval()
     path = Path(run_dir) / weights
     if not path.is_file():
         raise TraincraftError(f"{path} not found: the run saved no weights")
     model.load_state_dict(load_weights(path))
     return model.eval()
+
+
+def run_weights(run_dir: str | Path, warn: Any = None) -> dict[str, torch.Tensor]:
+    """The weights a run folder stands for (``best.safetensors``), written again from the run's
+    newest good checkpoint when the file is missing or damaged."""
+    from traincraft.checkpoint import CheckpointError, checkpoint_candidates, find_resume_checkpoint, load_weights
+    from traincraft.runfolder import rebuild_mirrors
+
+    folder = Path(run_dir)
+    path = folder / "best.safetensors"
+    try:
+        return load_weights(path)
+    except CheckpointError as err:
+        problem = str(err)
+    if not checkpoint_candidates(folder):
+        raise TraincraftError(f"{problem}: the run saved no weights, and no checkpoint to rebuild them from")
+    say = warn or (lambda line: print(line, file=sys.stderr))
+    _, state = find_resume_checkpoint(folder, warn=say)
+    rebuilt = rebuild_mirrors(folder, state, warn=say)
+    if "best.safetensors" not in rebuilt:
+        raise TraincraftError(f"{problem}, and the run's checkpoint does not hold the best weights to rebuild it")
+    say(f"{path} was missing or damaged: written again from the run's checkpoint")
+    return load_weights(path)

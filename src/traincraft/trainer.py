@@ -258,16 +258,21 @@ class Trainer:
         self._sums = RunningMeans(self.device)
         self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
         self.recipe: Any = None
+        # How an interrupted run is continued, said when it stops (the command line sets its own).
+        self.resume_hint: str | None = None
+        self.run_complete = False
         for line in self.finetuning.messages:
             self.log(line)
 
     @classmethod
     def from_recipe(
         cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool = True,
-        callbacks: Sequence[Callback] = (), checkpoint: bool = True,
+        callbacks: Sequence[Callback] = (), checkpoint: bool = True, resuming: bool = False,
     ) -> Trainer:
         """Build data, model and trainer from a recipe (a path, a template name, a dict or a
         :class:`~traincraft.recipe.Recipe`); ``fit()`` then trains on the recipe's data.
+        ``resuming=True`` when ``fit(resume=...)`` follows: the run folder's checkpoint gives the
+        weights, and what the run started from (``init_from``, ``weights:``) is not read again.
 
         Example:
             >>> trainer = Trainer.from_recipe("sunspots", run_dir="runs/try")
@@ -276,7 +281,8 @@ class Trainer:
         from traincraft.run import trainer_from_recipe
 
         return trainer_from_recipe(
-            recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks), checkpoint=checkpoint
+            recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks), checkpoint=checkpoint,
+            resuming=resuming,
         )
 
     # ------------------------------------------------------------------ public API
@@ -285,7 +291,10 @@ class Trainer:
     def is_main_process(self) -> bool:
         return self.rank == 0
 
-    def fit(self, train: Any = None, val: Any = None, *, resume: str | Path | None = None) -> History:
+    def fit(
+        self, train: Any = None, val: Any = None, *, resume: str | Path | None = None, overwrite: bool = False,
+        allow_changes: bool = False,
+    ) -> History:
         """Train on ``train``, validating on ``val`` after every epoch.
 
         ``train``/``val``: a tuple ``(X, y)`` of tensors or numpy arrays (``X`` may be a tuple or a
@@ -293,7 +302,14 @@ class Trainer:
         ``(inputs, target)``, or a ``DataLoader``. Each call is a new run over the current weights
         (the optimizer keeps its state). With no ``train``, the recipe's data is used.
         ``resume`` (a run folder or a ``.ckpt`` file) continues an interrupted run exactly: the same
-        next batch, learning rate, random numbers and early-stopping counters.
+        next batch, learning rate, random numbers and early-stopping counters. ``resume="auto"``
+        continues the ``run_dir``'s newest checkpoint when it has one and starts the run otherwise
+        (what a job restarted by torchrun or a cluster scheduler wants). A run that ended (early
+        stopping, its limits, a callback) is not trained again: resuming it finishes only what its
+        end left undone (the test evaluation, the report), or nothing.
+        ``overwrite``: a ``run_dir`` that already holds another run is refused unless True (its
+        files are then removed first). ``allow_changes``: resume although the recipe differs from
+        the one the checkpoint was written with (other than its limits).
 
         Order of events::
 
@@ -330,9 +346,14 @@ class Trainer:
             train, val = split_off(train, self.val_split, seed=self.seed)
         train_batches = self._batches(train, shuffle=self.shuffle, what="train", training=True)
         val_batches = self._batches(val, shuffle=False, what="val") if val is not None else None
+        resume = self._resume_source(resume)
+        if resume is None:
+            self._claim_run_dir(overwrite)
         self._start_run(train_batches, val_batches)
         if resume is not None:
-            self._resume(resume)
+            self._resume(resume, allow_changes=allow_changes)
+        if self.progress is not None and not self.state.should_stop:
+            self.log(self._summary(train_batches, val_batches))
         with (
             self._stop_on_interrupt(),
             distributed.failures_explained(self.world, self.dist_timeout, self._stop_vote),
@@ -346,6 +367,7 @@ class Trainer:
             finally:
                 self._emit("on_fit_end")
                 self._finish_run()
+        self._mark_complete()
         return self.history
 
     def evaluate(self, data: Any) -> dict[str, float]:
@@ -384,7 +406,11 @@ class Trainer:
             "step_lrs": list(self._step_lrs),
             "unfreeze": self.finetuning.plan.state_dict(),
             "rng": rng_state(),
+            # The random state at the start of the epoch under way, restored on a mid-epoch resume
+            # before anything that draws at an epoch's start (callbacks, the data's iterator).
+            "epoch_rng": self._epoch_rng if self.state.batch_in_epoch else None,
             "world_size": self.world_size,
+            "recipe": self.recipe.to_yaml() if self.recipe is not None else None,
         }
         if self.world_size > 1:  # every process's own random generators and partial epoch sums
             state["processes"] = distributed.all_gather_objects({key: state[key] for key in PER_PROCESS})
@@ -411,7 +437,9 @@ class Trainer:
         self._sums.load_state_dict(state["epoch_sums"])
         self.metrics.load_state_dict(state["metrics"])
         self._step_lrs = list(state["step_lrs"])
-        set_rng_state(state["rng"])
+        # Applied when the next epoch starts (_run_epoch): after on_fit_start, and around the
+        # creation of the data's iterator on a mid-epoch resume.
+        self._pending_rng = (state.get("epoch_rng") or state["rng"], state["rng"] if state.get("epoch_rng") else None)
 
     def _own_part(self, state: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint as this process continues it: its own random generators and sums."""
@@ -436,13 +464,64 @@ class Trainer:
             keyed.append((name if counts[name] == 1 else f"{name}-{counts[name]}", callback))
         return keyed
 
-    def _resume(self, source: str | Path) -> None:
-        from traincraft.checkpoint import find_resume_checkpoint
+    def _resume_source(self, resume: str | Path | None) -> str | Path | None:
+        """What ``fit(resume=...)`` continues: ``"auto"`` becomes the run folder when it holds a
+        checkpoint, else None (a new run)."""
+        if resume is None or str(resume) != "auto":
+            return resume
+        if self.run_dir is None:
+            raise TraincraftError('resume="auto" continues the run in run_dir: give the Trainer a run_dir')
+        from traincraft.checkpoint import checkpoint_candidates
 
+        found = bool(checkpoint_candidates(self.run_dir))
+        if self.world_size > 1:  # rank 0's file system decides for all
+            found = bool(distributed.broadcast_object(found))
+        if not found:
+            self._claimed_run_dir = self.run_dir  # nothing to lose: a start before the first checkpoint
+            return None
+        return self.run_dir
+
+    def _claim_run_dir(self, overwrite: bool) -> None:
+        """A new run does not write into a folder holding another run, unless ``overwrite``."""
+        if self.run_dir is None or getattr(self, "_claimed_run_dir", None) == self.run_dir:
+            return
+        from traincraft.runfolder import claim
+
+        problem = claim(self.run_dir, overwrite=overwrite) if self.is_main_process else None
+        if self.world_size > 1:
+            problem = distributed.broadcast_object(problem)
+        if problem is not None:
+            raise TraincraftError(problem)
+        self._claimed_run_dir = self.run_dir
+
+    def _resume(self, source: str | Path, allow_changes: bool = False) -> None:
+        from traincraft.checkpoint import find_resume_checkpoint
+        from traincraft.runfolder import check_recipe, clean_leftovers, is_complete
+
+        if self.run_dir is not None and self.is_main_process:
+            clean_leftovers(self.run_dir)
         path, state = find_resume_checkpoint(source, warn=self.log)
+        if self.recipe is not None and not allow_changes:
+            check_recipe(state.get("recipe"), self.recipe, path)
+        if self.run_dir is not None and self.is_main_process and Path(source).is_dir():
+            from traincraft.runfolder import rebuild_mirrors
+
+            rebuilt = rebuild_mirrors(source, state, warn=self.log)  # what a kill kept from the disk
+            if rebuilt:
+                self.log(f"Wrote {', '.join(rebuilt)} again from {path}")
         self.load_state_dict(state)
-        # A finished or stopped run goes on only as far as the (possibly raised) limits allow.
-        self.state.should_stop, self.state.stop_reason = False, None
+        self._claimed_run_dir = self.run_dir
+        if self.state.stop_reason in ("interrupted", "terminated", None) or self._limits_raised():
+            # Interrupted, or finished by limits that have been raised since: it goes on.
+            self.state.should_stop, self.state.stop_reason = False, None
+        else:
+            self.state.should_stop = True  # it ended: only what its end left undone is done
+            folder = Path(source) if Path(source).is_dir() else None
+            self.run_complete = folder is not None and is_complete(folder, self.state.step)
+            what = "nothing to do" if self.run_complete else "finishing what its end left undone"
+            self.log(f"The run in {source} ended ({self.state.stop_reason} at epoch {self.state.epoch}, "
+                     f"step {self.state.step}): {what}")
+            return
         if self.state.epoch >= self.max_epochs:
             self.state.request_stop("max_epochs")
         if self.max_steps is not None and self.state.step >= self.max_steps:
@@ -451,6 +530,26 @@ class Trainer:
             f"Resuming from {path}: epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}, "
             f"step {self.state.step}"
         )
+
+    def _limits_raised(self) -> bool:
+        """A run that its limits ended, resumed with higher limits."""
+        reason = self.state.stop_reason
+        if reason == "max_epochs":
+            return self.state.epoch < self.max_epochs and (self.max_steps is None or self.state.step < self.max_steps)
+        if reason == "max_steps":
+            return self.max_steps is None or self.state.step < self.max_steps
+        return False
+
+    def _mark_complete(self) -> None:
+        """A run that ended by itself and whose end (on_fit_end) went through: marked in its
+        folder, so that resuming it does nothing."""
+        if (self.run_dir is None or not self.is_main_process or getattr(self, "run_complete", False)
+                or self.state.stop_reason in ("interrupted", "terminated", None)
+                or not any(isinstance(c, Checkpoint) for c in self.callbacks)):
+            return
+        from traincraft.runfolder import mark_complete
+
+        mark_complete(self.run_dir, self.state)
 
     def log(self, message: str) -> None:
         """Print one line on stderr (main process only) without breaking the progress bar."""
@@ -473,8 +572,18 @@ class Trainer:
 
     def _run_epoch(self, train_batches: Batches, val_batches: Batches | None) -> None:
         started = time.perf_counter()
+        epoch_rng, resumed_rng = self._pending_rng or (None, None)
+        self._pending_rng = None
+        if epoch_rng is not None:  # a resumed run: the random state as this epoch started
+            set_rng_state(epoch_rng)
+        self._epoch_rng = rng_state()
         self._emit("on_epoch_start")
-        figures = self._train_epoch(train_batches)
+        # The iterator is set up now (a DataLoader draws its seeds, a mid-epoch resume replays
+        # what its workers did), then a mid-epoch resume takes the random state it saved.
+        batches = train_batches.epoch(self.state.epoch, start=self.state.batch_in_epoch)
+        if resumed_rng is not None:
+            set_rng_state(resumed_rng)
+        figures = self._train_epoch(train_batches, batches)
         if self.state.stop_reason in ("interrupted", "terminated"):
             return  # a partial epoch: no validation, no history row
         # The epoch's files (checkpoint, best weights, metrics.csv) reach the disk while the
@@ -502,7 +611,7 @@ class Trainer:
         self._emit("on_epoch_end")
         self._agree_on_stop()
 
-    def _train_epoch(self, batches: Batches) -> dict[str, float]:
+    def _train_epoch(self, batches: Batches, epoch_batches: Iterator[Any]) -> dict[str, float]:
         model, state, stepper, sums = self.model, self.state, self.stepper, self._sums
         model.train()
         if state.batch_in_epoch == 0:  # not a mid-epoch resume: a fresh epoch
@@ -511,7 +620,7 @@ class Trainer:
         on_device = isinstance(batches, TensorBatches)  # moved once, at the start of fit
         # Several processes: real samples per batch, here and over all (a stand-in batch has 0).
         shards, last = batches.shard_sizes() if self.world_size > 1 else None, len(batches) - 1
-        for inputs, target in batches.epoch(state.epoch, start=state.batch_in_epoch):
+        for inputs, target in epoch_batches:
             if not on_device:
                 inputs, target = to_device(inputs, self.device), to_device(target, self.device)
             index, samples = state.batch_in_epoch, num_samples(target)
@@ -667,6 +776,9 @@ class Trainer:
         self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._next_finite_check, self._last_finite_step = time.monotonic() + 0.5, 0
         self._good: dict[str, Any] | None = None
+        self._epoch_rng: dict[str, Any] | None = None
+        self._pending_rng: tuple[Any, Any] | None = None
+        self.run_complete = False  # a resumed run whose end already went through
         if self.on_nonfinite == "rollback":
             self._keep_good_weights()
         if self.schedule.restore_best_on_reduce and self._best_keeper() is None:
@@ -674,8 +786,6 @@ class Trainer:
                 "schedule restore_best_on_reduce needs EarlyStopping(restore_best=True): "
                 "it keeps the best weights to go back to"
             )
-        if self.progress is not None:
-            self.log(self._summary(train_batches, val_batches))
 
     def _finish_run(self) -> None:
         self.history.stop_reason = self.state.stop_reason
@@ -901,16 +1011,29 @@ class Trainer:
     def _emit(self, event: str) -> None:
         handlers = self._step_handlers.get(event)
         if handlers is None:
-            handlers = [getattr(callback, event) for callback in self.callbacks]
+            handlers = [getattr(callback, event) for callback in self._event_order(event)]
         for handler in handlers:
             handler(self)
+
+    def _event_order(self, event: str) -> list[Callback]:
+        """The callbacks in the order an event reaches them: the given order, except that those
+        saving the training state (checkpoints) come last at a step's and an epoch's end, so that
+        they hold every update of it (an average, a record), and first at the end of fit, before
+        anything puts other weights into the model."""
+        saving = [c for c in self.callbacks if getattr(c, "saves_training_state", False)]
+        others = [c for c in self.callbacks if not getattr(c, "saves_training_state", False)]
+        if event in ("on_step_end", "on_epoch_end"):
+            return others + saving
+        if event == "on_fit_end":
+            return saving + others
+        return list(self.callbacks)
 
     def _cache_step_handlers(self) -> None:
         """The per-step events' handlers, those that do something (the base class's no-ops left
         out), looked up once per fit rather than at every step."""
         self._step_handlers = {
             event: [
-                getattr(callback, event) for callback in self.callbacks
+                getattr(callback, event) for callback in self._event_order(event)
                 if getattr(type(callback), event, None) is not getattr(Callback, event)
                 or event in vars(callback)
             ]
@@ -1011,7 +1134,7 @@ def _averaging_callbacks(ema: Any, swa: Any) -> list[Callback]:
 
 
 #: What each process keeps of its own in a checkpoint written under several processes.
-PER_PROCESS = ("rng", "epoch_sums", "metrics")
+PER_PROCESS = ("rng", "epoch_rng", "epoch_sums", "metrics")
 
 
 def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.MetricSet:

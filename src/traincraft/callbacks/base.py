@@ -12,6 +12,9 @@ Events, in the order ``Trainer.fit`` emits them::
         on_epoch_end            # after every decision of the epoch; checkpoints and loggers act here
     on_fit_end                  # always, whatever ended training (also on an exception)
 
+Callbacks receive each event in the order given, except those that save the training state
+(``saves_training_state``): last at ``on_step_end``/``on_epoch_end``, first at ``on_fit_end``.
+
 A callback asks training to stop with ``trainer.state.request_stop("reason")``; the loop stops
 after the current step. Callbacks with state implement ``state_dict``/``load_state_dict`` so that
 a resumed run continues exactly.
@@ -26,7 +29,14 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """Base class with no-op events. Override the ones you need."""
+    """Base class with no-op events. Override the ones you need.
+
+    A callback that saves the training state for resume sets ``saves_training_state = True``: it
+    then receives ``on_step_end`` and ``on_epoch_end`` after every other callback, and
+    ``on_fit_end`` before them, wherever it stands in the list.
+    """
+
+    saves_training_state = False
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 

@@ -3,11 +3,14 @@
 In the run folder::
 
     checkpoints/last.ckpt          the newest full training state (what resume reads)
-    checkpoints/step-00000120.ckpt the ``keep_last`` newest ones (hard links: no extra writing)
-    checkpoints/top-*.ckpt         the ``save_top_k`` best by the monitored value
+    checkpoints/step-00000120.ckpt the ``keep_last`` newest ones: copies of their own, so that a
+                                   damaged newest file has a fallback on other blocks of the disk
+    checkpoints/top-*.ckpt         the ``save_top_k`` best by the monitored value (copies too)
     best.safetensors, best.json    the weights of the best epoch so far, and which epoch that was
 
-Retention never deletes the newest checkpoint nor the best.
+Retention never deletes the newest checkpoint nor the best. The files that mirror the training
+state (``best.*``, ``metrics.csv``) are on disk before the checkpoint that follows them: a
+checkpoint on disk never knows of a best epoch whose weights are not.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor
 from traincraft.checkpoint import save_checkpoint, save_weights
 from traincraft.errors import TraincraftError
-from traincraft.files import MIRROR_SECONDS, atomic_write_text
+from traincraft.files import MIRROR_SECONDS, atomic_write_text, copy_durably, flush_waiting
 
 if TYPE_CHECKING:
     from traincraft.trainer import Trainer
@@ -32,6 +35,10 @@ STOPPED_BY_SIGNAL = ("interrupted", "terminated")
 
 class Checkpoint(Callback):
     """Saves the full training state for exact resume, and the best weights.
+
+    Whatever its place in ``callbacks``, it acts after every other callback at the end of a step
+    and of an epoch (its checkpoint holds their updates) and before them at the end of ``fit``
+    (an interrupted run's checkpoint holds the live weights, not the best ones put back).
 
     Added by the trainer when it has a ``run_dir``. Put your own in ``callbacks=`` to change it.
 
@@ -49,6 +56,8 @@ class Checkpoint(Callback):
         >>> trainer = Trainer(model, loss="mse", run_dir="runs/a",
         ...                   callbacks=[Checkpoint("runs/a", every_n_steps=500, keep_last=3)])
     """
+
+    saves_training_state = True  # the trainer's event order puts it last / first (see above)
 
     def __init__(
         self,
@@ -76,6 +85,8 @@ class Checkpoint(Callback):
         self.kept: list[str] = []  # newest last
         self.top: list[tuple[float, str]] = []  # (value, file), best first
         self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        self._value: float | None = None  # this epoch's monitored value, from validation to its end
         self._loaded = False
 
     @property
@@ -93,14 +104,18 @@ class Checkpoint(Callback):
             name, mode = (stopper.monitor, stopper.mode) if stopper is not None else (None, None)
         self._default_monitor = name is None
         self.monitor = Monitor(name or "val_loss", mode=mode)
-        self.kept, self.top, self.best_epoch = [], [], None
+        self.kept, self.top, self.best_epoch, self.best_step = [], [], None, None
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self.every_n_steps and trainer.state.step % self.every_n_steps == 0:
             self.save(trainer)
 
+    def on_validation_end(self, trainer: Trainer) -> None:
+        # Here the model holds the weights just validated (an EMA's, when it is evaluated).
+        self._value = self._track_best(trainer)
+
     def on_epoch_end(self, trainer: Trainer) -> None:
-        value = self._track_best(trainer)
+        value, self._value = self._value, None
         state = trainer.state
         ranked = self.save_top_k > 0 and value is not None and math.isfinite(value)
         if state.epoch % self.every_n_epochs == 0 or state.should_stop or ranked:
@@ -112,12 +127,13 @@ class Checkpoint(Callback):
         # Before early stopping puts the best weights back: the resume file holds the live state.
         if trainer.state.stop_reason in STOPPED_BY_SIGNAL:
             path = self.save(trainer)
-            trainer.log(f"Saved {path}; resume with: traincraft resume {self.folder}")
+            hint = trainer.resume_hint or f"trainer.fit(..., resume={str(self.folder)!r})"
+            trainer.log(f"Saved {path}; resume with: {hint}")
 
     # ------------------------------------------------------------------ saving
 
     def save(self, trainer: Trainer, then: Any = None) -> Path:
-        """Write ``last.ckpt`` (atomically) and keep a hard link under the step's name."""
+        """Write ``last.ckpt`` (atomically) and keep a copy under the step's name."""
         last = self.directory / "last.ckpt"
         named = self.directory / f"step-{trainer.state.step:08d}.ckpt"
         keep = (self.keep_last > 1 or self.save_top_k > 0) and trainer.is_main_process
@@ -131,6 +147,7 @@ class Checkpoint(Callback):
         state = trainer.state_dict()
         if not trainer.is_main_process:
             return last
+        flush_waiting()  # the mirrors waiting to be written go first, in the writer's order
 
         def after_rename() -> None:  # on the file writer's thread, once last.ckpt is in place
             if keep:
@@ -158,13 +175,12 @@ class Checkpoint(Callback):
             raise
         if not self.monitor.update(value):
             return value
-        self.best_epoch = trainer.state.epoch
+        self.best_epoch, self.best_step = trainer.state.epoch, trainer.state.step
         if trainer.is_main_process:
             # Mirrors of the training state (the checkpoint holds the best weights too): written
             # at most every MIRROR_SECONDS, the newest version, and at the end of fit.
             every = mirror_interval(trainer)
-            with trainer.evaluation_weights():  # the weights that were validated (EMA's or live)
-                save_weights(trainer.model, self.folder / "best.safetensors", at_most_every=every)
+            save_weights(trainer.model, self.folder / "best.safetensors", at_most_every=every)
             best = {"epoch": self.best_epoch, "step": trainer.state.step,
                     "monitor": self.monitor.monitor, "value": value}
             atomic_write_text(self.folder / "best.json", json.dumps(best, indent=2), at_most_every=every)
@@ -197,6 +213,7 @@ class Checkpoint(Callback):
             "kept": list(self.kept),
             "top": [[v, n] for v, n in self.top],
             "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -206,6 +223,7 @@ class Checkpoint(Callback):
         self.kept = list(state["kept"])
         self.top = [(float(v), str(n)) for v, n in state["top"]]
         self.best_epoch = state["best_epoch"]
+        self.best_step = state.get("best_step")
         self._loaded = True
 
 
@@ -216,18 +234,5 @@ def mirror_interval(trainer: Trainer) -> float:
 
 
 def _link(source: Path, target: Path) -> None:
-    """Make ``target`` name the same file as ``source`` (a copy where hard links are refused)."""
-    try:
-        os.link(source, target)  # the usual case: a new name (one system call)
-        return
-    except OSError:
-        pass  # the name exists (a rerun step) or the file system refuses links: below
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    """Make ``target`` an independent copy of ``source`` (atomically, durably)."""
+    copy_durably(source, target)

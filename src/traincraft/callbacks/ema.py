@@ -94,7 +94,7 @@ class EMA(Callback):
             if stopper is None or not stopper.restore_best:  # else the best (EMA) weights come back
                 self.copy_to(trainer.model)
                 trainer.log(f"EMA: the model now holds the averaged weights ({self.updates} updates)")
-        elif trainer.run_dir is not None and trainer.is_main_process:
+        elif trainer.run_dir is not None and trainer.is_main_process and not trainer.run_complete:
             from traincraft.checkpoint import save_weights
 
             with self.swapped():
@@ -146,6 +146,7 @@ class EMA(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "updates": self.updates,
+            "evaluate": self.evaluate,
             "shadow": None if self.shadow is None else {k: v.detach().cpu() for k, v in self.shadow.items()},
         }
 

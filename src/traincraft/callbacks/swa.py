@@ -132,7 +132,7 @@ class SWA(Callback):
         figures = trainer.validate() if trainer.has_validation_data else {}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
         trainer.log(f"SWA: the model holds the average of {averaged} epochs' weights" + (f"; {shown}" if shown else ""))
-        if trainer.run_dir is not None and trainer.is_main_process:
+        if trainer.run_dir is not None and trainer.is_main_process and not trainer.run_complete:
             from traincraft.checkpoint import save_weights
             from traincraft.files import atomic_write_text
 

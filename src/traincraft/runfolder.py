@@ -1,0 +1,233 @@
+"""A run folder's life: one run per folder, its leftovers, its end, and the files it can rebuild.
+
+* **One run, one folder.** A new run refuses a folder that holds another run (unless told to
+  overwrite it); folders for new runs are created with ``mkdir`` itself, which only one process
+  can win, on one machine or several sharing a file system (:func:`new_run_dir`).
+* **Leftovers.** A process killed while writing leaves a temporary file (``.NAME.PID-N.tmp``);
+  a resume removes those of processes that are gone.
+* **The end.** A run that ended by itself and whose end went through (test evaluation, report)
+  is marked complete (``checkpoints/finished.json``): resuming it does nothing.
+* **Rebuilt files.** ``metrics.csv``, ``best.json`` and ``best.safetensors`` mirror what the
+  newest checkpoint holds; when one is missing (or damaged) it is written again from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from traincraft.errors import TraincraftError
+
+if TYPE_CHECKING:
+    from traincraft.state import TrainState
+
+#: What a run leaves in its folder: a folder holding any of these holds a run.
+RUN_FILES = ("recipe.yaml", "metrics.csv", "best.safetensors", "best.json", "results.json", "checkpoints")
+#: Everything a run writes, removed when a new run overwrites the folder.
+WRITTEN = (*RUN_FILES, "env.json", "data.json", "steps.csv", "summary.json", "plots", "report.html",
+           "ema.safetensors", "tensorboard", "mlruns")
+FINISHED = "finished.json"
+#: Changes that keep a resumed run the same run: raising its limits.
+CHANGES_ALLOWED_ON_RESUME = {"train.max_epochs", "train.max_steps"}
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def claim(folder: str | Path, *, overwrite: bool) -> str | None:
+    """Make ``folder`` ready for a new run; a problem is returned as one line (None: ready)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"run folder {folder} is a file"
+    if holds_run(folder):
+        if not overwrite:
+            return (
+                f"{folder} already holds a run: continue it (traincraft resume {folder}; "
+                f"fit(..., resume={str(folder)!r})), choose another run folder, or replace it "
+                "(--overwrite; fit(..., overwrite=True))"
+            )
+        for name in WRITTEN:
+            path = folder / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        clean_leftovers(folder, everyone=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot create the run folder {folder}: {err.strerror or err}"
+    return None
+
+
+def new_run_dir(parent: Path, name: str) -> Path:
+    """A new, empty folder ``parent/name`` (``name-2``, ``name-3``, ... when taken), created
+    here: ``mkdir`` succeeds for one process only, whoever else picks the same name."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise TraincraftError(f"{parent}: no free run folder name left for {name}")
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-\d+\.tmp$")
+
+
+def clean_leftovers(folder: str | Path, *, everyone: bool = False) -> list[Path]:
+    """Remove the temporary files that killed processes left in a run folder (those of live
+    processes stay, unless ``everyone``). Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    for where in (folder, folder / "checkpoints", folder / "plots"):
+        if not where.is_dir():
+            continue
+        for path in where.glob(".*.tmp"):
+            match = _TEMPORARY.match(path.name)
+            if match and not everyone and _alive(int(match.group(1))):
+                continue
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # nothing of this process is being written when it cleans
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
+
+
+def mark_complete(folder: str | Path, state: TrainState) -> None:
+    from traincraft.files import atomic_write_text
+
+    done = {"stop_reason": state.stop_reason, "epoch": state.epoch, "step": state.step,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(Path(folder) / "checkpoints" / FINISHED, json.dumps(done, indent=2))
+
+
+def is_complete(folder: str | Path, step: int) -> bool:
+    """Whether the run in ``folder`` ended at ``step`` and its end went through."""
+    path = Path(folder) / "checkpoints" / FINISHED
+    try:
+        return int(json.loads(path.read_text())["step"]) == int(step)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def check_recipe(saved_yaml: str | None, recipe: Any, checkpoint: Path) -> None:
+    """Refuse to continue a checkpoint under a recipe that differs from the one it was written
+    with, but for its limits; the changed keys are named."""
+    if not saved_yaml:
+        return
+    import yaml
+
+    from traincraft.checkpoint import CheckpointError
+    from traincraft.recipe import changed_keys, load_recipe
+
+    if saved_yaml == recipe.to_yaml():
+        return
+    try:
+        saved = load_recipe(yaml.safe_load(saved_yaml))
+    except TraincraftError:
+        return  # a recipe of another version: the run folder's recipe.yaml check stands
+    changes = {k: v for k, v in changed_keys(saved, recipe).items() if k not in CHANGES_ALLOWED_ON_RESUME}
+    if changes:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        raise CheckpointError(
+            f"{checkpoint} was written by another recipe ({listed}): resuming would not continue the "
+            "same run. Add --allow-changes (fit(..., allow_changes=True)) to resume anyway, or start a new run"
+        )
+
+
+# ----------------------------------------------------------------------------- rebuilt files
+
+
+def rebuild_mirrors(folder: str | Path, state: dict[str, Any], warn: Any = None) -> list[str]:
+    """Write again, from a loaded checkpoint, the files of the run folder that mirror it and are
+    missing or damaged: ``metrics.csv``, ``best.json``, ``best.safetensors``. Returns their names."""
+    from traincraft.checkpoint import CheckpointError, load_weights, save_weights_dict
+    from traincraft.files import atomic_write_text
+    from traincraft.history import History
+
+    folder = Path(folder)
+    rebuilt = []
+    history = History()
+    history.load_state_dict(state["history"])
+    if history.epochs and _csv_rows(folder / "metrics.csv") < len(history.epochs):
+        history.to_csv(folder / "metrics.csv")
+        rebuilt.append("metrics.csv")
+    best = best_of_checkpoint(state)
+    if best is None:
+        return rebuilt
+    info, weights = best
+    try:
+        current = json.loads((folder / "best.json").read_text())
+        up_to_date = int(current.get("epoch", -1)) >= info["epoch"]
+    except (OSError, ValueError, TypeError, AttributeError):
+        up_to_date = False
+    if up_to_date:
+        try:
+            load_weights(folder / "best.safetensors")
+        except CheckpointError:
+            up_to_date = False
+    if up_to_date:
+        return rebuilt
+    if weights is None:
+        if warn is not None:
+            warn(f"warning: {folder / 'best.safetensors'} is missing or older than the checkpoint, "
+                 "which does not hold the best weights to write it again")
+        return rebuilt
+    save_weights_dict(weights, folder / "best.safetensors")
+    atomic_write_text(folder / "best.json", json.dumps(info, indent=2))
+    return [*rebuilt, "best.safetensors", "best.json"]
+
+
+def best_of_checkpoint(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """``(best.json's content, the best weights or None)`` as a checkpoint knows them."""
+    callbacks = state.get("callbacks", {})
+    keeper = callbacks.get("Checkpoint")
+    if not keeper or keeper.get("best_epoch") is None:
+        return None
+    epoch = int(keeper["best_epoch"])
+    monitor = keeper.get("monitor_name")
+    value = (keeper.get("monitor") or {}).get("best")
+    info = {"epoch": epoch, "step": keeper.get("best_step"), "monitor": monitor,
+            "value": float(value) if value is not None else None}
+    stopper = callbacks.get("EarlyStopping")
+    if (stopper and stopper.get("best_epoch") == epoch and stopper.get("best_weights") is not None
+            and (stopper.get("monitor") or {}).get("monitor", monitor) == monitor):
+        return info, stopper["best_weights"]
+    run = state["state"]
+    if run["epoch"] == epoch and run["batch_in_epoch"] == 0:  # this checkpoint is the best epoch's
+        ema = callbacks.get("EMA")
+        if ema and ema.get("evaluate", True) and ema.get("shadow") is not None:
+            return info, ema["shadow"]
+        if not ema:
+            return info, state["model"]
+    return info, None
+
+
+def _csv_rows(path: Path) -> int:
+    try:
+        with path.open() as handle:
+            return max(0, sum(1 for line in handle if line.strip()) - 1)
+    except OSError:
+        return 0
