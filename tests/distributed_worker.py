@@ -217,6 +217,29 @@ def hang(timeout: float) -> dict:
     return {"error": None, "asleep": sleeper.asleep}
 
 
+class SleepAtEnd(tc.Callback):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.asleep: float | None = None
+
+    def on_fit_end(self, trainer) -> None:
+        if trainer.rank == 1:
+            self.asleep = time.monotonic()
+            time.sleep(self.seconds)
+
+
+def hang_at_end(timeout: float) -> dict:
+    """Rank 1 hangs after the run's last collective: rank 0 must not wait for ever."""
+    train, _ = regression_data()
+    sleeper = SleepAtEnd(timeout + 3)
+    trainer = equivalence_trainer(8, 1, progress=False, dist_timeout=timeout, callbacks=[sleeper])
+    try:
+        trainer.fit(train)
+    except tc.TraincraftError as err:
+        return {"error": str(err), "type": type(err).__name__, "failed": time.monotonic(), "asleep": sleeper.asleep}
+    return {"error": None, "asleep": sleeper.asleep, "failed": time.monotonic()}
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2]).resolve()
     torch.set_num_threads(1)
@@ -224,6 +247,8 @@ def main() -> None:
     if mode == "suite":
         recipe = str(Path(sys.argv[3]).resolve())
         seen = {"rank": rank, "equivalence": equivalence(out, rank), "cli": command_line(out, recipe, rank)}
+    elif mode == "hang-end":
+        seen = {"rank": rank, "hang": hang_at_end(timeout=2.0)}
     else:
         seen = {"rank": rank, "hang": hang(timeout=2.0)}
     (out / f"rank-{rank}.json").write_text(json.dumps(seen))

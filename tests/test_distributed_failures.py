@@ -85,6 +85,27 @@ def test_a_process_that_hangs_stops_the_others_after_the_timeout(tmp_path: Path)
     assert second["type"] == "DistributedError"  # rank 1 then finds rank 0 gone: an error, not a hang
 
 
+def test_a_process_that_hangs_after_the_last_collective_is_named_within_the_timeout(tmp_path: Path) -> None:
+    port = free_port()
+    processes = []
+    for rank in (0, 1):
+        env = {**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        processes.append(subprocess.Popen([sys.executable, str(TESTS / "distributed_worker.py"), "hang-end",
+                                           str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [p.communicate(timeout=LAUNCH_TIMEOUT)[1] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert [p.returncode for p in processes] == [0, 0], errors
+    first, second = (json.loads((tmp_path / f"rank-{r}.json").read_text())["hang"] for r in (0, 1))
+    assert first["type"] == "DistributedError", first
+    assert first["error"].startswith("rank 0 of 2: not every process reached the end of the run within "
+                                     "dist_timeout=2 s"), first["error"]
+    assert 1.5 <= first["failed"] - second["asleep"] < 2 + 8  # about the timeout, not rank 1's 5 s
+
+
 @pytest.mark.parametrize("argv", [["fit", "--nproc", "2"], ["resume", "runs/x", "--nproc", "2"]])
 def test_help_lists_the_process_options(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit):

@@ -52,7 +52,8 @@ def test_an_error_of_the_background_work_is_raised_by_the_next_call(tmp_path, mo
 
     monkeypatch.setattr(os, "replace", refuse)
     files.atomic_write_text(tmp_path / "f.txt", "data", background=True)
-    with pytest.raises(OSError, match="writing a run file failed: .*No space left on device"):
+    with pytest.raises(files.RunFilesError, match=r"cannot write .*f.txt: No space left on device; .* free, "
+                       r"the file needs 4 bytes\. Its previous version is intact"):
         files.wait()
     monkeypatch.setattr(os, "replace", real_replace)
     assert not (tmp_path / "f.txt").exists() and list(tmp_path.iterdir()) == []

@@ -316,3 +316,60 @@ def test_a_read_only_folder_is_one_line(small_disk, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and "Read-only file system" in err[-1], err
     assert not any("Traceback" in line for line in err)
+
+
+# ----------------------------------------------------------------------------- signals to a process group
+
+GROUP_SCRIPT = """
+import sys, time, torch
+import traincraft as tc
+from torch.utils.data import DataLoader, Dataset
+
+class Noisy(Dataset):
+    def __len__(self):
+        return 256
+    def __getitem__(self, i):
+        x = torch.full((4,), float(i % 7)) + torch.randn(4)
+        return x, x.sum(0, keepdim=True)
+
+class Slow(tc.Callback):
+    def on_step_end(self, trainer):
+        time.sleep(0.02)
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    loader = DataLoader(Noisy(), batch_size=8, shuffle=True, num_workers=2)
+    trainer = tc.Trainer(model, loss="mse", max_epochs=50, run_dir=sys.argv[1], seed=0, progress=False,
+                         checkpoint={"every_n_steps": 5}, callbacks=[Slow()])
+    history = trainer.fit(loader)
+    sys.exit(130 if history.stop_reason in ("terminated", "interrupted") else 0)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_gracefully_with_loader_workers(tmp_path, sig):
+    import signal
+    import time
+
+    script = tmp_path / "train.py"
+    script.write_text(GROUP_SCRIPT)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], env=env, start_new_session=True,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "checkpoints" / "last.ckpt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint to wait for"
+            time.sleep(0.02)
+        os.killpg(proc.pid, getattr(signal, sig))  # the main process and its DataLoader workers
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "worker" not in err.lower(), err
+    assert proc.returncode == 130, err
+    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert state["state"]["stop_reason"] == {"SIGTERM": "terminated", "SIGINT": "interrupted"}[sig]
+    assert "resume with: trainer.fit(..., resume=" in err

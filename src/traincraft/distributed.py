@@ -466,6 +466,24 @@ def failures_explained(world: World, timeout: float, vote: StopVote | None = Non
         ) from err
 
 
+def finish_together(world: World, timeout: float) -> None:
+    """Every process has reached the end of ``fit`` within ``timeout`` seconds of the others, or
+    an error names those that did not: a process hung after the last collective (in a callback,
+    writing a file) would otherwise keep the job alive for ever."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    try:
+        dist.monitored_barrier(group=_control_group(timeout), timeout=datetime.timedelta(seconds=timeout),
+                               wait_all_ranks=True)
+    except RuntimeError as err:
+        raise DistributedError(
+            f"rank {world.rank} of {world.world_size}: not every process reached the end of the run within "
+            f"dist_timeout={timeout:g} s (one of them hangs or died after training); {_first_line(str(err))}"
+        ) from err
+
+
 def _first_line(text: str) -> str:
     """The first sentence of torch's message, without the source location gloo puts first."""
     line = next((part.strip() for part in text.splitlines() if part.strip()), text)

@@ -368,6 +368,7 @@ class Trainer:
                 self._emit("on_fit_end")
                 self._finish_run()
         self._mark_complete()
+        distributed.finish_together(self.world, self.dist_timeout)  # a hung process is named, not waited for
         return self.history
 
     def evaluate(self, data: Any) -> dict[str, float]:
