@@ -67,9 +67,11 @@ class Recorder(Callback):
 
 
 class StopAfterTwoEpochs(Callback):
+    """Ctrl-C at the end of the second epoch (a run a callback ends on purpose stays ended)."""
+
     def on_epoch_end(self, trainer: Trainer) -> None:
         if trainer.state.epoch == 2:
-            trainer.state.request_stop("test")
+            trainer.state.request_stop("interrupted")
 
 
 def stopped_and_resumed(tmp_path, **kwargs) -> Trainer:
