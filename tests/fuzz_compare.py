@@ -328,9 +328,9 @@ class Outcome:
 
 
 def run_once(config: str, run_dir: Path, log_dir: Path, label: str, interrupt: Interrupt,
-             resume: bool, timeout: float = 120.0) -> Attempt:
+             resume: bool, timeout: float = 120.0, overwrite: bool = False) -> Attempt:
     """One worker process, interrupted as ``interrupt`` says."""
-    args = ["--resume"] if resume else []
+    args = ["--resume"] if resume else (["--overwrite"] if overwrite else [])
     if interrupt.pause:
         args += ["--pause", str(interrupt.pause)]
     if interrupt.kind == "die":
@@ -364,7 +364,8 @@ def run_scenario(config: str, run_dir: str | Path, interrupts: list[Interrupt], 
     fresh, each later one a resume), then resume it to the end; compare with ``ref_dir``.
 
     A resume with no checkpoint on disk (the kill came before the first one reached the disk)
-    starts afresh instead and says so (``Outcome.restarted``).
+    starts afresh instead (``--overwrite``: the folder may hold the killed run's leftovers) and
+    says so (``Outcome.restarted``).
     """
     run_dir = Path(run_dir)
     log_dir = run_dir.parent / f"{run_dir.name}.logs"
@@ -373,7 +374,8 @@ def run_scenario(config: str, run_dir: str | Path, interrupts: list[Interrupt], 
         resume = i > 0 and has_checkpoint(run_dir)
         if i > 0 and not resume:
             outcome.restarted = True
-        attempt = run_once(config, run_dir, log_dir, f"{i}", interrupt, resume=resume, timeout=timeout)
+        attempt = run_once(config, run_dir, log_dir, f"{i}", interrupt, resume=resume, timeout=timeout,
+                           overwrite=i > 0)
         attempt.note = f"{interrupt.label()}{' (restarted: no checkpoint)' if i > 0 and not resume else ''}" \
             + attempt.note
         outcome.attempts.append(attempt)

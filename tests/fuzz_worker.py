@@ -1,7 +1,7 @@
 """A small training run for the kill-and-resume fuzz: run it, interrupt it anywhere, resume it.
 
     python tests/fuzz_worker.py CONFIG RUN_DIR [--resume] [--pause SECONDS] [--die-after-step K]
-                                [--flush-before-die]
+                                [--flush-before-die] [--overwrite]
 
 CONFIG is one of :data:`CONFIGS` (tiny model and data, seeded, one thread, < 3 s uninterrupted).
 ``--pause`` sleeps that long before every optimizer step (so that a signal lands between steps or
@@ -9,7 +9,8 @@ while a checkpoint is being written); ``--die-after-step K`` SIGKILLs the proces
 ``on_step_end`` of optimizer step K, after every other callback of that step; with
 ``--flush-before-die`` it first waits for the files already handed to the writer thread
 (``traincraft.files.wait()``), so that the kill point, and the checkpoint a resume finds, do not
-depend on how far that thread got.
+depend on how far that thread got. ``--overwrite`` starts afresh in a folder that a killed run
+left without any checkpoint (``fit(overwrite=True)``, where the library has that argument).
 
 A completed fit writes RUN_DIR/final.pt (the model's state dict and ``trainer.state_dict()``,
 wall-clock fields removed) and RUN_DIR/history.json. A fit stopped by SIGINT/SIGTERM (stop
@@ -21,6 +22,7 @@ On stdout: ``started`` at ``on_fit_start`` (a driver may time its signal from th
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import signal
@@ -144,12 +146,14 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--die-after-step", type=int, default=None)
     parser.add_argument("--flush-before-die", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     run_dir = Path(args.run_dir)
     trainer, train, val = build(args.config, run_dir, args.pause, args.die_after_step, args.flush_before_die)
+    extra = {"overwrite": True} if args.overwrite and "overwrite" in inspect.signature(trainer.fit).parameters else {}
     try:
-        history = trainer.fit(train, val=val, resume=run_dir if args.resume else None)
+        history = trainer.fit(train, val=val, resume=run_dir if args.resume else None, **extra)
     except KeyboardInterrupt:  # a second Ctrl-C: aborted at once
         print("aborted", file=sys.stderr, flush=True)
         sys.exit(130)

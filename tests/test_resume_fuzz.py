@@ -17,10 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from fuzz_compare import Interrupt, Outcome, compare_runs, run_reference, run_scenario
 
-PAUSE = 0.05  # seconds before each optimizer step in the signal cases: ~1.5 s of training
+PAUSE = 0.04  # seconds before each optimizer step in the signal cases: ~1.2 s of training
 
 # case id -> (config, interruptions in turn; after the last one the run is resumed to its end).
 # The kills after step K flush the files already queued first: the checkpoint a resume finds does
@@ -30,8 +29,8 @@ CASES: dict[str, tuple[str, list[Interrupt]]] = {
     # epoch checkpoints: mid-epoch 2 (back to the end of epoch 1); just after epoch 2's checkpoint
     "tensors-die8": ("tensors", [Interrupt("die", flush=True, step=8)]),
     "tensors-die13": ("tensors", [Interrupt("die", flush=True, step=13)]),
-    # every 3 steps: mid-epoch; step 12 is epoch 2's last (a checkpoint before its validation)
-    "tensors-steps-die7": ("tensors-steps", [Interrupt("die", flush=True, step=7)]),
+    # every 3 steps: step 12 is epoch 2's last (a checkpoint before its validation); the
+    # mid-epoch kill of this configuration (step 7) is the first of the last case
     "tensors-steps-die12": ("tensors-steps", [Interrupt("die", flush=True, step=12)]),
     "dataset-die12": ("dataset", [Interrupt("die", flush=True, step=12)]),
     "loader-die10": ("loader", [Interrupt("die", flush=True, step=10)]),  # resumes mid-epoch (checkpoint 8)
@@ -41,7 +40,9 @@ CASES: dict[str, tuple[str, list[Interrupt]]] = {
     "dataset-sigint": ("dataset", [Interrupt("sigint", trigger="checkpoint", pause=PAUSE)]),
     "ema-sigterm": ("ema", [Interrupt("sigterm", trigger="checkpoint", pause=PAUSE)]),
     # killed after step 7, the resume killed after step 17, resumed again
-    "tensors-steps-die7-resume-die17": ("tensors-steps", [Interrupt("die", flush=True, step=7), Interrupt("die", flush=True, step=17)]),
+    "tensors-steps-die7-resume-die17": (
+        "tensors-steps", [Interrupt("die", flush=True, step=7), Interrupt("die", flush=True, step=17)]
+    ),
 }
 TIMEOUT = 300  # seconds a test waits for its case (its processes have 120 s each)
 

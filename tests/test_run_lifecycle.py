@@ -373,3 +373,25 @@ def test_a_signal_to_the_whole_process_group_stops_gracefully_with_loader_worker
     state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert state["state"]["stop_reason"] == {"SIGTERM": "terminated", "SIGINT": "interrupted"}[sig]
     assert "resume with: trainer.fit(..., resume=" in err
+
+
+def test_a_second_ctrl_c_in_the_middle_of_a_step_saves_nothing_half_done(tmp_path):
+    (train, val) = data()
+
+    class SecondCtrlC(tc.Callback):
+        def on_before_step(self, trainer):  # gradients computed, the update not made yet
+            if trainer.state.step == 7:
+                trainer.state.request_stop("interrupted")  # the first Ctrl-C ...
+                raise KeyboardInterrupt  # ... and the second, at once
+
+    options = dict(checkpoint={"every_n_steps": 3}, max_epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "a", callbacks=[SecondCtrlC()], **options).fit(train, val=val)
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")["state"]["step"] == 6  # the last whole one
+    resumed = trainer(tmp_path / "a", **options)
+    resumed.fit(train, val=val, resume=tmp_path / "a")
+    whole = trainer(tmp_path / "b", **options)
+    whole.fit(train, val=val)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()))
+    kept = [p.name for p in (tmp_path / "a" / "checkpoints").glob("step-*.ckpt")]
+    assert sorted(kept) == sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*.ckpt"))

@@ -261,6 +261,9 @@ class Trainer:
         # How an interrupted run is continued, said when it stops (the command line sets its own).
         self.resume_hint: str | None = None
         self.run_complete = False
+        # True while fit() ends by an exception (a second Ctrl-C, an error): the state may be in
+        # the middle of a step, and on_fit_end must not save it for a resume.
+        self.aborted = False
         for line in self.finetuning.messages:
             self.log(line)
 
@@ -359,11 +362,13 @@ class Trainer:
             distributed.failures_explained(self.world, self.dist_timeout, self._stop_vote),
             _collecting_garbage_ourselves(self.gc_every is not None),
         ):
+            self.aborted = True  # until the loop ends between two steps (not a second Ctrl-C, an error)
             try:
                 self._unfreeze_due()
                 self._emit("on_fit_start")
                 while not self.state.should_stop:
                     self._run_epoch(train_batches, val_batches)
+                self.aborted = False
             finally:
                 self._emit("on_fit_end")
                 self._finish_run()

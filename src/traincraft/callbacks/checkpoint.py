@@ -125,18 +125,21 @@ class Checkpoint(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         # Before early stopping puts the best weights back: the resume file holds the live state.
-        if trainer.state.stop_reason in STOPPED_BY_SIGNAL:
-            path = self.save(trainer)
+        # Not after a second Ctrl-C (or an error): the state may be in the middle of a step, and
+        # the newest checkpoint on disk is then the one to resume from. Nor among the kept ones:
+        # the retention of a resumed run stays that of a run never stopped.
+        if trainer.state.stop_reason in STOPPED_BY_SIGNAL and not trainer.aborted:
+            path = self.save(trainer, keep=False)
             hint = trainer.resume_hint or f"trainer.fit(..., resume={str(self.folder)!r})"
             trainer.log(f"Saved {path}; resume with: {hint}")
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, trainer: Trainer, then: Any = None) -> Path:
-        """Write ``last.ckpt`` (atomically) and keep a copy under the step's name."""
+    def save(self, trainer: Trainer, then: Any = None, keep: bool = True) -> Path:
+        """Write ``last.ckpt`` (atomically) and keep a copy under the step's name (``keep``)."""
         last = self.directory / "last.ckpt"
         named = self.directory / f"step-{trainer.state.step:08d}.ckpt"
-        keep = (self.keep_last > 1 or self.save_top_k > 0) and trainer.is_main_process
+        keep = keep and (self.keep_last > 1 or self.save_top_k > 0) and trainer.is_main_process
         dropped: list[str] = []
         if keep:  # before the state is taken: the checkpoint lists itself among the kept ones
             if named.name in self.kept:
