@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +144,28 @@ def test_a_file_written_at_most_every_so_often_keeps_only_its_newest_version(tmp
     finally:
         files._Spool.finish = real
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def test_a_forked_child_never_writes_its_parents_pending_files(tmp_path):
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from traincraft import files\n"
+        "target = Path(sys.argv[1])\n"
+        "files.atomic_write_text(target / 'mirror.txt', 'parent', at_most_every=60)\n"  # waiting in the parent
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    files.atomic_write_text(target / 'child.txt', 'child', background=True)\n"
+        "    sys.exit(0)\n"  # a normal exit: atexit runs the child's files.wait()
+        "os.waitpid(pid, 0)\n"
+        "print(sorted(p.name for p in target.iterdir()))\n"
+        "files.wait()\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['child.txt']"  # the parent's waiting version was not written by the child
+    assert (out / "mirror.txt").read_text() == "parent"  # the parent's own wait() wrote it

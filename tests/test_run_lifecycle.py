@@ -395,3 +395,14 @@ def test_a_second_ctrl_c_in_the_middle_of_a_step_saves_nothing_half_done(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()))
     kept = [p.name for p in (tmp_path / "a" / "checkpoints").glob("step-*.ckpt")]
     assert sorted(kept) == sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*.ckpt"))
+
+
+def test_resuming_another_models_checkpoint_is_one_line(tmp_path):
+    (train, val) = data()
+    trainer(tmp_path, max_epochs=1).fit(train, val=val)
+    other = tc.Trainer(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 1)), loss="mse", run_dir=tmp_path,
+                       progress=False)
+    with pytest.raises(CheckpointError, match=r"last.ckpt holds the weights of another model: 2 missing "
+                                              r"\(2.weight, 2.bias\); 2 unexpected \(3.weight, 3.bias\); 2 of another "
+                                              r"shape \(0.weight \[8, 4\] vs \[5, 4\]; 0.bias \[8\] vs \[5\]\)$"):
+        other.fit(train, val=val, resume=tmp_path)

@@ -64,6 +64,22 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def mismatch(model: nn.Module, saved: dict[str, Any]) -> str | None:
+    """How saved weights fail to fit ``model`` (keys missing, unexpected, of another shape), in a
+    few words; None when they fit."""
+    own = {unwrap_key(k): tuple(v.shape) for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    theirs = {unwrap_key(k): tuple(v.shape) for k, v in saved.items() if isinstance(v, torch.Tensor)}
+    parts = []
+    for what, names in (("missing", [k for k in own if k not in theirs]),
+                        ("unexpected", [k for k in theirs if k not in own])):
+        if names:
+            parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    shapes = [f"{k} {list(theirs[k])} vs {list(own[k])}" for k in own if k in theirs and theirs[k] != own[k]]
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:2])}{'; ...' if len(shapes) > 2 else ''})")
+    return "; ".join(parts) or None
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights with wrapper prefixes removed, detached, on the CPU."""
     return {

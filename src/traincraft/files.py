@@ -441,10 +441,10 @@ atexit.register(lambda: _SYNCER.wait())  # the current one: a forked child has i
 
 
 def _after_fork() -> None:
-    # A forked child has no writer thread and must not finish its parent's writes.
+    # A forked child has no writer thread and must not finish its parent's writes: it starts
+    # with a writer of its own, with nothing pending.
     global _SYNCER
-    _WAKE: Any = object()  # put on the queue to make the thread look at its due times again
-_SYNCER = _Syncer()
+    _SYNCER = _Syncer()
 
 
 os.register_at_fork(after_in_child=_after_fork)

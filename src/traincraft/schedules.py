@@ -278,8 +278,13 @@ def _shape(kind: str, q: float) -> float:
 
 
 def lambda_(t: int, initial_lr: float, *, lr_lambda: Callable[[int], float]) -> float:
-    """``LambdaLR``: the base LR times ``lr_lambda(t)``."""
-    return initial_lr * lr_lambda(t)
+    """``LambdaLR``: the base LR times ``lr_lambda(t)`` (a number, or a 0-d tensor taken as its
+    value: a tensor kept as the LR would be filled in place later, and change every record of it)."""
+    factor = lr_lambda(t)
+    try:
+        return initial_lr * float(factor)
+    except (TypeError, ValueError, RuntimeError):
+        raise TraincraftError(f"schedule lambda: lr_lambda({t}) returned {factor!r}; it must return a number") from None
 
 
 def plateau(

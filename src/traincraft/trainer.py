@@ -501,12 +501,15 @@ class Trainer:
         self._claimed_run_dir = self.run_dir
 
     def _resume(self, source: str | Path, allow_changes: bool = False) -> None:
-        from traincraft.checkpoint import find_resume_checkpoint
+        from traincraft.checkpoint import CheckpointError, find_resume_checkpoint, mismatch
         from traincraft.runfolder import check_recipe, clean_leftovers, is_complete
 
         if self.run_dir is not None and self.is_main_process:
             clean_leftovers(self.run_dir)
         path, state = find_resume_checkpoint(source, warn=self.log)
+        wrong = mismatch(self.model, state.get("model", {}))
+        if wrong is not None:
+            raise CheckpointError(f"{path} holds the weights of another model: {wrong}")
         if self.recipe is not None and not allow_changes:
             check_recipe(state.get("recipe"), self.recipe, path)
         if self.run_dir is not None and self.is_main_process and Path(source).is_dir():
@@ -675,7 +678,7 @@ class Trainer:
             self._recover_from_nonfinite()
             return
         self._emit("on_before_step")
-        self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._step_lrs = [_plain(group["lr"]) for group in self.optimizer.param_groups]
         grad_norm = stepper.grad_norm
         if not stepper.step():
             self.state.skipped_steps += 1  # the fp16 scaler found an overflow
@@ -779,7 +782,7 @@ class Trainer:
         self._next_unfreeze = self.finetuning.plan.next_step
         self._train_batches, self._val_batches = train_batches, val_batches
         self._cache_step_handlers()
-        self._step_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._step_lrs = [_plain(group["lr"]) for group in self.optimizer.param_groups]
         self._next_finite_check, self._last_finite_step = time.monotonic() + 0.5, 0
         self._good: dict[str, Any] | None = None
         self._epoch_rng: dict[str, Any] | None = None
@@ -1147,6 +1150,12 @@ def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.Met
     if isinstance(specs, (str, dict)):
         specs = [specs]
     return metrics.MetricSet(list(specs), probabilities=probabilities)
+
+
+def _plain(lr: Any) -> float:
+    """An LR as a number: a tensor LR (capturable optimizers, a torch scheduler whose function
+    returns a tensor) is filled in place later, so a record must not keep the tensor."""
+    return lr if type(lr) is float else float(lr)
 
 
 def _prefixed(figures: dict[str, float], prefix: str) -> dict[str, float]:
