@@ -744,3 +744,54 @@ def test_batches_held_in_inference_mode_are_added_after_it():
             ms.update(pred[i : i + 2], target[i : i + 2])
     want = float((pred - target).abs().double().mean())
     assert ms.compute()["mae"] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6, 1e8, 1.7e9])
+def test_r2_far_from_zero_matches_sklearn(offset):
+    # Timestamps, prices in cents: targets far from zero relative to their spread.
+    rng = np.random.default_rng(3)
+    y = offset + rng.normal(size=(300, 2))
+    p = y + 0.5 * rng.normal(size=(300, 2))
+    r2 = metrics.R2Score()
+    for start in range(0, 300, 37):
+        r2.update(torch.tensor(p[start:start + 37]), torch.tensor(y[start:start + 37]))
+    assert r2.compute() == pytest.approx(skm.r2_score(y, p), rel=1e-9, abs=1e-9)
+
+
+def test_r2_of_several_processes_adds_up_across_different_shifts():
+    import threading
+
+    rng = np.random.default_rng(4)
+    y = 1e8 + rng.normal(size=(120, 1))
+    p = y + 0.3 * rng.normal(size=(120, 1))
+    shards = [metrics.MetricSet(["r2"]), metrics.MetricSet(["r2"])]
+    for rank, shard in enumerate(shards):  # each process its own samples (and first batch)
+        for start in range(rank * 8, 120, 16):
+            shard.update(torch.tensor(p[start:start + 8]), torch.tensor(y[start:start + 8]))
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def all_reduce_sum(rank):  # two threads stand for two processes
+        def reduce(tensors):
+            slots[rank] = [t.clone() for t in tensors]
+            barrier.wait()
+            for t, *parts in zip(tensors, *slots):
+                t.copy_(sum(parts))
+            barrier.wait()
+        return reduce
+
+    threads = [threading.Thread(target=shard.sync, args=(all_reduce_sum(rank),)) for rank, shard in enumerate(shards)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    expected = skm.r2_score(y, p)
+    assert [shard.compute()["r2"] for shard in shards] == [pytest.approx(expected, rel=1e-9)] * 2
+
+
+def test_half_precision_errors_are_subtracted_in_a_wider_type():
+    y = (torch.linspace(-300, 300, 1000)).half()
+    p = (y.float() + torch.linspace(-1, 1, 1000).sin()).half()
+    for name, fn in (("mae", skm.mean_absolute_error), ("mse", skm.mean_squared_error)):
+        metric = metrics.build(name)
+        metric.update(p, y)
+        assert metric.compute() == pytest.approx(fn(y.double().numpy(), p.double().numpy()), rel=1e-12)

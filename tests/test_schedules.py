@@ -1263,3 +1263,28 @@ def test_preview_table_elides_long_milestone_lists() -> None:
     assert lines[13] == "... 27 more"
     assert lines[1].split() == ["start", "0", "0.00", "1"]
     assert lines[-1].split() == ["end", "100", "10.00", "1"]
+
+
+def test_a_schedule_function_returning_a_tensor_gives_plain_numbers():
+    # seeds/001's warm-up + cosine LambdaLR returns 0-d tensors
+    rows = schedules.preview({"name": "lambda", "lr_lambda": lambda e: torch.tensor(0.5) ** e}, 1, 4)
+    assert [row[0] for row in rows] == [1.0, 0.5, 0.25, 0.125, 0.0625]
+    assert all(type(row[0]) is float for row in rows)
+    with pytest.raises(TraincraftError, match=r"lr_lambda\(0\) returned 'fast'; it must return a number"):
+        schedules.preview({"name": "lambda", "lr_lambda": lambda e: "fast"}, 1, 2)
+
+
+def test_a_torch_scheduler_with_tensor_lrs_is_recorded_step_by_step():
+    import traincraft as tc
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    X, y = torch.randn(16, 2), torch.randn(16, 1)
+
+    def make(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: torch.tensor(0.5) ** step)
+
+    trainer = tc.Trainer(model, loss="mse", lr=1.0, optimizer="sgd", batch_size=8, max_epochs=3,
+                         schedule=make, schedule_interval="step", progress=False, seed=0)
+    history = trainer.fit((X, y))
+    assert [row["lr"] for row in history.epochs] == [0.5, 0.125, 0.03125]  # the last step of each epoch

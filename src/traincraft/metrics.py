@@ -451,7 +451,8 @@ class _ErrorMetric(Metric):
 
     def batch_sums(self, pred: Tensor, target: Tensor) -> BatchSums:
         pred, target = _align_regression(pred, target, self.name)
-        if pred.dtype != target.dtype or not pred.is_floating_point():
+        if pred.dtype != target.dtype or not pred.is_floating_point() or pred.dtype.itemsize < 4:
+            # Mixed, integer or half-precision inputs: converted before they are subtracted.
             dtype = _float_dtype(pred.device)
             pred, target = pred.to(dtype), target.to(dtype)
         diff = pred - target
@@ -517,9 +518,14 @@ class RootMeanSquaredError(MeanSquaredError):
 class R2Score(Metric):
     """1 − SS_res / SS_tot per output column, averaged uniformly over columns.
 
-    Streams n, Σy, Σy² and Σ(ŷ − y)² per column; SS_tot = Σy² − (Σy)²/n. Columns are every
-    dimension after the first, flattened. Like scikit-learn (``force_finite=True``), a constant
-    column scores 1 when predicted exactly and 0 otherwise, and fewer than two samples give NaN.
+    Streams, per column, n, Σ(y − K), Σ(y − K)² and Σ(ŷ − y)², where the shift K is the column's
+    mean over the epoch's first batch: SS_tot = Σ(y − K)² − (Σ(y − K))²/n does not cancel
+    catastrophically when the targets sit far from zero relative to their spread (timestamps,
+    prices in cents), as the unshifted Σy² − (Σy)²/n does. Under several processes the sums are
+    moved to one shift (the weighted mean of the processes' shifts) before they are added.
+    Columns are every dimension after the first, flattened. Like scikit-learn
+    (``force_finite=True``), a constant column scores 1 when predicted exactly and 0 otherwise,
+    and fewer than two samples give NaN.
 
     Example:
         >>> r2 = R2Score()
@@ -530,6 +536,10 @@ class R2Score(Metric):
 
     name = "r2"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._shift: Tensor | None = None
+
     def batch_sums(self, pred: Tensor, target: Tensor) -> BatchSums:
         pred, target = _align_regression(pred, target, self.name)
         rows = target.shape[0] if target.ndim else 1
@@ -537,23 +547,48 @@ class R2Score(Metric):
         dtype = _float_dtype(target.device)
         y = target.reshape(rows, columns).to(dtype)
         residual = pred.reshape(rows, columns).to(dtype) - y
-        return rows, y.sum(0), y.square().sum(0), residual.square().sum(0)
+        if self._shift is None or self._shift.device != y.device:
+            self._shift = y.mean(0) if self._shift is None else self._shift.to(y.device, dtype)
+        centred = y - self._shift
+        return rows, centred.sum(0), centred.square().sum(0), residual.square().sum(0)
 
     def finalize(self, sums: list[Tensor]) -> float:
-        rows, sum_y, sum_y2, ss_res = (s.double() for s in sums)
+        rows, sum_c, sum_c2, ss_res = (s.double() for s in sums)
         n = float(rows)
         if n < 2:
             return float("nan")
-        ss_tot = (sum_y2 - sum_y.square() / n).clamp_min(0.0)
+        ss_tot = (sum_c2 - sum_c.square() / n).clamp_min(0.0)
         # Below this, SS_tot is rounding error of the streamed formula: the column is constant.
-        constant = ss_tot <= 8 * torch.finfo(torch.float64).eps * sum_y2
+        shift = self._shift.double().cpu() if self._shift is not None else torch.zeros_like(ss_tot)
+        eps = torch.finfo(torch.float64).eps
+        constant = ss_tot <= 8 * eps * sum_c2 + n * (4 * eps * shift).square()
         safe_tot = torch.where(constant, torch.ones_like(ss_tot), ss_tot)
-        scores = torch.where(
-            constant,
-            (ss_res == 0).double(),
-            1.0 - ss_res / safe_tot,
-        )
+        scores = torch.where(constant, (ss_res == 0).double(), 1.0 - ss_res / safe_tot)
         return float(scores.mean())
+
+    def before_sync(self, reduce_fn: Callable[[list[Tensor]], Any]) -> None:
+        """Several processes: move every process's sums to the same shift, so that they add up."""
+        rows, sum_c, sum_c2, ss_res = self.sums()
+        n = rows.to(sum_c.dtype)
+        weighted = [n * self._shift, n.reshape(1).clone()]
+        reduce_fn(weighted)
+        common = weighted[0] / weighted[1]
+        d = self._shift - common
+        sum_c2.add_(2 * d * sum_c + n * d.square())
+        sum_c.add_(n * d)
+        self._shift = common
+
+    def reset(self) -> None:
+        super().reset()
+        self._shift = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "shift": None if self._shift is None else self._shift.detach().cpu().clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        shift = state.get("shift")
+        self._shift = None if shift is None else torch.as_tensor(shift).clone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -830,6 +865,9 @@ class MetricSet:
         metrics not updated yet are left out. Every process must have updated every metric.
         """
         self.flush()
+        for metric in self.metrics:  # a metric whose sums need aligning first (R2's shift)
+            if callable(getattr(metric, "before_sync", None)) and getattr(metric, "_sums", None):
+                metric.before_sync(reduce_fn)
         tensors = [t for m in self.metrics if callable(getattr(m, "sums", None)) for t in m.sums()]
         if tensors:
             reduce_fn(tensors)
