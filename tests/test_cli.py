@@ -225,3 +225,36 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit", str(recipe), "--no-such-option"])
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_hostile_paths_and_files_get_one_line(tmp_path, capsys):
+    assert main(["fit", str(write_recipe(tmp_path, {**IRIS, "train": {"max_epochs": 1}})), "--run-dir",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    run_dir = tmp_path / "run"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("sepal length (cm),sepal width (cm),petal length (cm),petal width (cm)\n5,3,1,0.2 \xe9\n"
+                      .encode("latin-1"))
+    infinite = tmp_path / "inf.csv"
+    infinite.write_text("sepal length (cm),sepal width (cm),petal length (cm),petal width (cm)\n5,3,inf,0.2\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    capsys.readouterr()
+    cases = [
+        (["predict", str(run_dir), "--input", str(latin), "--output", str(tmp_path / "p.csv")], "is not UTF-8 text"),
+        (["predict", str(run_dir), "--input", str(infinite), "--output", str(tmp_path / "p.csv")],
+         "column 'petal length (cm)': 'inf' is not a finite number"),
+        (["predict", str(run_dir), "--input", str(infinite), "--output", str(tmp_path)], "is a folder"),
+        (["init", "-o", str(tmp_path / "no" / "dir" / "r.yaml")], "does not exist"),
+        (["fit", str(write_recipe(tmp_path, {**IRIS, "name": "../../escaped"}, "up.yaml")), "--no-progress"],
+         "recipe error at name: a run name is a plain folder name"),
+        (["fit", str(write_recipe(tmp_path, {**IRIS, "name": ""}, "empty.yaml")), "--no-progress"],
+         "a run name is a plain folder name"),
+        (["fit", str(write_recipe(tmp_path, IRIS, "ok.yaml")), "--run-dir", str(a_file), "--no-progress"], "is a file"),
+        (["fit", str(write_recipe(tmp_path, IRIS, "ok.yaml")), "seed=-5", "--no-progress"], "recipe error at seed"),
+    ]
+    for argv, message in cases:
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err and err[-1].startswith("error: ") and message in err[-1], (argv, err)
+        assert not any("Traceback" in line for line in err)
+    assert not (tmp_path.parent / "escaped").exists()

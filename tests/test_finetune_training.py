@@ -409,3 +409,9 @@ def test_ema_of_a_model_with_tied_weights_averages_and_swaps_the_weight_once():
     assert list(ema.shadow) == ["encode.weight", "head.weight", "head.bias"]
     assert torch.equal(model.encode.weight, ema.shadow["encode.weight"])  # the model ends on the EMA
     assert model.decode.weight is model.encode.weight
+
+
+@pytest.mark.parametrize("start", ["200%", 1000, "9ep"])
+def test_swa_that_could_never_start_is_refused(start):
+    with pytest.raises(TraincraftError, match=r"swa.start .* after the run's last step \(16\): averaging would never start"):
+        trainer(net(), max_epochs=4, swa={"start": start}).fit(data())

@@ -632,3 +632,20 @@ def test_takes_probabilities():
     assert not losses.takes_probabilities(["bce", "dice"])
     assert not losses.takes_probabilities("mse")
     assert not losses.takes_probabilities(lambda p, t: (p - t).mean())
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (8,)])
+def test_cross_entropy_on_one_output_is_refused_not_zero(shape):
+    loss_fn = losses.build("cross_entropy")
+    pred, target = torch.randn(*shape), torch.randn(*shape) * 10
+    with pytest.raises(ShapeError, match=r"one output per sample, and a softmax over one class is always 1.*'mse'"):
+        losses.target_adapter(loss_fn, pred, target)
+
+
+def test_cross_entropy_from_the_command_line_on_a_regression_target_is_one_line(tmp_path, capsys):
+    from traincraft.cli import main
+
+    code = main(["fit", "regression", "loss=cross_entropy", "train.max_epochs=1", "--run-dir", str(tmp_path / "r"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: loss 'cross_entropy': prediction shape") and "always 1" in err[-1]

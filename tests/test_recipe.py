@@ -131,3 +131,38 @@ def test_finetune_sections_are_checked_and_reach_the_trainer():
         load_recipe({**raw, "finetune": {"layer_decay": 1.5}})
     with pytest.raises(RecipeError, match="ema.decay"):
         load_recipe({**raw, "ema": {"decay": 1.0}})
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\noptimizer: {name: adamw, lr: 1.0e-2, lr: 5.0}\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: line 2: key 'lr' is given twice in the same section "
+                                          r"\(first on line 2\); keep one"):
+        load_recipe(path)
+    path.write_text("train: {max_epochs: 3}\nseed: 1\ntrain: {max_epochs: 9}\n")
+    with pytest.raises(RecipeError, match=r"line 3: key 'train' is given twice .*first on line 1"):
+        load_recipe(path)
+
+
+def test_an_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join(['*a' + str(i - 1)] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nmetrics: *a8\n")
+    with pytest.raises(RecipeError, match="expands to more than 100,000 values") as caught:
+        load_recipe(path)
+    assert len(str(caught.value)) < 300
+    with pytest.raises(RecipeError) as caught:  # a wrong but small value: its repr is cut
+        load_recipe({"metrics": [["x" * 500] * 50]})
+    assert len(str(caught.value)) < 400
+
+
+def test_a_binary_file_and_a_base_dir_of_its_own_are_refused(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(RecipeError, match="is not a text file"):
+        load_recipe(binary)
+    sneaky = tmp_path / "r.yaml"
+    sneaky.write_text("_base_dir: /etc\nname: x\n")
+    with pytest.raises(RecipeError, match="_base_dir is written by traincraft into a run folder's recipe.yaml"):
+        load_recipe(sneaky)

@@ -468,3 +468,43 @@ def test_dataloader_workers_forked_during_fit_collect_their_own_garbage(workers)
     quiet(model, loss="mse", max_epochs=1).fit(loader)
     # In the training process collection is the trainer's (off); a forked worker has it back.
     assert model.seen == [float(workers == 1)] * 8
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_epochs": 1.5}, "max_epochs must be a whole number, got 1.5"),
+    ({"batch_size": 8.5}, "batch_size must be a whole number"),
+    ({"accumulate": True}, "accumulate must be a whole number"),
+    ({"seed": -5}, "seed must be between 0 and 2\\*\\*63 - 1, got -5"),
+    ({"seed": 1e23}, "seed must be between 0 and 2\\*\\*63 - 1"),
+    ({"seed": 0.5}, "seed must be a whole number"),
+])
+def test_counts_and_seeds_are_checked_in_one_line(kwargs, message):
+    with pytest.raises(TraincraftError, match=message):
+        tc.Trainer(nn.Linear(2, 1), loss="mse", progress=False, **kwargs)
+
+
+def test_data_that_is_not_numbers_or_not_finite_is_named():
+    import numpy as np
+
+    X = torch.randn(20, 2)
+    t = tc.Trainer(nn.Linear(2, 1), loss="mse", progress=False, max_epochs=1)
+    with pytest.raises(DataError, match=r"train target: numpy array of dtype <U1 \(not numbers\)"):
+        t.fit((X, np.array(list("ab") * 10)))
+    bad = X.clone()
+    bad[7, 1], bad[12, 0] = float("nan"), float("inf")
+    with pytest.raises(DataError, match=r"train inputs: 2 values are NaN or inf, in 2 samples \(the first: sample 7\)"):
+        t.fit((bad, torch.randn(20, 1)))
+    with pytest.raises(DataError, match=r"val target: 1 values are NaN or inf"):
+        t.fit((X, torch.randn(20, 1)), val=(X, torch.tensor([[float("nan")]] * 1 + [[0.0]] * 19)))
+    with pytest.raises(DataError, match=r"predict inputs: 2 values are NaN or inf"):
+        t.predict(bad)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"checkpoint": {"every_n_step": 5}}, r"checkpoint: unknown key 'every_n_step' \(did you mean 'every_n_steps'"),
+    ({"ema": {"decy": 0.9}}, r"ema: unknown key 'decy' \(did you mean 'decay'\?\)"),
+    ({"swa": {"strat": "50%"}}, r"swa: unknown key 'strat' \(did you mean 'start'"),
+])
+def test_a_misspelled_key_of_a_strategy_gets_the_closest_one(tmp_path, kwargs, message):
+    with pytest.raises(TraincraftError, match=message):
+        tc.Trainer(nn.Linear(2, 1), loss="mse", progress=False, run_dir=tmp_path, **kwargs)

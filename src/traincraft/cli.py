@@ -400,8 +400,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from traincraft.predict_csv import predict_csv
 
+    from traincraft.errors import TraincraftError
+
+    output = Path(args.output)
+    if output.is_dir():
+        raise TraincraftError(f"--output {output} is a folder: give a file name, e.g. {output / 'predictions.csv'}")
+    if not output.parent.is_dir():
+        raise TraincraftError(f"--output {output}: the folder {output.parent} does not exist")
     trainer, recipe, info = _run_trainer(args.run_dir)
-    rows = predict_csv(trainer, info, recipe, Path(args.input), Path(args.output))
+    rows = predict_csv(trainer, info, recipe, Path(args.input), output)
     print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
     return 0
 
@@ -419,6 +426,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.output)
     if target.exists() and not args.force:
         raise TraincraftError(f"{target} exists: choose another -o FILE or add --force")
+    if target.is_dir() or not target.parent.is_dir():
+        raise TraincraftError(f"-o {target}: " + ("is a folder" if target.is_dir() else f"the folder {target.parent} does not exist"))
     target.write_text(source.read_text())
     print(f"wrote {target}; train with: traincraft fit {target}", file=sys.stderr)
     return 0

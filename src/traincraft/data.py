@@ -40,8 +40,9 @@ ACCEPTED = (
 def as_tensor(value: Any, what: str) -> torch.Tensor:
     """A tensor from a tensor or array; float64 becomes float32 (models are float32 by default)."""
     if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise DataError(f"{what}: numpy array of dtype object; convert it to numbers first")
+        if value.dtype == object or value.dtype.kind in "USV":
+            raise DataError(f"{what}: numpy array of dtype {value.dtype} (not numbers); convert it to "
+                            "numbers first (class names: map them to 0..C-1)")
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
         raise DataError(f"{what}: expected a tensor or numpy array, got {type(value).__name__}")
@@ -580,7 +581,24 @@ def pair_as_tensors(data: tuple[Any, Any], what: str) -> tuple[Inputs, torch.Ten
             f"{what}: inputs and target have different numbers of samples: "
             f"inputs {describe(inputs)}, target {describe(target)}"
         )
+    _check_finite(inputs, f"{what} inputs")
+    _check_finite(target, f"{what} target")
     return inputs, target
+
+
+def _check_finite(obj: Any, what: str) -> None:
+    """NaN or inf in the data is named here, not found later as a non-finite loss."""
+    tensors: list[torch.Tensor] = []
+    map_tensors(tensors.append, obj)
+    for tensor in tensors:
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            continue
+        bad = ~torch.isfinite(tensor.reshape(len(tensor), -1) if tensor.ndim else tensor.reshape(1, 1))
+        rows = bad.any(1).nonzero().flatten()
+        raise DataError(
+            f"{what}: {int(bad.sum()):,} values are NaN or inf, in {len(rows):,} samples (the first: "
+            f"sample {int(rows[0])}); remove or impute them before training"
+        )
 
 
 def make_predict_batches(data: Any, *, batch_size: int) -> Batches:
@@ -593,6 +611,7 @@ def make_predict_batches(data: Any, *, batch_size: int) -> Batches:
         inputs = _inputs_as_tensors(data, "predict inputs")
         if num_samples(inputs) == 0:
             raise DataError(f"predict inputs: empty data ({describe(inputs)})")
+        _check_finite(inputs, "predict inputs")
         return TensorBatches(inputs, None, batch_size)
     raise DataError(
         f"predict data: unsupported type {_type_name(data)}; accepted: a tensor or numpy array "

@@ -922,6 +922,15 @@ def _make_adapt(pick: int | None, reshape: bool, dtype: torch.dtype | None) -> A
 
 
 def _class_check(rule: _Rule, pred: Tensor, target: Tensor) -> Adapt:
+    if pred.dim() >= 1 and (pred.dim() < 2 or pred.shape[1] == 1) and target.is_floating_point():
+        # A softmax over one class is always 1: the loss would be 0 whatever the model does.
+        raise ShapeError(
+            f"loss {rule.name!r}: prediction shape {_fmt(pred.shape)} has one output per sample, "
+            f"and a softmax over one class is always 1 (the loss would be 0). For a "
+            f"{str(target.dtype).removeprefix('torch.')} target of shape {_fmt(target.shape)}: "
+            "use 'mse' (or another regression loss) for values, 'bce_with_logits' for 0/1 labels, "
+            "or make the model output num_classes logits"
+        )
     if target.is_floating_point():
         if rule.kind == CLASS_OR_PROBS and target.shape == pred.shape:
             return _make_adapt(None, False, _float_cast(pred, target))

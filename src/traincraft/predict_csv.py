@@ -17,6 +17,13 @@ def read_columns(path: Path, names: list[str]) -> torch.Tensor:
     """The named columns of a CSV file as a float tensor (rows × columns), with clear errors."""
     if not path.is_file():
         raise DataError(f"input file {path} not found")
+    try:
+        return _read_columns(path, names)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}): save the CSV as UTF-8") from None
+
+
+def _read_columns(path: Path, names: list[str]) -> torch.Tensor:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -34,6 +41,8 @@ def read_columns(path: Path, names: list[str]) -> torch.Tensor:
                     raise DataError(f"{path}, line {line}, column {name!r}: {row[name]!r} is not a number") from None
                 if value != value:
                     raise DataError(f"{path}, line {line}, column {name!r}: missing value (NaN)")
+                if value in (float("inf"), float("-inf")):
+                    raise DataError(f"{path}, line {line}, column {name!r}: {row[name]!r} is not a finite number")
                 values.append(value)
             rows.append(values)
     if not rows:

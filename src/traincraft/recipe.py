@@ -184,7 +184,7 @@ class Recipe(Section):
     """A training recipe. ``traincraft schema`` prints its JSON schema."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     data: DataSection
     model: ModelSection
     loss: str | dict[str, Any] | list[dict[str, Any]] = "cross_entropy"
@@ -204,6 +204,14 @@ class Recipe(Section):
         default_factory=lambda: ["csv"], description="csv (always written), tensorboard, mlflow"
     )
     _base_dir: str | None = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        # The run folder is runs/<name>/<time>: the name must stay a folder name under runs/.
+        if not value.strip() or value.strip() in (".", "..") or any(c in value for c in "/\\\0:"):
+            raise ValueError("a run name is a plain folder name (no '/', '\\', ':', not empty, not '..')")
+        return value
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -264,15 +272,74 @@ def read_raw(source: str | Path | dict[str, Any] | None) -> tuple[dict[str, Any]
             hint = did_you_mean(str(source), names) or f"; built-in templates: {', '.join(names)}"
             raise RecipeError(f"recipe file {str(source)!r} not found{hint}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not a text file (not UTF-8): give a YAML recipe") from None
+    except OSError as err:
+        raise RecipeError(f"recipe {path} cannot be read: {err.strerror or err}") from None
+    try:
+        raw = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise RecipeError(f"recipe {path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from err
+    except RecipeError as err:
+        raise RecipeError(f"recipe {path}: {err}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw.setdefault("_base_dir", str(path.parent.resolve()))
+    if "_base_dir" not in raw:
+        raw["_base_dir"] = str(path.parent.resolve())
+    elif not (path.name == "recipe.yaml" and (path.parent / "data.json").is_file()):
+        # Only the recipe a run folder holds says where its relative paths resolve (run.py).
+        raise RecipeError(f"recipe {path}: _base_dir is written by traincraft into a run folder's "
+                          "recipe.yaml, not set by a recipe; remove it")
     return raw, str(path)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (the second would
+    silently replace the first: ``{lr: 1.0e-2, lr: 5.0}``, a second ``train:`` section)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise RecipeError(
+                    f"line {mark.line + 1}: key {key!r} is given twice in the same section "
+                    f"(first on line {seen[key].line + 1}); keep one"
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+#: Values a recipe may expand to through YAML aliases (an alias bomb stops here).
+MAX_VALUES = 100_000
+
+
+def load_yaml(text: str) -> Any:
+    """A recipe's YAML (or an override's value): duplicate keys refused, and no more than
+    :data:`MAX_VALUES` values once aliases are expanded."""
+    value = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any) -> int:
+        if id(obj) in sizes:
+            return sizes[id(obj)]
+        children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_VALUES:
+                break
+        sizes[id(obj)] = total
+        return total
+
+    if size(value) > MAX_VALUES:
+        raise RecipeError(f"the YAML expands to more than {MAX_VALUES:,} values (aliases of aliases?); "
+                          "a recipe is a few dozen keys")
+    return value
 
 
 def template_names() -> list[str]:
@@ -285,9 +352,11 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key.strip():
         raise RecipeError(f"override {override!r}: expected key.path=value, e.g. optimizer.lr=3e-4")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError as err:
         raise RecipeError(f"override {override!r}: the value is not valid YAML") from err
+    except RecipeError as err:
+        raise RecipeError(f"override {override!r}: {err}") from None
     set_key(raw, key.strip(), value, where=f"override {override!r}")
 
 
@@ -339,7 +408,17 @@ def _first_error(err: ValidationError, raw: dict[str, Any], origin: str) -> str:
     if kind == "missing":
         return f"recipe error at {path}: this key is required ({origin})"
     message = problem["msg"].replace("Input should be", "must be").replace("Value error, ", "")
-    return f"recipe error at {path}: {message}, got {problem.get('input')!r}"
+    return f"recipe error at {path}: {message}, got {_short(problem.get('input'))}"
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """A value's repr for a one-line message, cut (a huge or self-expanding value stays short)."""
+    import reprlib
+
+    shorter = reprlib.Repr()
+    shorter.maxlevel, shorter.maxlist, shorter.maxdict, shorter.maxstring, shorter.maxother = 3, 6, 6, 60, 60
+    text = shorter.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _section_model(location: list[str]) -> type[BaseModel] | None:

@@ -179,9 +179,15 @@ class Trainer:
     ):
         if not isinstance(model, nn.Module):
             raise TraincraftError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_whole(max_epochs=max_epochs, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps,
+                     rollback_every=rollback_every, max_rollbacks=max_rollbacks)
         _check_positive(max_epochs=max_epochs, batch_size=batch_size, lr=lr)
         if max_steps is not None:
             _check_positive(max_steps=max_steps)
+        if seed is not None:
+            _check_whole(seed=seed)
+            if not 0 <= int(seed) < 2**63:
+                raise TraincraftError(f"seed must be between 0 and 2**63 - 1, got {seed}")
         self.device = resolve_device(device)
         # Under torchrun: join the other processes; each one takes its own GPU (distributed.py).
         self.world = distributed.join(self.device, timeout=dist_timeout)
@@ -237,7 +243,8 @@ class Trainer:
         if self.run_dir is not None and checkpoint is not False and not any(
             isinstance(c, Checkpoint) for c in callbacks
         ):
-            self.callbacks.append(Checkpoint(self.run_dir, **(checkpoint if isinstance(checkpoint, dict) else {})))
+            self.callbacks.append(_made(Checkpoint, "checkpoint", self.run_dir,
+                                        **(checkpoint if isinstance(checkpoint, dict) else {})))
         self.callbacks.extend(_averaging_callbacks(ema, swa))
         self.callbacks.extend(callbacks)
         if self.run_dir is not None:
@@ -1126,7 +1133,7 @@ def _averaging_callbacks(ema: Any, swa: Any) -> list[Callback]:
     elif ema is True:
         made.append(EMA())
     elif isinstance(ema, dict):
-        made.append(EMA(**ema))
+        made.append(_made(EMA, "ema", **ema))
     elif isinstance(ema, (int, float)) and not isinstance(ema, bool):
         made.append(EMA(decay=float(ema)))
     elif ema not in (None, False):
@@ -1134,7 +1141,7 @@ def _averaging_callbacks(ema: Any, swa: Any) -> list[Callback]:
     if isinstance(swa, SWA):
         made.append(swa)
     elif isinstance(swa, dict):
-        made.append(SWA(**swa))
+        made.append(_made(SWA, "swa", **swa))
     elif swa is True:
         made.append(SWA())
     elif swa not in (None, False):
@@ -1173,6 +1180,33 @@ def _concatenate(outputs: list[Any]) -> Any:
     if isinstance(first, (tuple, list)):
         return type(first)(torch.cat([o[i] for o in outputs]) for i in range(len(first)))
     raise TraincraftError(f"predict: cannot concatenate model outputs of type {type(first).__name__}")
+
+
+def _made(cls: Any, what: str, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)``; a key it does not take is one line with the closest ones."""
+    import inspect
+
+    from traincraft.errors import did_you_mean
+
+    accepted = [name for name, p in inspect.signature(cls).parameters.items()
+                if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and name != "folder")]
+    for key in kwargs:
+        if key not in accepted:
+            hint = did_you_mean(key, accepted) or f"; accepted: {', '.join(accepted)}"
+            raise TraincraftError(f"{what}: unknown key {key!r}{hint}")
+    return cls(*args, **kwargs)
+
+
+def _check_whole(**values: Any) -> None:
+    """Counts are whole numbers: ``max_epochs=1.5`` is refused, not trained as 1."""
+    import numbers
+
+    for name, value in values.items():
+        if value is None:
+            continue
+        whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            raise TraincraftError(f"{name} must be a whole number, got {value!r}")
 
 
 def _check_positive(**values: float) -> None:

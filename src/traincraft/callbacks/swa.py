@@ -94,6 +94,11 @@ class SWA(Callback):
         spe, total = trainer.state.steps_per_epoch, trainer.state.max_steps
         self.start_step = duration_steps(self.start, "swa.start", steps_per_epoch=spe, total_steps=total)
         self.anneal_steps = duration_steps(self.anneal, "swa.anneal", steps_per_epoch=spe, total_steps=total)
+        if total and self.start_step > total:
+            raise TraincraftError(
+                f"swa.start {self.start!r} is step {self.start_step:,}, after the run's last step ({total:,}): "
+                "averaging would never start; start earlier (e.g. '75%') or train longer"
+            )
         self.averaged = AveragedModel(trainer.model)
         if self._loaded is not None:  # a resumed run
             self.start_lrs = self._loaded["start_lrs"]
