@@ -97,6 +97,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             '                       "lr_lambda": lambda t: 0.5 ** (t / 100)})'
         ),
     },
+    "multiplicative": {
+        "spec": {"name": "multiplicative", "interval": "epoch", "lr_lambda": lambda e: 0.8},
+        "python": (
+            'Trainer(..., schedule={"name": "multiplicative", "interval": "epoch",\n'
+            '                       "lr_lambda": lambda e: 0.8})'
+        ),
+    },
     "plateau": {
         "spec": {
             "name": "plateau",

@@ -346,3 +346,33 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes(tmp_path):
     assert f"resume with: traincraft resume {run_dir}" in err
     state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state"]
     assert state["stop_reason"] == "interrupted"
+
+
+@pytest.mark.parametrize("how", ["raw pickle", "torch.save"])
+def test_a_pickle_payload_is_one_line_that_never_advises_an_unsafe_load(tmp_path, how):
+    import pickle
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    if how == "raw pickle":
+        evil.write_bytes(pickle.dumps({"state_dict": {"w": Payload()}}))
+    else:
+        torch.save({"state_dict": {"w": Payload()}}, evil)
+    said = {"raw pickle": "evil.pt is damaged, or not a torch.save file of tensors and plain types (a raw pickle?)",
+            "torch.save": "evil.pt was refused: it holds Python objects other than tensors"}[how]
+    for load in (load_checkpoint, lambda p: tc.Trainer(nn.Linear(2, 1), loss="mse", init_from=p, progress=False)):
+        with pytest.raises(CheckpointError) as caught:
+            load(evil)
+        message = str(caught.value)
+        assert said in message
+        assert "\n" not in message and "weights_only" not in message
+    data_recipe = {"data": {"dataset": str(evil)}, "model": "mlp", "loss": "mse"}
+    with pytest.raises(tc.TraincraftError, match=said.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")) as caught:
+        tc.Trainer.from_recipe(data_recipe, progress=False)
+    assert "\n" not in str(caught.value)
+    assert not marker.exists()

@@ -661,3 +661,11 @@ def test_zero_weight_decay_makes_one_group_with_every_parameter():
     opt = optim.build("adam", net, weight_decay=0.0)
     assert len(opt.param_groups) == 1
     assert opt.param_groups[0]["param_names"] == [n for n, p in net.named_parameters() if p.requires_grad]
+
+
+def test_sparse_adam_on_dense_gradients_is_refused_when_built():
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 1))
+    with pytest.raises(TraincraftError, match=r"'sparse_adam' needs sparse gradients.*but '1.weight' gets dense ones"):
+        optim.build("sparse_adam", model, lr=0.1)
+    with pytest.raises(TraincraftError, match=r"'0.weight' gets dense ones"):
+        optim.build("sparse_adam", nn.Sequential(nn.Embedding(10, 4)), lr=0.1)

@@ -406,3 +406,49 @@ def test_resuming_another_models_checkpoint_is_one_line(tmp_path):
                                               r"\(2.weight, 2.bias\); 2 unexpected \(3.weight, 3.bias\); 2 of another "
                                               r"shape \(0.weight \[8, 4\] vs \[5, 4\]; 0.bias \[8\] vs \[5\]\)$"):
         other.fit(train, val=val, resume=tmp_path)
+
+
+# ----------------------------------------------------------------------------- code a run folder names
+
+TINY_NET = '''
+import torch
+class TinyNet(torch.nn.Module):
+    def __init__(self, input_shape, output_size):
+        super().__init__()
+        self.layer = torch.nn.Linear(input_shape[0], output_size)
+    def forward(self, x):
+        return self.layer(x)
+'''
+
+
+def test_a_run_folder_from_elsewhere_runs_no_code_unless_trusted(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mynets.py").write_text(TINY_NET)
+    monkeypatch.chdir(home)
+    monkeypatch.syspath_prepend(str(home))
+    recipe = {**IRIS, "model": {"name": "mynets:TinyNet"}, "train": {"max_epochs": 1}}
+    assert main(["fit", str(recipe_file(home, recipe)), "--run-dir", "runs/mine", "--no-progress"]) == 0
+    assert main(["evaluate", "runs/mine"]) == 0  # made here: no question asked
+    shared = tmp_path / "downloads" / "run"
+    shutil.copytree(home / "runs" / "mine", shared)
+    capsys.readouterr()
+    for argv in (["evaluate", str(shared)], ["resume", str(shared), "train.max_epochs=2", "--no-progress"],
+                 ["predict", str(shared), "--input", "x.csv", "--output", "p.csv"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "names code to import and run (mynets:TinyNet)" in err and "--trust-code" in err
+    with pytest.raises(TraincraftError, match="trust_code=True"):
+        tc.load_model(shared)
+    assert main(["evaluate", str(shared), "--trust-code"]) == 0
+    assert isinstance(tc.load_model(shared, trust_code=True), nn.Module)
+
+
+@pytest.mark.parametrize("name", ["os:system", "subprocess:run", "builtins:eval", "shutil.rmtree"])
+def test_the_standard_library_is_never_a_model_or_a_data_set(tmp_path, name):
+    from traincraft.registry import import_object
+
+    with pytest.raises(TraincraftError, match="names Python's standard library"):
+        import_object(name, "model")
+    with pytest.raises(TraincraftError, match="standard library"):
+        tc.Trainer.from_recipe({**IRIS, "data": {"dataset": name.replace(".", ":")}}, progress=False)

@@ -1288,3 +1288,20 @@ def test_a_torch_scheduler_with_tensor_lrs_is_recorded_step_by_step():
                          schedule=make, schedule_interval="step", progress=False, seed=0)
     history = trainer.fit((X, y))
     assert [row["lr"] for row in history.epochs] == [0.5, 0.125, 0.03125]  # the last step of each epoch
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_multiplicative_matches_torch_multiplicative_lr(interval):
+    factor = lambda k: 0.9 if k % 2 else 0.95  # noqa: E731
+    spec = {"name": "multiplicative", "lr_lambda": factor, "interval": interval}
+    rows = schedules.preview(spec, 3, 4, base_lrs=(0.1,))
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    oracle = torch.optim.lr_scheduler.MultiplicativeLR(probe, factor)
+    expected = []
+    for step in range(len(rows)):
+        expected.append(probe.param_groups[0]["lr"])
+        if interval == "step" or (step + 1) % 3 == 0:
+            probe.step()
+            oracle.step()
+    assert [row[0] for row in rows] == pytest.approx(expected, rel=1e-12)
+    assert schedules.names().count("multiplicative") == 1

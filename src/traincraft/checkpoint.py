@@ -273,26 +273,42 @@ def stage(obj: Any) -> Any:
     return obj
 
 
+def torch_load_safely(path: Path, what: str = "") -> Any:
+    """``torch.load(weights_only=True)`` with one line for what it refuses or cannot read
+    (never torch's advice to load with ``weights_only=False``: not for a file that failed this)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            raise CheckpointError(
+                f"{what}{path} was refused: it holds Python objects other than tensors and plain types, "
+                "which could run code when loaded; save tensors (model.state_dict()) or a .safetensors file"
+            ) from None
+        if "weights only load failed" in text.lower():  # a raw pickle, another format, garbled bytes
+            raise CheckpointError(
+                f"{what}{path} is damaged, or not a torch.save file of tensors and plain types (a raw "
+                "pickle?): it was not loaded; save tensors with torch.save, or a .safetensors file"
+            ) from None
+        raise CheckpointError(f"{what}{path} is damaged (truncated or garbled): {_first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001  (garbled bytes fail anywhere inside torch.load)
+        raise CheckpointError(f"{what}{path} is damaged (truncated or garbled): {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    line = next((part.strip() for part in str(err).splitlines() if part.strip()), type(err).__name__)
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint safely; a damaged or unsafe file gets a clear error naming it."""
     path = Path(path)
     files.wait()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
-            raise CheckpointError(
-                f"{path} was refused: it holds Python objects other than tensors and plain types, "
-                "which could run code when loaded. Only load checkpoints you trust, with torch.load yourself"
-            ) from None
-        raise CheckpointError(f"{path} is damaged (truncated or garbled): {err}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as err:
-        # torch.load's own errors for a garbled file vary with where the damage is.
-        raise CheckpointError(f"{path} is damaged (truncated or garbled): {err}") from None
+    state = torch_load_safely(path)
     if not isinstance(state, dict) or state.get("format") not in (1, FORMAT):
         raise CheckpointError(f"{path} is not a traincraft training checkpoint")
     verify(state, path)

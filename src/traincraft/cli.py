@@ -155,11 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_process_options(resume)
 
+    trust = "import the code that the run folder's recipe names (module:Class) although the folder is not under this one"
+    resume.add_argument("--trust-code", action="store_true", help=trust)
+
     evaluate = command("evaluate", cmd_evaluate, "evaluate a run's best weights on a split")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
+    evaluate.add_argument("--trust-code", action="store_true", help=trust)
 
     predict = command("predict", cmd_predict, "predict a CSV file with a run's model")
+    predict.add_argument("--trust-code", action="store_true", help=trust)
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("--input", required=True, help="CSV with the training data's input columns")
     predict.add_argument("--output", required=True, help="CSV to write")
@@ -272,7 +277,8 @@ def launch_processes(command: list[str], args: argparse.Namespace) -> int:
 
     flags = [flag for flag, on in (("--no-progress", args.no_progress), ("--debug", args.debug),
                                    ("--allow-changes", getattr(args, "allow_changes", False)),
-                                   ("--overwrite", getattr(args, "overwrite", False))) if on]
+                                   ("--overwrite", getattr(args, "overwrite", False)),
+                                   ("--trust-code", getattr(args, "trust_code", False))) if on]
     return launch([*command, *flags], nproc=args.nproc, master_port=args.master_port, debug=args.debug)
 
 
@@ -294,6 +300,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if "=" not in override:
             raise TraincraftError(f"expected key.path=value, got {override!r}")
     recipe = load_recipe(recipe_file, args.overrides)
+    from traincraft.runfolder import check_code
+
+    check_code(args.run_dir, recipe, trust_code=args.trust_code)
     if launches(args, recipe):
         return launch_processes(["resume", args.run_dir, *args.overrides], args)
     return train(recipe, Path(args.run_dir), args, resume=True)
@@ -368,12 +377,12 @@ def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> 
     print("\n".join(lines), file=sys.stderr)
 
 
-def _run_trainer(run_dir: str) -> tuple[Any, Any, Any]:
+def _run_trainer(run_dir: str, trust_code: bool = False) -> tuple[Any, Any, Any]:
     """A trainer holding a run's best weights, with the run's data (same seed, same split)."""
     from traincraft.run import build_model, load_run, run_weights, standalone_kwargs
     from traincraft.trainer import Trainer
 
-    recipe, info = load_run(run_dir)
+    recipe, info = load_run(run_dir, trust_code=trust_code)
     # The run folder alone: neither init_from nor the model's weights: file is read again.
     model = build_model(recipe, info, init_weights=False)
     model.load_state_dict(run_weights(run_dir))
@@ -387,7 +396,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from traincraft.errors import TraincraftError
     from traincraft.run import prepare_data
 
-    trainer, recipe, _ = _run_trainer(args.run_dir)
+    trainer, recipe, _ = _run_trainer(args.run_dir, args.trust_code)
     data = prepare_data(recipe)
     split = getattr(data, args.split)
     if split is None:
@@ -398,16 +407,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from traincraft.predict_csv import predict_csv
-
     from traincraft.errors import TraincraftError
+    from traincraft.predict_csv import predict_csv
 
     output = Path(args.output)
     if output.is_dir():
         raise TraincraftError(f"--output {output} is a folder: give a file name, e.g. {output / 'predictions.csv'}")
     if not output.parent.is_dir():
         raise TraincraftError(f"--output {output}: the folder {output.parent} does not exist")
-    trainer, recipe, info = _run_trainer(args.run_dir)
+    trainer, recipe, info = _run_trainer(args.run_dir, args.trust_code)
     rows = predict_csv(trainer, info, recipe, Path(args.input), output)
     print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
     return 0

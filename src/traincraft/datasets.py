@@ -458,13 +458,12 @@ def _read_npz(path: Path, task: str | None) -> _Source:
 
 
 def _read_pt(path: Path, task: str | None) -> _Source:
+    from traincraft.checkpoint import CheckpointError, torch_load_safely
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have no common base class
-        raise DataError(
-            f"{path.name}: cannot load with torch.load(weights_only=True) ({_first_line(err)}); "
-            "save a dict {'X': tensor, 'y': tensor} or a tuple (X, y) of tensors"
-        ) from err
+        obj = torch_load_safely(path)
+    except CheckpointError as err:
+        raise DataError(f"{err}; save a dict {{'X': tensor, 'y': tensor}} or a tuple (X, y) of tensors") from None
     if isinstance(obj, Mapping):
         pair = _pair_from_mapping(obj, path.name, task)
     else:

@@ -154,6 +154,7 @@ def build(
     _check_rule_keys(cls, label, param_groups)
     groups = _param_groups(model, lr, weight_decay, decay_exclude, param_groups)
     _check_muon(cls, label, groups)
+    _check_sparse(cls, label, model, groups)
     kwargs = _with_fused(cls, kwargs, model, groups)
     if _accepts(cls, "weight_decay"):
         # The constructor's defaults serve groups added later (unfreezing) without these keys.
@@ -375,6 +376,23 @@ def _check_muon(cls: type, label: str, groups: list[dict[str, Any]]) -> None:
                 raise TraincraftError(
                     f"optimizer {label!r} trains 2-D weight matrices only, but {name!r} has "
                     f"shape {tuple(p.shape)}; freeze the other parameters or use 'adamw'"
+                )
+
+
+def _check_sparse(cls: type, label: str, model: nn.Module, groups: list[dict[str, Any]]) -> None:
+    # SparseAdam takes sparse gradients only, which only sparse embeddings produce; torch would
+    # fail at the first step, naming no parameter.
+    if not issubclass(cls, torch.optim.SparseAdam):
+        return
+    sparse = {id(p) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+              and m.sparse for p in m.parameters()}
+    for group in groups:
+        for name, p in zip(group["param_names"], group["params"]):
+            if id(p) not in sparse:
+                raise TraincraftError(
+                    f"optimizer {label!r} needs sparse gradients, which only nn.Embedding(sparse=True) "
+                    f"gives, but {name!r} gets dense ones; use 'adam' (or freeze it, or give the "
+                    "optimizer a callable that pairs SparseAdam with Adam)"
                 )
 
 

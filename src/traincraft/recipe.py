@@ -117,6 +117,7 @@ class EarlyStoppingSection(Section):
     check_finite: bool = True
     stopping_threshold: float | None = None
     divergence_threshold: float | None = None
+    baseline: float | None = None
     restore_best: bool = True
     verbose: bool = True
 

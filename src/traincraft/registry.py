@@ -8,6 +8,7 @@ caller accepts as already built.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,11 @@ def split_spec(spec: str | Mapping[str, Any], kind: str) -> tuple[str, dict[str,
     raise TraincraftError(f"{kind} spec must be a name or a dict with 'name', got {type(spec).__name__}")
 
 
+#: Standard-library modules of pure functions a recipe may name (``math:cos`` as a schedule's
+#: function); every other standard-library module (os, subprocess, shutil, ...) is refused.
+PURE_STDLIB = frozenset({"math", "cmath", "operator", "statistics"})
+
+
 def import_object(path: str, kind: str = "object") -> Any:
     """Import ``"package.module:attribute"`` (also ``package.module.attribute``)."""
     module_name, sep, attr = path.partition(":")
@@ -113,6 +119,11 @@ def import_object(path: str, kind: str = "object") -> Any:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise TraincraftError(f"{kind} {path!r}: expected 'package.module:name'")
+    top = module_name.split(".")[0]
+    if (top in sys.stdlib_module_names or top == "builtins") and top not in PURE_STDLIB:
+        # os:system, subprocess:run, builtins:eval: never a model, loss or data set of a recipe.
+        raise TraincraftError(f"{kind} {path!r} names Python's standard library, not a {kind}: "
+                              "name a class or function of your own module")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

@@ -273,19 +273,28 @@ def environment(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def load_run(run_dir: str | Path) -> tuple[Recipe, dict[str, Any]]:
-    """The recipe and data info a run folder holds."""
+def load_run(run_dir: str | Path, *, trust_code: bool = False) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe and data info a run folder holds. A recipe naming code to import
+    (``module:Class``) is refused for a folder from elsewhere unless ``trust_code`` (see
+    :func:`traincraft.runfolder.check_code`)."""
+    from traincraft.runfolder import check_code
+
     folder = Path(run_dir)
     for name in ("recipe.yaml", "data.json"):
         if not (folder / name).is_file():
             raise TraincraftError(f"{folder} is not a run folder: {name} is missing")
     recipe = load_recipe(folder / "recipe.yaml")
-    info = json.loads((folder / "data.json").read_text())
+    check_code(folder, recipe, trust_code=trust_code)
+    try:
+        info = json.loads((folder / "data.json").read_text())
+    except ValueError as err:
+        raise TraincraftError(f"{folder / 'data.json'} is damaged: {err}") from None
     return recipe, info
 
 
-def load_model(run_dir: str | Path, weights: str = "best.safetensors") -> torch.nn.Module:
+def load_model(run_dir: str | Path, weights: str = "best.safetensors", *, trust_code: bool = False) -> torch.nn.Module:
     """The model of a run, rebuilt from its recipe with its saved weights, in eval mode.
+    ``trust_code``: see :func:`load_run`.
 
     Example:
         >>> model = load_model("runs/quickstart/20261121-101500")
@@ -293,7 +302,7 @@ def load_model(run_dir: str | Path, weights: str = "best.safetensors") -> torch.
     """
     from traincraft.checkpoint import load_weights
 
-    recipe, info = load_run(run_dir)
+    recipe, info = load_run(run_dir, trust_code=trust_code)
     model = build_model(recipe, info, init_weights=False)  # the run's own weights replace them
     if weights == "best.safetensors":
         model.load_state_dict(run_weights(run_dir))
@@ -308,7 +317,12 @@ def load_model(run_dir: str | Path, weights: str = "best.safetensors") -> torch.
 def run_weights(run_dir: str | Path, warn: Any = None) -> dict[str, torch.Tensor]:
     """The weights a run folder stands for (``best.safetensors``), written again from the run's
     newest good checkpoint when the file is missing or damaged."""
-    from traincraft.checkpoint import CheckpointError, checkpoint_candidates, find_resume_checkpoint, load_weights
+    from traincraft.checkpoint import (
+        CheckpointError,
+        checkpoint_candidates,
+        find_resume_checkpoint,
+        load_weights,
+    )
     from traincraft.runfolder import rebuild_mirrors
 
     folder = Path(run_dir)

@@ -157,6 +157,49 @@ def check_recipe(saved_yaml: str | None, recipe: Any, checkpoint: Path) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- code a run folder names
+
+_CODE_NAME = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: Prefixes of names that select a model of a package traincraft knows, not code to import.
+_PACKAGES = ("torchvision:", "timm:")
+TRUST_ENV = "TRAINCRAFT_TRUST_CODE"
+
+
+def named_code(recipe: Any) -> list[str]:
+    """The ``module:attribute`` names of a recipe: code that building its run would import."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and _CODE_NAME.match(value) and not value.startswith(_PACKAGES):
+            found.append(value)
+
+    walk(recipe.model_dump(mode="json"))
+    return found
+
+
+def check_code(folder: str | Path, recipe: Any, *, trust_code: bool = False) -> None:
+    """A run folder runs no code it names unless the user says it may (DESIGN rule 13): a
+    recipe naming ``module:attribute`` is refused when its run folder is not under the current
+    folder, unless ``trust_code`` (``--trust-code``, or the environment's TRAINCRAFT_TRUST_CODE=1)."""
+    names = named_code(recipe)
+    if not names or trust_code or os.environ.get(TRUST_ENV) == "1":
+        return
+    here, there = Path.cwd().resolve(), Path(folder).resolve()
+    if there == here or here in there.parents:
+        return  # made here (or placed here by the user)
+    raise TraincraftError(
+        f"{folder} is a run folder from outside this folder, and its recipe names code to import and run "
+        f"({', '.join(names[:3])}). Only if you trust where it came from: add --trust-code "
+        f"(trust_code=True in Python, or {TRUST_ENV}=1)"
+    )
+
+
 # ----------------------------------------------------------------------------- rebuilt files
 
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import inspect
 import math
 import numbers
 import re
 import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +289,32 @@ def lambda_(t: int, initial_lr: float, *, lr_lambda: Callable[[int], float]) -> 
         raise TraincraftError(f"schedule lambda: lr_lambda({t}) returned {factor!r}; it must return a number") from None
 
 
+def multiplicative(t: int, initial_lr: float, *, lr_lambda: Callable[[int], float]) -> float:
+    """``MultiplicativeLR``: the base LR times ``lr_lambda(k)`` for every k = 1..t (torch's
+    ``lr = lr_prev * lr_lambda(epoch)``). The product is carried from one step to the next,
+    and recomputed from 0 when ``t`` jumps (a preview, a resume)."""
+    try:
+        last_t, product = _PRODUCTS.get(lr_lambda, (0, 1.0))
+    except TypeError:  # not weakly referable (a builtin): no carrying over
+        last_t, product = 0, 1.0
+    if t < last_t:
+        last_t, product = 0, 1.0
+    for k in range(last_t + 1, t + 1):
+        factor = lr_lambda(k)
+        try:
+            product *= float(factor)
+        except (TypeError, ValueError, RuntimeError):
+            raise TraincraftError(
+                f"schedule multiplicative: lr_lambda({k}) returned {factor!r}; it must return a number"
+            ) from None
+    with contextlib.suppress(TypeError):
+        _PRODUCTS[lr_lambda] = (t, product)
+    return initial_lr * product
+
+
+_PRODUCTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # lr_lambda -> (t, Π factors to t)
+
+
 def plateau(
     t: int,
     initial_lr: float,
@@ -394,6 +422,7 @@ SCHEDULES.add(
     end_factor=0.0,
 )
 SCHEDULES.add("lambda", lambda_, aliases=["lambdalr"], doc="torch LambdaLR")
+SCHEDULES.add("multiplicative", multiplicative, aliases=["multiplicativelr"], doc="torch MultiplicativeLR")
 SCHEDULES.add(
     "plateau",
     plateau,
@@ -1486,7 +1515,8 @@ def preview(
 
     Returns:
         ``rows[s][g]``: the LR of group ``g`` for optimizer step ``s + 1``; ``total_steps + 1``
-        rows, the last one the LR after the run's last step (what the last epoch logs).
+        rows, the last one the LR after the run's last step (no step uses it; the history's ``lr``
+        of an epoch is the LR its last step used: ``rows[epoch * steps_per_epoch - 1]``).
 
     Example:
         >>> preview({"name": "step", "step_size": 2, "gamma": 0.5}, steps_per_epoch=3, epochs=1)

@@ -496,3 +496,40 @@ def test_load_state_dict_refuses_a_different_monitor() -> None:
     state = EarlyStopping(monitor="val_loss").state_dict()
     with pytest.raises(TraincraftError, match="use the same monitor and mode"):
         EarlyStopping(monitor="val_accuracy").load_state_dict(state)
+
+
+def keras_stop_epoch(values: Sequence[float], patience: int, baseline: float | None, min_delta: float = 0.0):
+    """Keras 3's ``EarlyStopping.on_epoch_end`` for mode "min", transcribed: the epoch (from 1)
+    at which it stops, or None."""
+    best, wait = math.inf, 0
+    for epoch, current in enumerate(values):
+        wait += 1
+        if current - min_delta < best:
+            best = current
+            if baseline is None or current - min_delta < baseline:
+                wait = 0
+            continue
+        if wait >= patience and epoch > 0:
+            return epoch + 1
+    return None
+
+
+@pytest.mark.parametrize("values, baseline", [
+    ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 0.3),   # improves every epoch, never reaches the baseline
+    ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 0.75),  # reaches it at epoch 4
+    ([0.5, 0.6, 0.7, 0.4, 0.45, 0.46, 0.47, 0.48], 0.42),
+    ([0.5, 0.6, 0.7, 0.8, 0.9, 1.0], None),
+    ([0.9, 0.95, 0.85, 0.99, 0.98, 0.97, 0.8], 0.86),
+])
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_baseline_stops_where_keras_does(values, baseline, patience):
+    stop = EarlyStopping(patience=patience, baseline=baseline, verbose=False)
+    trainer = fit(stop, values)
+    expected = keras_stop_epoch(values, patience, baseline)
+    assert (stop.stopped_epoch if trainer.state.should_stop else None) == expected
+
+
+@pytest.mark.parametrize("name", ["val_hinge", "squared_hinge", "categorical_hinge", "val_kld", "val_logcosh",
+                                  "binary_crossentropy", "val_huber", "val_poisson", "msle"])
+def test_loss_like_keras_metrics_go_down(name):
+    assert EarlyStopping(name).mode == "min"

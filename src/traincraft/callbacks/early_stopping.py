@@ -54,6 +54,9 @@ class EarlyStopping(Callback):
         check_finite: stop as soon as the figure is nan or inf.
         stopping_threshold: stop once the figure is this good (min: ``<=``, max: ``>=``).
         divergence_threshold: stop once the figure is worse than this (min: ``>``, max: ``<``).
+        baseline: as Keras' ``baseline``: an improvement resets the counter only when it also
+            beats this value (by ``min_delta``), so training stops after ``patience`` validations
+            that do not reach it.
         restore_best: at the end of training, load the weights of the best epoch back.
         verbose: log a line per validation (improvement or counter). Stop and restore lines are
             logged either way.
@@ -83,6 +86,7 @@ class EarlyStopping(Callback):
         check_finite: bool = True,
         stopping_threshold: float | None = None,
         divergence_threshold: float | None = None,
+        baseline: float | None = None,
         restore_best: bool = True,
         verbose: bool = True,
     ) -> None:
@@ -94,6 +98,7 @@ class EarlyStopping(Callback):
         self.check_finite = bool(check_finite)
         self.stopping_threshold = _threshold("stopping_threshold", stopping_threshold)
         self.divergence_threshold = _threshold("divergence_threshold", divergence_threshold)
+        self.baseline = _threshold("baseline", baseline)
         self._check_thresholds_order()
         self.restore_best = bool(restore_best)
         self.verbose = bool(verbose)
@@ -131,13 +136,13 @@ class EarlyStopping(Callback):
         if not math.isfinite(value) and self.check_finite:
             self._stop(trainer, "non_finite", f"{self.monitor} is {value} at epoch {epoch}")
             return
-        self._record(trainer, value, epoch)
+        improved = self._record(trainer, value, epoch)
         if epoch < self.start_from:
             return
         reason = self._threshold_reason(value)
         if reason is not None:
             self._stop(trainer, reason, self._threshold_message(reason, value, epoch))
-        elif self.wait >= self.patience:
+        elif self.wait >= self.patience and not improved:
             self._stop(
                 trainer,
                 "early_stopping",
@@ -200,23 +205,28 @@ class EarlyStopping(Callback):
         self.stopped_epoch = None
         self._snapshot = None
 
-    def _record(self, trainer: Trainer, value: float, epoch: int) -> None:
+    def _record(self, trainer: Trainer, value: float, epoch: int) -> bool:
         previous = self._tracker.best
         if self._tracker.update(value):
             self.best_epoch = epoch
-            self.wait = 0
+            # Keras: the counter restarts only for a value that beats the baseline too.
+            if self.baseline is None or self._tracker.beats(value, self.baseline):
+                self.wait = 0
+            elif epoch >= self.start_from:
+                self.wait += 1
             if self.restore_best:
                 self._take_snapshot(trainer.model)
             if self.verbose:
                 trainer.log(
                     f"{self.monitor} improved {format_value(previous)} -> {format_value(value)}"
                 )
-            return
+            return True
         if epoch < self.start_from:
-            return
+            return False
         self.wait += 1
         if self.verbose:
             trainer.log(f"EarlyStopping counter: {self.wait} out of {self.patience}")
+        return False
 
     def _take_snapshot(self, model: torch.nn.Module) -> None:
         # Drop the old copy first so that the host never holds two snapshots at once.

@@ -28,7 +28,8 @@ _SPLIT_PREFIXES = ("train_", "val_", "test_")
 
 # Substrings that decide the direction of a figure. Lower-is-better terms are checked first, so
 # "dice_loss" and "top1_error" are "min" although they also contain a higher-is-better term.
-_MIN_TERMS = ("loss", "error", "mse", "mae", "mape", "nll", "perplexity", "ppl")
+_MIN_TERMS = ("loss", "error", "mse", "mae", "mape", "msle", "nll", "perplexity", "ppl", "hinge", "kld",
+              "kl_div", "kullback", "crossentropy", "cross_entropy", "huber", "logcosh", "poisson")
 _MAX_TERMS = (
     "acc",  # also accuracy, top5_acc, balanced_accuracy
     "f1",
@@ -57,7 +58,8 @@ def infer_mode(name: str) -> Mode:
 
     The name is lower-cased and one ``train_``/``val_``/``test_`` prefix is dropped. A name
     containing a lower-is-better term (loss, error, mse, mae, mape, nll, perplexity, ppl) is
-    ``"min"``; otherwise one containing a higher-is-better term (acc, f1, fbeta, r2, precision,
+    ``"min"`` (also hinge, squared/categorical hinge, kld, crossentropy, huber, logcosh, poisson:
+    Keras' loss-like metrics); otherwise one containing a higher-is-better term (acc, f1, fbeta, r2, precision,
     recall, auc, auroc, auprc, iou, dice, jaccard, kappa, mcc, bleu, rouge, psnr, ssim,
     explained_variance) is ``"max"``. A ``neg_`` prefix (scikit-learn's negated scorers, such as
     ``neg_mean_squared_error``) flips the answer.
@@ -188,6 +190,14 @@ class Monitor:
         if self.mode == "min":
             return value < self.best - margin
         return value > self.best + margin
+
+    def beats(self, value: float, reference: float) -> bool:
+        """Whether ``value`` is better than ``reference`` by more than ``min_delta``."""
+        value, reference = float(value), float(reference)
+        if not math.isfinite(value):
+            return False
+        margin = self.min_delta if self.min_delta_mode == "abs" else abs(reference) * self.min_delta
+        return value < reference - margin if self.mode == "min" else value > reference + margin
 
     def update(self, value: float) -> bool:
         """Record ``value`` as the best when it is an improvement; return whether it was."""

@@ -4,8 +4,6 @@ model whose head may differ, and say in one line what was loaded and what was le
 from __future__ import annotations
 
 import fnmatch
-import pickle
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,23 +232,9 @@ def _checkpoint_model(path: Path, state: Mapping[str, Any], label: str) -> Any:
 
 
 def _torch_load(path: Path, label: str) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
-            raise CheckpointError(
-                f"{label}: {path} was refused: it holds Python objects other than tensors and "
-                "plain types, which could run code when loaded; save model.state_dict() instead"
-            ) from None
-        raise CheckpointError(
-            f"{label}: {path} is damaged or not a torch file ({_first_line(err)})"
-        ) from None
-    except Exception as err:  # garbled bytes can fail anywhere inside the unpickler
-        raise CheckpointError(
-            f"{label}: {path} is damaged or not a torch file ({_first_line(err)})"
-        ) from None
+    from traincraft.checkpoint import torch_load_safely
+
+    return torch_load_safely(path, f"{label}: ")
 
 
 def _unwrap_container(obj: Any) -> Any:
