@@ -11,6 +11,7 @@ from torch import nn
 from traincraft import Callback, Trainer, schedules
 from traincraft.callbacks.ema import EMA
 from traincraft.callbacks.swa import swa_lr
+from traincraft.checkpoint import save_weights
 from traincraft.errors import TraincraftError
 from traincraft.finetune.plan import UnfreezePlan
 
@@ -415,3 +416,18 @@ def test_ema_of_a_model_with_tied_weights_averages_and_swaps_the_weight_once():
 def test_swa_that_could_never_start_is_refused(start):
     with pytest.raises(TraincraftError, match=r"swa.start .* after the run's last step \(16\): averaging would never start"):
         trainer(net(), max_epochs=4, swa={"start": start}).fit(data())
+
+
+def test_freeze_everything_but_the_new_head(tmp_path):
+    source = net()
+    save_weights(source, tmp_path / "pretrained.safetensors")
+    model = net()
+    model.head = nn.Linear(model.head.in_features, 5)  # a new head: another number of classes
+    t = trainer(model, init_from=tmp_path / "pretrained.safetensors", finetune={"freeze": ["*"]})
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == ["head.bias", "head.weight"]
+    assert any("trainable as new (not loaded by init_from): head.weight, head.bias" in m
+               or "trainable as new (not loaded by init_from): head.bias, head.weight" in m
+               for m in t.finetuning.messages), t.finetuning.messages
+    with pytest.raises(TraincraftError, match=r"freezes every parameter, leaving nothing to train"):
+        trainer(net(), finetune={"freeze": ["*"]})

@@ -177,3 +177,21 @@ def test_compile_trains_and_saves_plain_keys(tmp_path):
     from traincraft.checkpoint import load_weights
 
     assert all("_orig_mod" not in k for k in load_weights(tmp_path / "best.safetensors"))
+
+
+def test_fp16_on_a_cpu_says_it_is_slow(capsys):
+    import traincraft as tc
+
+    tc.Trainer(torch.nn.Linear(2, 1), loss="mse", precision="fp16", device="cpu", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: precision fp16 on a CPU runs 12-50x slower" in err
+    tc.Trainer(torch.nn.Linear(2, 1), loss="mse", precision="bf16", device="cpu", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_rollback_after_an_unfreeze_goes_back_to_weights_with_every_group():
+    finetune = {"freeze": ["net.0.*"], "unfreeze": [{"at": "1ep", "params": ["net.0.*"], "lr_mult": 0.1}]}
+    t = trainer(bad={12}, on_nonfinite="rollback", rollback_every=100, finetune=finetune, max_epochs=3)
+    t.fit(data())
+    assert t.state.rollbacks == 1 and len(t.optimizer.param_groups) > 1
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())

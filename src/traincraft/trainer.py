@@ -273,6 +273,9 @@ class Trainer:
         self.aborted = False
         for line in self.finetuning.messages:
             self.log(line)
+        if self.stepper.precision == "fp16" and self.device.type == "cpu":
+            self.log("warning: precision fp16 on a CPU runs 12-50x slower than float32 (CPUs have no fast "
+                     "float16 kernels, and the loss scaler adds work): use precision bf16 or 32 here")
 
     @classmethod
     def from_recipe(
@@ -844,6 +847,8 @@ class Trainer:
             if self.schedule is not None:
                 self.schedule.add_group(self.optimizer.param_groups[-1])
         self.stepper.params.extend(p for _, p in named)
+        if self.on_nonfinite == "rollback" and getattr(self, "_good", None) is not None:
+            self._keep_good_weights()  # the optimizer has more groups now: so must its snapshot
         if self.ddp is not None:
             self._wrap_for_processes()
         self.penalty = Penalty(self.model, **self._penalty_args)

@@ -66,6 +66,8 @@ class Freezer:
         model: the model (patterns use the names of ``model.named_parameters()``).
         patterns: one glob or a list of globs.
         train_bn: let frozen batch-norm layers update their running statistics.
+        keep: parameter names no pattern freezes (the fine-tuning plan passes the weights that
+            ``init_from`` did not load: a new head would otherwise stay random).
 
     Raises:
         TraincraftError: a pattern matches no parameter and no batch-norm layer.
@@ -77,7 +79,8 @@ class Freezer:
         >>> newly = freezer.unfreeze("conv2")  # then: optimizer.add_param_group(...)
     """
 
-    def __init__(self, model: nn.Module, patterns: str | Sequence[str], *, train_bn: bool = False):
+    def __init__(self, model: nn.Module, patterns: str | Sequence[str], *, train_bn: bool = False,
+                 keep: Iterable[str] = ()):
         if not isinstance(model, nn.Module):
             raise TraincraftError(f"freeze needs a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -87,8 +90,12 @@ class Freezer:
         self._held: dict[str, nn.Module] = {}  # batch-norm layers now kept in eval mode
         chosen = _check_patterns(patterns, "freeze")
         params = dict(model.named_parameters())
+        keep = set(keep)
+        self.kept: list[str] = []  # matched by a pattern, but trainable: weights init_from did not load
         for pattern in chosen:
-            names = self._parameters_matching(pattern, "freeze")
+            matched = self._parameters_matching(pattern, "freeze")
+            self.kept += [n for n in matched if n in keep and n not in self.kept]
+            names = [n for n in matched if n not in keep]
             for name in names:
                 params[name].requires_grad_(False)
             self._frozen.update(names)
@@ -153,6 +160,9 @@ class Freezer:
             places = list(dict.fromkeys(n.split(".", 1)[0] for n in _model_order(names, params)))
             tensors = "tensor" if len(names) == 1 else "tensors"
             line = f"froze {len(names)} {tensors} ({count:,} parameters) in {_listing(places)}"
+        kept = [n for n in self.kept if params[n].requires_grad]
+        if kept:
+            line += f"; trainable as new (not loaded by init_from): {_listing(kept)}"
         if self._held:
             layers = "layer" if len(self._held) == 1 else "layers"
             line += f"; {len(self._held)} batch-norm {layers} kept in eval mode"

@@ -236,15 +236,24 @@ class Finetuning:
                 f"keys: {', '.join(_FINETUNE_KEYS)}"
             )
         self.messages: list[str] = []
+        new: set[str] = set()
         if init_from is not None:
             report = load_initial_weights(model, init_from, strict=strict, skip=skip)
             self.messages.append(report.summary())
+            new = report.left_as_built()
         elif skip:
             raise TraincraftError("finetune.skip names weights not to load, but init_from is not set")
         patterns = [freeze] if isinstance(freeze, str) else list(freeze)
-        self.freezer = Freezer(model, patterns, train_bn=train_bn) if patterns else None
+        # Weights init_from did not load (a new head) are never frozen: they would stay random.
+        self.freezer = Freezer(model, patterns, train_bn=train_bn, keep=new) if patterns else None
         if self.freezer is not None:
             self.messages.append(self.freezer.summary())
+            if not any(p.requires_grad for p in model.parameters()):
+                raise TraincraftError(
+                    f"finetune.freeze {patterns} freezes every parameter, leaving nothing to train. With "
+                    "init_from, the weights it does not load (a new head) stay trainable; without it, "
+                    "freeze the layers by name (e.g. ['backbone.*'])"
+                )
         self.plan = UnfreezePlan(unfreeze, gradual)
         if self.plan and self.freezer is None:
             raise TraincraftError("finetune.unfreeze/gradual need finetune.freeze: nothing is frozen to unfreeze")

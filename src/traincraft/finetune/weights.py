@@ -68,6 +68,10 @@ class LoadReport:
         """True when every model tensor not skipped was loaded and the file had nothing else."""
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def left_as_built(self) -> set[str]:
+        """The model keys this load did not fill (missing, of another shape, skipped): a new head."""
+        return {*self.missing, *(key for key, _, _ in self.mismatched), *self.skipped}
+
     def summary(self) -> str:
         """One line: the tensors loaded, the new ones, those of another shape, those ignored."""
         parts = [f"{self.label} {self.source}: loaded {len(self.loaded)} of {self.total} tensors"]
