@@ -720,3 +720,17 @@ def test_classes_errors_name_the_labels():
         prepare("digits", classes=[1, 1])
     with pytest.raises(DataError, match="needs a classification task"):
         prepare("diabetes", classes=[1])
+
+
+def test_whole_number_labels_read_as_regression_are_pointed_out(tmp_path):
+    path = tmp_path / "labels.csv"
+    rows = ["a,b,label"] + [f"{i % 5},{i % 3},{i % 3}" for i in range(30)]
+    path.write_text("\n".join(rows) + "\n")
+    data = prepare(str(path), target="label")
+    assert data.task == "regression"
+    assert data.notes == ["warning: labels.csv: the target holds 3 distinct whole numbers (0, 1, 2), read as "
+                          "regression values; if they are class labels, set data.task: classification"]
+    assert prepare(str(path), target="label", task="classification").notes == []
+    values = tmp_path / "values.csv"
+    values.write_text("\n".join(["a,y"] + [f"{i},{i * 0.5}" for i in range(30)]) + "\n")
+    assert prepare(str(values), target="y").notes == []

@@ -251,6 +251,7 @@ class PreparedData:
     target_stats: tuple[list[float], list[float]] | None
     name: str = ""
     indices: dict[str, Tensor] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings about how the data was read
 
     def summary(self) -> str:
         """One line: name, task, sizes of each split, input shape, outputs."""
@@ -1273,11 +1274,35 @@ def prepare(
     if task is not None and task not in TASKS:
         raise unknown_name("task", task, TASKS)
     source = _load_source(dataset, task, target, features, base_dir)
+    notes = [] if task is not None else _labels_read_as_numbers(source)
     task = _check_task(task, source)
     _check_windows(task, lookback, horizon, source.name)
     if classes is not None and task != "classification":
         raise DataError(f"dataset {source.name!r}: data.classes needs a classification task, not {task}")
     if task == "forecast":
         assert lookback is not None  # checked above
-        return _prepare_forecast(source, shares, scaler, lookback, horizon)
-    return _prepare_samples(source, task, shares, scaler, seed, classes)
+        prepared = _prepare_forecast(source, shares, scaler, lookback, horizon)
+    else:
+        prepared = _prepare_samples(source, task, shares, scaler, seed, classes)
+    prepared.notes = notes
+    return prepared
+
+
+#: At most this many distinct whole-number targets look like class labels rather than values.
+LABEL_LIKE = 20
+
+
+def _labels_read_as_numbers(source: _Source) -> list[str]:
+    """A warning when a source inferred as regression has targets that look like class labels
+    (a few distinct whole numbers): the task was not given, and a guess must be said."""
+    if source.fixed_task or source.task != "regression":
+        return []
+    y = source.parts["train"][1]
+    if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1) or not _is_numeric(y) or not len(y):
+        return []
+    values = np.unique(y)
+    if len(values) > LABEL_LIKE or len(values) < 2 or not np.all(np.mod(values, 1) == 0):
+        return []
+    shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    return [f"warning: {source.name}: the target holds {len(values)} distinct whole numbers ({shown}), read "
+            "as regression values; if they are class labels, set data.task: classification"]

@@ -185,6 +185,8 @@ def trainer_from_recipe(
         kwargs["loggers"] = [spec for spec in recipe.logging if spec != "csv"]
     trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress, report=True)
     trainer.data, trainer.recipe = data, recipe
+    for note in data.notes:  # how the data was read, when it was a guess
+        trainer.log(note)
     return trainer
 
 
