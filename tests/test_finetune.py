@@ -696,3 +696,33 @@ def test_lr_mult_rules_errors():
         lr_mult_rules({"conv*": "1e-3"})
     with pytest.raises(TraincraftError, match=r"must be a finite number >= 0"):
         lr_mult_rules({"conv*": -1})
+
+
+def test_lightning_and_tutorial_checkpoints_load_without_renaming(tmp_path):
+    import traincraft as tc
+    from traincraft.finetune.weights import load_initial_weights
+
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    lightning = {"epoch": 3, "global_step": 40, "pytorch-lightning_version": "2.4.0",
+                 "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
+                 "optimizer_states": [], "lr_schedulers": []}
+    torch.save(lightning, tmp_path / "lightning.ckpt")
+    tutorial = {"epoch": 3, "model_state_dict": source.state_dict(), "optimizer_state_dict": {}, "loss": 0.5}
+    torch.save(tutorial, tmp_path / "tutorial.pt")
+    for name, note in (("lightning.ckpt", "(its keys without 'model.')"), ("tutorial.pt", "")):
+        target = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        report = load_initial_weights(target, tmp_path / name)
+        assert report.complete and note in report.summary(), report.summary()
+        assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values()))
+    # explicit: the file's 'model.0' is the model's 'encoder.0'
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    wrapped = Wrapped()
+    spec = {"path": str(tmp_path / "lightning.ckpt"), "map": {"model.": "encoder."}}
+    t = tc.Trainer(wrapped, loss="mse", init_from=spec, progress=False)
+    assert torch.equal(wrapped.encoder[0].weight, source[0].weight)
+    assert "renamed: 'model.' -> 'encoder.'" in t.finetuning.messages[0]

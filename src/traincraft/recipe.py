@@ -144,10 +144,21 @@ class GradualSection(Section):
     lr_mult: float | list[float] | None = None
 
 
+class InitFrom(Section):
+    """``init_from`` with its keys renamed: ``prefix`` stripped from the file's keys, ``map``
+    turning file prefixes into model prefixes."""
+
+    path: str
+    prefix: str | None = None
+    map: dict[str, str] = Field(default_factory=dict)
+
+
 class FinetuneSection(Section):
     """Start from trained weights, freeze, unfreeze on a schedule, discriminative LRs."""
 
-    init_from: str | None = Field(None, description="run folder, .safetensors, .ckpt or .pt state dict")
+    init_from: str | InitFrom | None = Field(
+        None, description="run folder, .safetensors, .ckpt or .pt state dict; or {path, prefix, map}"
+    )
     strict: bool = False
     skip: list[str] = Field(default_factory=list, description="globs of weights not to load (a new head)")
     freeze: list[str] = Field(default_factory=list, description="globs on parameter or module names")

@@ -139,8 +139,10 @@ def finetune_kwargs(recipe: Recipe) -> dict[str, Any]:
     f = recipe.finetune
     if f is not None:
         kwargs["finetune"] = f.kwargs()
-        if f.init_from is not None:
+        if isinstance(f.init_from, str):
             kwargs["init_from"] = resolve_path(f.init_from, recipe)
+        elif f.init_from is not None:
+            kwargs["init_from"] = {**f.init_from.model_dump(), "path": resolve_path(f.init_from.path, recipe)}
     if recipe.ema is not None:
         kwargs["ema"] = recipe.ema.model_dump()
     if recipe.swa is not None:

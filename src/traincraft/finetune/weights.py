@@ -135,9 +135,11 @@ def load_initial_weights(
         >>> print(load_initial_weights(model, "runs/digits/20261121-101500").summary())
         init_from runs/digits/20261121-101500/best.safetensors: loaded 10 of 12 tensors; new ...
     """
+    source, rename = _source_spec(source, label)
     path, tensors = _read_tensors(Path(source), label)
+    tensors, renamed = _renamed(tensors, model, rename, label)
     skip_globs = _skip_patterns(skip, label)
-    report = _match(model, tensors, f"{path}", label, skip_globs)
+    report = _match(model, tensors, f"{path}{renamed}", label, skip_globs)
     _check_skip_used(skip_globs, tensors, report, label)
     if not report.loaded:
         raise CheckpointError(_nothing_loaded(report, tensors, model))
@@ -145,6 +147,60 @@ def load_initial_weights(
         raise CheckpointError(f"{report.summary()} (strict: every tensor must match)")
     _copy(model, tensors, report.loaded)
     return report
+
+
+def _source_spec(source: Any, label: str) -> tuple[Any, dict[str, str] | None]:
+    """``init_from`` as a path, or ``{path, prefix, map}``: the path, and the explicit renaming
+    (``prefix``: stripped from the file's keys; ``map``: ``{file prefix: model prefix}``)."""
+    if not isinstance(source, Mapping):
+        return source, None
+    unknown = set(source) - {"path", "prefix", "map"}
+    if unknown or "path" not in source:
+        raise CheckpointError(f"{label}: give a path, or {{path, prefix, map}}; got keys {sorted(source)}")
+    rename: dict[str, str] = {}
+    if source.get("prefix"):
+        rename[str(source["prefix"])] = ""
+    mapping = source.get("map") or {}
+    if not isinstance(mapping, Mapping):
+        raise CheckpointError(f"{label}.map must be {{file prefix: model prefix}}, got {mapping!r}")
+    rename.update({str(k): str(v) for k, v in mapping.items()})
+    return source["path"], rename
+
+
+def _renamed(tensors: dict[str, torch.Tensor], model: nn.Module, rename: dict[str, str] | None,
+             label: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The file's keys renamed: as asked (``rename``), or, when few of them match the model,
+    by the one common prefix that makes the most match (a Lightning checkpoint's ``model.``,
+    a backbone saved alone). Returns the tensors and a note for the report."""
+    own = set(model_tensors(model))
+    if rename is not None:
+        out = {}
+        for key, value in tensors.items():
+            for old, new in rename.items():
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            out[key] = value
+        return out, f" (renamed: {', '.join(f'{o!r} -> {n!r}' for o, n in rename.items())})"
+    matches = sum(key in own for key in tensors)
+    if matches * 2 >= min(len(own), len(tensors)):
+        return tensors, ""
+    best = (matches, None, None)
+    prefixes = {k.split(".", 1)[0] + "." for k in tensors if "." in k}
+    for prefix in prefixes:  # the file has a prefix the model lacks
+        count = sum(k[len(prefix):] in own for k in tensors if k.startswith(prefix))
+        if count > best[0]:
+            best = (count, prefix, "")
+    for prefix in {k.split(".", 1)[0] + "." for k in own if "." in k}:  # the model has one the file lacks
+        count = sum(prefix + k in own for k in tensors)
+        if count > best[0]:
+            best = (count, "", prefix)
+    _, old, new = best
+    if old is None:
+        return tensors, ""
+    out = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in tensors.items()}
+    what = f"without {old!r}" if old else f"under {new!r}"
+    return out, f" (its keys {what})"
 
 
 def _read_tensors(source: Path, label: str) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -241,13 +297,17 @@ def _torch_load(path: Path, label: str) -> Any:
     return torch_load_safely(path, f"{label}: ")
 
 
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params")
+
+
 def _unwrap_container(obj: Any) -> Any:
-    """``{"state_dict": sd}`` / ``{"model": sd}`` (nested too) -> ``sd``."""
+    """``{"state_dict": sd}``, ``{"model_state_dict": sd, "optimizer_state_dict": ...}`` (the
+    PyTorch tutorials' format), ``{"model": sd}``, ... (nested too) -> ``sd``."""
     for _ in range(4):
         if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
         inner = next(
-            (obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None
+            (obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None
         )
         if inner is None:
             return obj
