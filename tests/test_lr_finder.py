@@ -278,3 +278,26 @@ def test_lr_find_command_apply_needs_a_file(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --apply writes into a recipe file") and err.count("\n") == 1
 
+
+
+@pytest.mark.parametrize("param_groups, layer_decay", [([{"params": "0.*", "lr_mult": 0.1}], None), (None, 0.5)])
+def test_the_swept_lr_is_the_base_lr_whatever_group_comes_first(param_groups, layer_decay):
+    X, y = regression(n=64)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+    finetune = {"layer_decay": layer_decay} if layer_decay else None
+    trainer = tc.Trainer(model, loss="mse", optimizer="sgd", lr=0.1, batch_size=32, seed=0, device="cpu",
+                         progress=False, param_groups=param_groups, finetune=finetune, decay_exclude=None)
+    mults = [g["lr"] / 0.1 for g in trainer.optimizer.param_groups]
+    assert min(mults) < 1.0 and mults[0] < 1.0  # the first group is not the base
+    seen = []
+    step = trainer.optimizer.step
+
+    def spy(*args, **kwargs):
+        seen.append([g["lr"] for g in trainer.optimizer.param_groups])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = spy
+    result = lr_find(trainer, (X, y), start_lr=1e-3, end_lr=1.0, steps=5)
+    for base, lrs in zip(result.lrs, seen):
+        assert lrs == pytest.approx([base * m for m in mults], rel=1e-12)

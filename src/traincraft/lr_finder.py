@@ -113,8 +113,9 @@ def lr_find(
 ) -> LRFindResult:
     """Run the learning-rate range test on ``trainer`` and put everything back as it was.
 
-    Step ``i`` (from 0) uses ``start_lr · (end_lr/start_lr)^(i/(steps-1))``; parameter groups
-    keep their ratios to the first group's LR (``lr_mult``). Each step is one optimizer step of
+    Step ``i`` (from 0) uses the base LR ``start_lr · (end_lr/start_lr)^(i/(steps-1))`` (the
+    optimizer's ``lr``, which ``lr_mult`` rules and layer decay multiply); each parameter group
+    keeps its multiple of it, so the suggestion is a base LR, whichever group comes first. Each step is one optimizer step of
     ``trainer.accumulate`` micro-batches, going round the training data as often as needed. The
     smoothed loss is ``avg_i / (1 - smooth^(i+1))`` with ``avg_i = smooth·avg_{i-1} + (1-smooth)·loss_i``.
     The suggestions skip the first tenth of the requested steps and the last five taken
@@ -180,8 +181,10 @@ def _range_test(
     from traincraft.data import num_samples, to_device
 
     groups = trainer.optimizer.param_groups
-    first = groups[0]["lr"] or 1.0
-    ratios = [g["lr"] / first for g in groups]
+    # The swept value is the base LR (the recipe's optimizer.lr), each group at its multiple of
+    # it: the suggestion can then be written back as optimizer.lr, whatever group comes first.
+    base = float(trainer.optimizer.defaults.get("lr") or groups[0]["lr"] or 1.0)
+    ratios = [float(g["lr"]) / base for g in groups]
     stepper, device = trainer.stepper, trainer.device
     trainer.model.train()
     stream = _cycle(batches)
