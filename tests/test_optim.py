@@ -147,15 +147,50 @@ def test_unknown_name_far_from_all_lists_them():
         optim.build("zzzzzz", make_net())
 
 
-def test_lbfgs_is_refused_with_the_reason_and_an_alternative():
-    with pytest.raises(TraincraftError, match=r"'lbfgs' needs a closure.*use 'adamw'"):
-        optim.build("lbfgs", make_net())
-    with pytest.raises(TraincraftError, match="closure"):
-        optim.build(torch.optim.LBFGS, make_net())
-    with pytest.raises(TraincraftError, match="closure"):
-        optim.build(
-            lambda groups: torch.optim.LBFGS([p for g in groups for p in g["params"]]), make_net()
-        )
+def test_lbfgs_trains_exactly_like_torchs_closure_loop():
+    import traincraft as tc
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g)
+    y = X @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(64, 1, generator=g)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    reference = copy.deepcopy(model)
+    trainer = tc.Trainer(model, loss="mse", optimizer={"name": "lbfgs", "max_iter": 5, "history_size": 4},
+                         lr=0.5, batch_size=16, accumulate=2, max_epochs=2, shuffle=False, progress=False,
+                         clip_grad_norm=10.0, seed=0, decay_exclude=None)
+    history = trainer.fit((X, y))
+    # torch's loop: each step's closure back-propagates the window (two batches of 16) as one mean
+    opt = torch.optim.LBFGS(reference.parameters(), lr=0.5, max_iter=5, history_size=4)
+    epoch_losses = []
+    for _ in range(2):
+        before = []
+        for start in range(0, 64, 32):
+            xb, yb = X[start:start + 32], y[start:start + 32]
+            with torch.no_grad():
+                before.append(nn.functional.mse_loss(reference(xb), yb) * 32)
+
+            def closure():
+                opt.zero_grad()
+                loss = sum(nn.functional.mse_loss(reference(xb[i:i + 16]), yb[i:i + 16]) * 0.5 for i in (0, 16))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(reference.parameters(), 10.0)
+                return loss
+
+            opt.step(closure)
+        epoch_losses.append(float(sum(before) / 64))
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the epoch's train_loss: the loss of each window at the weights before its step
+    assert [row["train_loss"] for row in history.epochs] == pytest.approx(epoch_losses, rel=1e-5)
+    assert trainer.state.step == 4
+
+
+def test_lbfgs_with_fp16_is_one_line():
+    import traincraft as tc
+
+    with pytest.raises(TraincraftError, match="re-evaluates the loss inside its step.*use precision bf16 or 32"):
+        tc.Trainer(make_net(), loss="mse", optimizer="lbfgs", precision="fp16", progress=False)
 
 
 # ----------------------------------------------------------------------- groups and decay

@@ -147,7 +147,6 @@ def build(
             spec, model, lr, weight_decay, decay_exclude=decay_exclude, param_groups=param_groups
         )
     cls, label, kwargs = _resolve(spec)
-    _refuse_closure_optimizer(cls, label)
     _check_kwargs(cls, label, kwargs)
     lr = kwargs.pop("lr", lr)
     weight_decay = _class_weight_decay(cls, label, kwargs.pop("weight_decay", weight_decay))
@@ -284,15 +283,15 @@ def _optimizer_class(obj: Any, label: str) -> type:
     return obj
 
 
-def _refuse_closure_optimizer(cls: type, label: str) -> None:
-    # L-BFGS re-evaluates the loss several times inside one step through a closure; the trainer
-    # takes one backward pass per step, so it would silently run a different algorithm.
-    if issubclass(cls, torch.optim.LBFGS):
-        raise TraincraftError(
-            f"optimizer {label!r} needs a closure that re-evaluates the model inside each step, "
-            "which the trainer's one-backward-per-step loop does not provide; use 'adamw', "
-            "'adam' or 'sgd', or run torch.optim.LBFGS in a loop of your own"
-        )
+def needs_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` must be given a closure that re-evaluates the loss (L-BFGS):
+    its ``closure`` argument has no default."""
+    step = getattr(type(optimizer), "step", None)
+    try:
+        closure = inspect.signature(step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 def _class_arguments(cls: type) -> dict[str, inspect.Parameter] | None:
@@ -413,7 +412,6 @@ def _build_from_callable(
             f"optimizer callable {label!r} returned {type(optimizer).__name__}, not a "
             "torch.optim.Optimizer; it is called with the list of parameter groups"
         )
-    _refuse_closure_optimizer(type(optimizer), label)
     return optimizer
 
 

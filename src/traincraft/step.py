@@ -108,6 +108,15 @@ class Stepper:
         self._all_true: Callable[[bool], bool] | None = None
         self.window_loss: torch.Tensor | None = None  # summed, only when checking every step
         self.grad_norm: torch.Tensor | None = None  # before clipping, of the last step
+        from traincraft.optim import needs_closure
+
+        # L-BFGS: the step re-evaluates the window through a closure (see closure_step).
+        self.closure_optimizer = needs_closure(optimizer)
+        if self.closure_optimizer and self.scaler is not None:
+            raise TraincraftError(
+                f"optimizer {type(optimizer).__name__} re-evaluates the loss inside its step (a closure), "
+                "which fp16's gradient scaler cannot follow: use precision bf16 or 32"
+            )
 
     def distribute(self, ddp: Any, world_size: int, all_true: Callable[[bool], bool]) -> None:
         """Train under DDP with ``world_size`` processes; ``all_true`` agrees on a flag among them
@@ -200,6 +209,34 @@ class Stepper:
         self.window_samples = 0
         self.window_total = None
         self.window_loss = None
+
+    def closure_step(self, window: list[tuple[Callable[[], torch.Tensor], int]]) -> bool:
+        """Step an optimizer that takes a closure (L-BFGS), as Lightning does: each call of the
+        closure zeroes the gradients and back-propagates the whole window again, each
+        micro-batch's mean loss weighted by its share of the window's samples (the exact window
+        mean), then clips as configured; it returns that mean. ``window`` holds, per micro-batch,
+        a function computing its mean loss, and its sample count."""
+        total = sum(samples for _, samples in window) or 1
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            mean = torch.zeros((), device=self.device)
+            with torch.enable_grad():
+                for loss_of, samples in window:
+                    with self.autocast():
+                        loss = loss_of() * (samples / total)
+                    loss.backward()
+                    mean = mean + loss.detach().float()
+            if self.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, norm_type=self.clip_norm_type)
+            if self.clip_grad_value is not None:
+                torch.nn.utils.clip_grad_value_(self.params, self.clip_grad_value)
+            return mean
+
+        self.optimizer.step(closure)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._reset_window()
+        return True
 
     def step(self) -> bool:
         """Step the optimizer (after :meth:`prepare`); False when the fp16 scaler skipped it."""

@@ -647,6 +647,7 @@ class Trainer:
                 samples = shards.local[index]
                 if not stepper.pending:
                     stepper.window_total = shards.window_total(index, stepper.accumulate)
+            given = target
             with stepper.micro_batch(last_of_epoch=index == last):
                 with stepper.autocast():
                     pred = self._forward(inputs)
@@ -654,6 +655,8 @@ class Trainer:
                     loss = self._loss(pred, target)
                     penalty = self.penalty() if self._penalize else None
                 stepper.backward(loss if penalty is None else loss + penalty, samples)
+            if self._closure_window is not None:  # L-BFGS re-evaluates the window in its step
+                self._closure_window.append((self._loss_of(inputs, given), samples))
             sums.add("loss", loss, samples)
             if penalty is not None:
                 sums.add("penalty", penalty, samples)
@@ -690,7 +693,10 @@ class Trainer:
         self._emit("on_before_step")
         self._step_lrs = [_plain(group["lr"]) for group in self.optimizer.param_groups]
         grad_norm = stepper.grad_norm
-        if not stepper.step():
+        if self._closure_window is not None:
+            window, self._closure_window = self._closure_window, []
+            stepper.closure_step(window)
+        elif not stepper.step():
             self.state.skipped_steps += 1  # the fp16 scaler found an overflow
             return
         if grad_norm is not None:  # of steps taken: a skipped fp16 step's gradients are inf by design
@@ -745,6 +751,17 @@ class Trainer:
                 f"the model's forward failed on inputs {describe(inputs)}: {type(err).__name__}: {err}"
             ) from err
 
+    def _loss_of(self, inputs: Any, target: Any) -> Callable[[], torch.Tensor]:
+        """The micro-batch's mean loss (and penalty) at the current weights, computed anew each
+        call: what a closure optimizer re-evaluates."""
+
+        def loss() -> torch.Tensor:
+            pred = self._forward(inputs)
+            value = self._loss(pred, self._adapt(pred, target))
+            return value + self.penalty() if self._penalize else value
+
+        return loss
+
     def _adapt(self, pred: Any, target: Any) -> Any:
         # Shapes are checked once, on the first batch; later batches get the same cheap alignment.
         if self._adapt_target is None:
@@ -795,6 +812,12 @@ class Trainer:
         self._step_lrs = [_plain(group["lr"]) for group in self.optimizer.param_groups]
         self._next_finite_check, self._last_finite_step = time.monotonic() + 0.5, 0
         self._good: dict[str, Any] | None = None
+        if self.stepper.closure_optimizer and self.world_size > 1:
+            raise TraincraftError(
+                f"optimizer {type(self.optimizer).__name__} re-evaluates the loss inside its step (a "
+                "closure): not supported under several processes; train it in one process"
+            )
+        self._closure_window: list[Any] | None = [] if self.stepper.closure_optimizer else None
         self._epoch_rng: dict[str, Any] | None = None
         self._pending_rng: tuple[Any, Any] | None = None
         self.run_complete = False  # a resumed run whose end already went through
@@ -940,6 +963,8 @@ class Trainer:
     def _recover_from_nonfinite(self) -> None:
         """``skip``: drop the window. ``rollback``: back to the last good weights, lower LR."""
         self.stepper.drop()
+        if self._closure_window is not None:
+            self._closure_window.clear()
         self.state.skipped_steps += 1
         where = f"epoch {self.state.epoch + 1}, after optimizer step {self.state.step}"
         if self.on_nonfinite == "skip":
