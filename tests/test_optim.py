@@ -516,9 +516,9 @@ def test_spec_of_the_wrong_type_is_an_error():
         optim.build({"lr": 0.1}, make_net())
 
 
-def test_muon_refuses_non_matrix_parameters_by_name():
+def test_plain_muon_refuses_non_matrix_parameters_by_name():
     with pytest.raises(TraincraftError, match=r"'muon' trains 2-D weight matrices only.*'scale'"):
-        optim.build("muon", make_net())
+        optim.build({"name": "muon", "others": None}, make_net())
 
 
 # ------------------------------------------------------------------- steps against torch
@@ -579,21 +579,39 @@ def test_rprop_step_equals_torch():
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch without Muon")
-def test_muon_step_equals_torch():
+def test_muon_steps_hidden_matrices_and_adamw_the_rest_like_torch():
+    import traincraft as tc
+    from traincraft.muon import MuonAdamW
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6, bias=False), nn.Tanh(), nn.Linear(6, 3, bias=False))
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 6), nn.LayerNorm(6), nn.Tanh(),
+                          nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3))
     reference = copy.deepcopy(model)
-    opt = optim.build("muon", model, lr=0.02)
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.1]  # Muon's own default
-    by_hand = torch.optim.Muon(reference.parameters(), lr=0.02)
-    for model_, opt_ in ((model, opt), (reference, by_hand)):
-        for i in range(3):
-            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(i))
-            opt_.zero_grad()
+    opt = optim.build("muon", model, lr=0.02, decay_exclude=None)
+    assert isinstance(opt, MuonAdamW)
+    hidden = [reference[2].weight, reference[5].weight]  # not the embedding, not the head
+    rest = [p for p in reference.parameters() if all(p is not h for h in hidden)]
+    muon = torch.optim.Muon(hidden, lr=0.02, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW(rest, lr=0.02, weight_decay=0.1, fused=True)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    for i in range(3):
+        x = torch.randint(0, 10, (8, 2), generator=torch.Generator().manual_seed(i))
+        for model_, steps in ((model, [opt]), (reference, [muon, adamw])):
+            for o in steps:
+                o.zero_grad()
             model_(x).square().mean().backward()
-            opt_.step()
+            for o in steps:
+                o.step()
     for a, b in zip(model.parameters(), reference.parameters()):
         assert torch.equal(a, b)
+    # through the trainer: a schedule moves both halves, a checkpoint resumes both
+    t = tc.Trainer(copy.deepcopy(reference), loss="mse", optimizer="muon", lr=0.02, max_epochs=1,
+                   schedule="cosine", progress=False)
+    X, y = torch.randint(0, 10, (32, 2)), torch.randn(32, 3)
+    t.fit((X, y))
+    state = t.optimizer.state_dict()
+    assert len(state["parts"]) == 2 and all(g["lr"] == t.optimizer.param_groups[0]["lr"] for g in t.optimizer.param_groups)
+    t.optimizer.load_state_dict(state)
 
 
 def test_sparse_adam_step_equals_torch():

@@ -147,6 +147,10 @@ def build(
             spec, model, lr, weight_decay, decay_exclude=decay_exclude, param_groups=param_groups
         )
     cls, label, kwargs = _resolve(spec)
+    muon = getattr(torch.optim, "Muon", None)
+    if muon is not None and issubclass(cls, muon) and kwargs.get("others", "adamw") is not None:
+        return _muon_with_adamw(cls, label, kwargs, model, lr, weight_decay, decay_exclude, param_groups)
+    kwargs.pop("others", None)
     _check_kwargs(cls, label, kwargs)
     lr = kwargs.pop("lr", lr)
     weight_decay = _class_weight_decay(cls, label, kwargs.pop("weight_decay", weight_decay))
@@ -362,6 +366,34 @@ def _class_weight_decay(cls: type, label: str, weight_decay: float | None) -> fl
         return expect_number(weight_decay, "weight_decay")
     default = arguments["weight_decay"].default if arguments is not None else 0.0
     return 0.0 if default is inspect.Parameter.empty else float(default)
+
+
+def _muon_with_adamw(
+    cls: type, label: str, kwargs: dict[str, Any], model: nn.Module, lr: float, weight_decay: float | None,
+    decay_exclude: str | Sequence[str] | None, param_groups: Sequence[Mapping[str, Any]] | None,
+) -> torch.optim.Optimizer:
+    """``muon``: Muon for the hidden weight matrices, AdamW for the rest (see traincraft.muon)."""
+    from traincraft.muon import ADAMW_KEYS, MuonAdamW, hidden_matrices, split_groups
+
+    kwargs = dict(kwargs)
+    others = kwargs.pop("others", "adamw")
+    if others != "adamw":
+        raise TraincraftError(f"optimizer {label!r}: others must be 'adamw' (or null for plain Muon), got {others!r}")
+    adamw_kwargs = {key: kwargs.pop(f"adamw_{key}") for key in ADAMW_KEYS if f"adamw_{key}" in kwargs}
+    kwargs.setdefault("adjust_lr_fn", "match_rms_adamw")  # one LR for both halves
+    _check_kwargs(cls, label, kwargs)
+    lr = kwargs.pop("lr", lr)
+    weight_decay = _class_weight_decay(cls, label, kwargs.pop("weight_decay", weight_decay))
+    _check_rule_keys(cls, label, param_groups)
+    groups = _param_groups(model, lr, weight_decay, decay_exclude, param_groups)
+    matrices, rest = split_groups(groups, hidden_matrices(model))
+    try:
+        muon = cls(matrices, lr=lr, weight_decay=weight_decay, **kwargs) if matrices else None
+        adamw_kwargs = _with_fused(torch.optim.AdamW, adamw_kwargs, model, rest)
+        adamw = torch.optim.AdamW(rest, lr=lr, weight_decay=weight_decay, **adamw_kwargs) if rest else None
+    except (ValueError, TypeError) as err:
+        raise TraincraftError(f"optimizer {label!r}: {err}") from err
+    return MuonAdamW(muon, adamw)
 
 
 def _check_muon(cls: type, label: str, groups: list[dict[str, Any]]) -> None:
