@@ -726,3 +726,28 @@ def test_lightning_and_tutorial_checkpoints_load_without_renaming(tmp_path):
     t = tc.Trainer(wrapped, loss="mse", init_from=spec, progress=False)
     assert torch.equal(wrapped.encoder[0].weight, source[0].weight)
     assert "renamed: 'model.' -> 'encoder.'" in t.finetuning.messages[0]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_a_first_convolution_is_adapted_to_the_images_channels(tmp_path, channels):
+    from traincraft import models
+    from traincraft.checkpoint import save_weights
+    from traincraft.finetune.weights import load_initial_weights
+
+    torch.manual_seed(0)
+    rgb = models.build({"name": "cnn", "channels": [4, 8]}, input_shape=(3, 8, 8), output_size=5)
+    save_weights(rgb, tmp_path / "rgb.safetensors")
+    grey = models.build({"name": "cnn", "channels": [4, 8]}, input_shape=(channels, 8, 8), output_size=5)
+    report = load_initial_weights(grey, tmp_path / "rgb.safetensors")
+    source = rgb.state_dict()
+    (key, was, now), = report.adapted
+    assert (was, now) == (3, channels) and report.complete and f"{key} (3 -> {channels} input channels)" in report.summary()
+    expected = source[key].sum(1, keepdim=True) if channels == 1 else \
+        source[key].repeat(1, 2, 1, 1)[:, :channels] * (3 / channels)
+    assert torch.equal(grey.state_dict()[key], expected)
+    # a grey image (R = G = B) through the adapted kernel gives what the RGB kernel gave
+    if channels == 1:
+        x = torch.rand(2, 1, 8, 8)
+        first = [m for m in grey.modules() if isinstance(m, nn.Conv2d)][0]
+        first_rgb = [m for m in rgb.modules() if isinstance(m, nn.Conv2d)][0]
+        torch.testing.assert_close(first(x), first_rgb(x.repeat(1, 3, 1, 1)))

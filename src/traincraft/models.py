@@ -823,19 +823,36 @@ def _torchvision_model(
     names = list(tv_models.list_models())
     if key not in names:
         raise _unknown_external(label, "torchvision", arch, names)
-    if len(shape) == 3 and shape[0] != 3:
-        raise ShapeError(
-            f"model {label!r} takes 3-channel images but the data has {shape[0]} channel(s) "
-            f"{shape}; use a timm model (it adapts its first layer, in_chans) or repeat the "
-            "channel to 3"
-        )
     config: dict[str, Any] = {"weights": None, "num_classes": out, **kwargs}
     get_builder = getattr(tv_models, "get_model_builder", None)
     if get_builder is not None:
         # Detection and segmentation builders download a backbone by default.
         if "weights_backbone" in inspect.signature(get_builder(key)).parameters:
             config["weights_backbone"] = None
-    return _construct(label, lambda: tv_models.get_model(key, **config))
+    model = _construct(label, lambda: tv_models.get_model(key, **config))
+    if len(shape) == 3 and shape[0] != 3:
+        _first_conv_for(model, shape[0], label, shape)
+    return model
+
+
+def _first_conv_for(model: nn.Module, channels: int, label: str, shape: tuple[int, ...]) -> None:
+    """Replace the model's first 3-channel ``Conv2d`` by one for ``channels`` input channels, as
+    timm's ``in_chans`` does; pretrained 3-channel kernels are then adapted when loaded
+    (:func:`traincraft.finetune.weights.adapt_input_channels`)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            replacement = nn.Conv2d(
+                channels, module.out_channels, module.kernel_size, stride=module.stride,
+                padding=module.padding, dilation=module.dilation, groups=module.groups,
+                bias=module.bias is not None, padding_mode=module.padding_mode,
+            )
+            setattr(parent, name.rpartition(".")[2], replacement)
+            return
+    raise ShapeError(
+        f"model {label!r} has no 3-channel first convolution to adapt to the data's {channels} "
+        f"channel(s) {shape}; repeat the channel to 3"
+    )
 
 
 def _timm_model(

@@ -41,6 +41,8 @@ class LoadReport:
         mismatched: ``(key, file_shape, model_shape)`` for keys in both with other shapes (a new
             head); those model tensors keep their initial values too.
         skipped: model keys matched by ``skip`` (kept their initial values on purpose).
+        adapted: ``(key, file channels, model channels)`` for convolution kernels of 3-channel
+            images loaded into a model for another channel count (see :func:`adapt_input_channels`).
         label: how :meth:`summary` names the operation.
         model_keys: every key of the model's state dict, in model order.
 
@@ -55,6 +57,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    adapted: list[tuple[str, int, int]] = field(default_factory=list)  # (key, file channels, model channels)
     label: str = "init_from"
     model_keys: list[str] = field(default_factory=list, repr=False)
 
@@ -87,6 +90,9 @@ class LoadReport:
                 for key, file_shape, model_shape in self.mismatched
             ]
             parts.append(f"shape differs: {_listing(shapes)}")
+        if self.adapted:
+            shown = [f"{key} ({a} -> {b} input channels)" for key, a, b in self.adapted]
+            parts.append(f"adapted to the images' channels: {_listing(shown)}")
         if self.skipped:
             parts.append(f"skipped (kept their initial values): {_listing(self.skipped)}")
         if self.unexpected:
@@ -341,12 +347,38 @@ def _match(
         elif key not in tensors:
             report.missing.append(key)
         elif tuple(tensors[key].shape) != tuple(target.shape):
-            report.mismatched.append((key, tuple(tensors[key].shape), tuple(target.shape)))
+            adapted = adapt_input_channels(tensors[key], tuple(target.shape))
+            if adapted is None:
+                report.mismatched.append((key, tuple(tensors[key].shape), tuple(target.shape)))
+            else:  # a first convolution for images of another channel count
+                report.adapted.append((key, int(tensors[key].shape[1]), int(target.shape[1])))
+                tensors[key] = adapted  # type: ignore[index]
+                report.loaded.append(key)
         else:
             report.loaded.append(key)
     report.unexpected = [key for key in tensors if key not in own and not _glob_hit(key, skip)]
     report.model_keys = list(own)
     return report
+
+
+def adapt_input_channels(weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A convolution kernel trained on 3-channel images, for ``shape``'s channel count, as timm's
+    ``adapt_input_conv`` does: one channel gets the sum over the three (a grey image is the sum
+    of equal R, G and B); ``c`` channels get the three repeated and scaled by 3/c (the same
+    activation for an image whose channels all equal one of RGB's). None when ``weight`` is not
+    such a kernel (another difference than the input channels, or not 3 of them)."""
+    if weight.ndim < 3 or len(shape) != weight.ndim or weight.shape[1] != 3 or shape[1] == 3:
+        return None
+    if weight.shape[0] != shape[0] or tuple(weight.shape[2:]) != tuple(shape[2:]):
+        return None
+    channels = shape[1]
+    source = weight.float()
+    if channels == 1:
+        adapted = source.sum(dim=1, keepdim=True)
+    else:
+        repeats = -(-channels // 3)
+        adapted = source.repeat(1, repeats, *([1] * (weight.ndim - 2)))[:, :channels] * (3 / channels)
+    return adapted.to(weight.dtype)
 
 
 def _skip_patterns(skip: Any, label: str) -> list[str]:
