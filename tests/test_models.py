@@ -784,8 +784,9 @@ def test_torchvision_errors(torchvision_calls):
         match=r"^model 'torchvision:resnet19': unknown torchvision model 'resnet19' \(did you mean 'resnet18'",
     ):
         models.build("torchvision:resnet19", input_shape=(3, 8, 8), output_size=2)
-    with pytest.raises(ShapeError, match=r"takes 3-channel images but the data has 1 channel"):
-        models.build("torchvision:resnet18", input_shape=(1, 8, 8), output_size=2)
+    grey = models.build("torchvision:resnet18", input_shape=(1, 8, 8), output_size=2)  # its first conv replaced
+    first = next(m for m in grey.modules() if isinstance(m, nn.Conv2d))
+    assert first.in_channels == 1 and grey(torch.rand(2, 1, 8, 8)).shape == (2, 2)
     with pytest.raises(TraincraftError, match=r"'pretrained' would download weights"):
         models.build({"name": "torchvision:resnet18", "pretrained": True},
                      input_shape=(3, 8, 8), output_size=2)
