@@ -170,7 +170,7 @@ def test_lbfgs_trains_exactly_like_torchs_closure_loop():
             with torch.no_grad():
                 before.append(nn.functional.mse_loss(reference(xb), yb) * 32)
 
-            def closure():
+            def closure(xb=xb, yb=yb):
                 opt.zero_grad()
                 loss = sum(nn.functional.mse_loss(reference(xb[i:i + 16]), yb[i:i + 16]) * 0.5 for i in (0, 16))
                 loss.backward()
