@@ -7,7 +7,12 @@ TEST_STAMP := $(VENV)/.installed-test-stamp
 EXTRAS ?= datasets,tune,dev
 TEST_EXTRAS ?= tensorboard,mlflow
 
-.PHONY: setup demo test bench lint clean
+# The vision tests need torchvision and timm, which need the registry's full torch build (it runs
+# on a CPU too, ~5 GB): a separate environment, so that the main one keeps the small CPU build.
+VISION_VENV ?= .venv-vision
+VISION_STAMP := $(VISION_VENV)/.installed-stamp
+
+.PHONY: setup demo test test-vision bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +34,14 @@ demo: setup  ## the quickstart: digits with a small CNN
 test: $(TEST_STAMP)  ## the whole test suite
 	$(PY) -m pytest
 
+$(VISION_STAMP): pyproject.toml
+	test -x $(VISION_VENV)/bin/python || $(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/python -m pip install --quiet -e ".[datasets,dev,vision]"
+	touch $(VISION_STAMP)
+
+test-vision: $(VISION_STAMP)  ## torchvision and timm for real (their own environment)
+	$(VISION_VENV)/bin/python -m pytest tests/vision -p no:cacheprovider
+
 bench: setup  ## benchmarks (not tests): ratios against hand-written loops and peers
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS),bench]"
 	$(PY) bench/overhead.py
@@ -42,4 +55,4 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench examples
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VISION_VENV) build dist src/*.egg-info .pytest_cache

@@ -133,6 +133,15 @@ def standalone_kwargs(recipe: Recipe) -> dict[str, Any]:
     return kwargs
 
 
+def evaluation_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """:func:`standalone_kwargs` for a trainer that only evaluates and predicts: nothing of the
+    training strategies (freezing, averaging) applies to the run's saved weights."""
+    kwargs = standalone_kwargs(recipe)
+    for key in ("finetune", "ema", "swa"):
+        kwargs.pop(key, None)
+    return kwargs
+
+
 def finetune_kwargs(recipe: Recipe) -> dict[str, Any]:
     """``init_from``, ``finetune``, ``ema`` and ``swa`` of a recipe (empty when not set)."""
     kwargs: dict[str, Any] = {}
@@ -178,6 +187,11 @@ def trainer_from_recipe(
     seed_everything(recipe.seed)  # the model's initial weights follow the recipe's seed
     model = build_model(recipe, info, init_weights=not resuming)
     kwargs = standalone_kwargs(recipe) if resuming else trainer_kwargs(recipe)
+    if resuming and run_dir is not None and "finetune" in kwargs:
+        # The tensors the pretrained weights left as built, as the run recorded them: freezing
+        # leaves them trainable, as when the run started.
+        saved = _saved_info(Path(run_dir))
+        kwargs["finetune"] = {**kwargs["finetune"], "new": saved.get("not_loaded", [])}
     kwargs["callbacks"] = [*kwargs["callbacks"], *(callbacks or [])]
     if run_dir is not None:
         kwargs["callbacks"].append(RunFolder(run_dir, recipe, info))
@@ -187,6 +201,7 @@ def trainer_from_recipe(
         kwargs["loggers"] = [spec for spec in recipe.logging if spec != "csv"]
     trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress, report=True)
     trainer.data, trainer.recipe = data, recipe
+    info["not_loaded"] = sorted(trainer.finetuning.new)  # into data.json: what a resume needs
     for note in data.notes:  # how the data was read, when it was a guess
         trainer.log(note)
     return trainer
@@ -275,6 +290,13 @@ def environment(trainer: Trainer) -> dict[str, Any]:
         "seed": trainer.seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _saved_info(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "data.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def load_run(run_dir: str | Path, *, trust_code: bool = False) -> tuple[Recipe, dict[str, Any]]:

@@ -224,11 +224,12 @@ class Finetuning:
         gradual: Mapping[str, Any] | None = None,
         lr_mult: Mapping[str, float] | None = None,
         layer_decay: float | None = None,
+        new: Sequence[str] | None = None,
         **unknown: Any,
     ):
         from traincraft.finetune.blocks import layer_decay_rules, lr_mult_rules
         from traincraft.finetune.freezing import Freezer
-        from traincraft.finetune.weights import load_initial_weights
+        from traincraft.finetune.weights import load_initial_weights, not_loaded
 
         for key in unknown:
             raise TraincraftError(
@@ -236,16 +237,18 @@ class Finetuning:
                 f"keys: {', '.join(_FINETUNE_KEYS)}"
             )
         self.messages: list[str] = []
-        new: set[str] = set()
+        fresh = not_loaded(model)  # a model's own weights: file (torchvision, timm) left these as built
         if init_from is not None:
             report = load_initial_weights(model, init_from, strict=strict, skip=skip)
             self.messages.append(report.summary())
-            new = report.left_as_built()
+            fresh = report.left_as_built()
         elif skip:
             raise TraincraftError("finetune.skip names weights not to load, but init_from is not set")
+        # A resumed run is told which tensors were new when it started (its weights are not read).
+        self.new: set[str] = set(new) if new is not None else fresh
         patterns = [freeze] if isinstance(freeze, str) else list(freeze)
         # Weights init_from did not load (a new head) are never frozen: they would stay random.
-        self.freezer = Freezer(model, patterns, train_bn=train_bn, keep=new) if patterns else None
+        self.freezer = Freezer(model, patterns, train_bn=train_bn, keep=self.new) if patterns else None
         if self.freezer is not None:
             self.messages.append(self.freezer.summary())
             if not any(p.requires_grad for p in model.parameters()):

@@ -4,6 +4,7 @@ model whose head may differ, and say in one line what was loaded and what was le
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +153,19 @@ def load_initial_weights(
     if strict and not report.complete:
         raise CheckpointError(f"{report.summary()} (strict: every tensor must match)")
     _copy(model, tensors, report.loaded)
+    _NOT_LOADED[model] = report.left_as_built()
     return report
+
+
+#: Per model, the tensors its last load of pretrained weights did not fill (a new head): a
+#: freeze pattern leaves them trainable (Finetuning reads it).
+_NOT_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def not_loaded(model: nn.Module) -> set[str]:
+    """The tensors of ``model`` that its pretrained weights (init_from, a model's ``weights:``)
+    left as built; empty when no weights were loaded into it."""
+    return set(_NOT_LOADED.get(model, ()))
 
 
 def _source_spec(source: Any, label: str) -> tuple[Any, dict[str, str] | None]:
