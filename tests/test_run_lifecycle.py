@@ -452,3 +452,18 @@ def test_the_standard_library_is_never_a_model_or_a_data_set(tmp_path, name):
         import_object(name, "model")
     with pytest.raises(TraincraftError, match="standard library"):
         tc.Trainer.from_recipe({**IRIS, "data": {"dataset": name.replace(".", ":")}}, progress=False)
+
+
+def test_a_frozen_run_with_a_new_head_resumes_with_the_same_trainable_tensors(tmp_path, capsys):
+    code, base = cli_fit(tmp_path, "train.max_epochs=2", run="base")
+    assert code == 0
+    finetuned = {**IRIS, "name": "iris-head", "finetune": {"init_from": str(base), "skip": ["head.*"],
+                                                         "freeze": ["*"]}}
+    code, run_dir = cli_fit(tmp_path, "train.max_epochs=2", recipe=finetuned, run="ft")
+    assert code == 0
+    assert json.loads((run_dir / "data.json").read_text())["not_loaded"] == ["head.bias", "head.weight"]
+    shutil.rmtree(base)  # the resume never reads it: which tensors were new is in data.json
+    resumed = tc.Trainer.from_recipe({**finetuned, "train": {"max_epochs": 3}}, run_dir=run_dir, progress=False,
+                                     resuming=True)
+    assert sorted(n for n, p in resumed.model.named_parameters() if p.requires_grad) == ["head.bias", "head.weight"]
+    assert len(resumed.fit(resume=run_dir).epochs) == 3

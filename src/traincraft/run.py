@@ -130,6 +130,8 @@ def standalone_kwargs(recipe: Recipe) -> dict[str, Any]:
     run started from (``init_from``) is read again."""
     kwargs = trainer_kwargs(recipe)
     kwargs.pop("init_from", None)
+    if "finetune" in kwargs:  # how init_from was loaded no longer matters
+        kwargs["finetune"] = {k: v for k, v in kwargs["finetune"].items() if k not in ("skip", "strict")}
     return kwargs
 
 
