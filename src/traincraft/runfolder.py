@@ -120,7 +120,8 @@ def mark_complete(folder: str | Path, state: TrainState) -> None:
 
     done = {"stop_reason": state.stop_reason, "epoch": state.epoch, "step": state.step,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_text(Path(folder) / "checkpoints" / FINISHED, json.dumps(done, indent=2))
+    # On the writer thread, after every file of the run's end (it is the last one): fit() waits.
+    atomic_write_text(Path(folder) / "checkpoints" / FINISHED, json.dumps(done, indent=2), background=True)
 
 
 def is_complete(folder: str | Path, step: int) -> bool:

@@ -380,9 +380,12 @@ class Trainer:
                     self._run_epoch(train_batches, val_batches)
                 self.aborted = False
             finally:
-                self._emit("on_fit_end")
-                self._finish_run()
-        self._mark_complete()
+                ended = False
+                try:
+                    self._emit("on_fit_end")
+                    ended = not self.aborted
+                finally:
+                    self._finish_run(mark_complete=ended)
         distributed.finish_together(self.world, self.dist_timeout)  # a hung process is named, not waited for
         return self.history
 
@@ -829,9 +832,11 @@ class Trainer:
                 "it keeps the best weights to go back to"
             )
 
-    def _finish_run(self) -> None:
+    def _finish_run(self, mark_complete: bool = False) -> None:
         self.history.stop_reason = self.state.stop_reason
         self.history.best = self._best()
+        if mark_complete:
+            self._mark_complete()  # written with the run's last files, before fit waits for them
         try:
             files.wait()  # the run's files are in place when fit() returns
         except OSError:
