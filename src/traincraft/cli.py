@@ -292,9 +292,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise TraincraftError(f"{args.run_dir} is not a run folder: recipe.yaml is missing")
     done = _finished(Path(args.run_dir))
     if done is not None and not args.overrides:  # raised limits would make it go on
+        longer = (f" To train longer: traincraft resume {args.run_dir} train.max_epochs=N"
+                  if done.get("stop_reason") in ("max_epochs", "max_steps") else "")
         print(f"{args.run_dir}: the run is finished ({done['stop_reason']} at epoch {done['epoch']}, "
-              f"step {done['step']}); nothing to resume. To train longer: traincraft resume "
-              f"{args.run_dir} train.max_epochs=N", file=sys.stderr)
+              f"step {done['step']}); nothing to resume.{longer}", file=sys.stderr)
         return 0
     for override in args.overrides:
         if "=" not in override:
