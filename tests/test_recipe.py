@@ -166,3 +166,14 @@ def test_a_binary_file_and_a_base_dir_of_its_own_are_refused(tmp_path):
     sneaky.write_text("_base_dir: /etc\nname: x\n")
     with pytest.raises(RecipeError, match="_base_dir is written by traincraft into a run folder's recipe.yaml"):
         load_recipe(sneaky)
+
+
+def test_numbers_read_as_yaml_1_2_and_python_read_them(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {dataset: iris}\nmodel: mlp\noptimizer: {name: adam, lr: 3e-4, eps: 1e-8}\n"
+                    "schedule: {name: cosine, eta_min: 1e-6}\n")
+    recipe = load_recipe(path, ["optimizer.weight_decay=1E-2", "train.clip_grad_norm=5e0"])
+    assert recipe.optimizer.lr == 3e-4 and recipe.optimizer.kwargs()["eps"] == 1e-8
+    assert recipe.schedule["eta_min"] == 1e-6 and recipe.optimizer.weight_decay == 0.01
+    assert recipe.train.clip_grad_norm == 5.0
+    assert load_recipe(path, ["name=run1e5"]).name == "run1e5"  # not a number: stays text

@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -325,6 +327,14 @@ class _RecipeLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
+
+# Numbers as YAML 1.2 and Python read them: 1e-8 and 3E+4 are floats (YAML 1.1 wants a dot, 1.0e-8,
+# and reads 1e-8 as text, which then fails far from the recipe).
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 #: Values a recipe may expand to through YAML aliases (an alias bomb stops here).
 MAX_VALUES = 100_000
