@@ -258,3 +258,24 @@ def test_hostile_paths_and_files_get_one_line(tmp_path, capsys):
         assert code == 2 and err and err[-1].startswith("error: ") and message in err[-1], (argv, err)
         assert not any("Traceback" in line for line in err)
     assert not (tmp_path.parent / "escaped").exists()
+
+
+def test_the_installed_command_imports_modules_of_the_current_folder(tmp_path):
+    (tmp_path / "mynets.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, input_shape, output_size):\n"
+        "        super().__init__()\n"
+        "        self.layer = torch.nn.Linear(input_shape[0], output_size)\n"
+        "    def forward(self, x):\n"
+        "        return self.layer(x)\n"
+    )
+    write_recipe(tmp_path, {**IRIS, "model": {"name": "mynets:Net"}, "train": {"max_epochs": 1}})
+    command = Path(sys.executable).with_name("traincraft")
+    if not command.is_file():
+        pytest.skip("traincraft is not installed as a command next to this python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for argv in (["fit", "recipe.yaml", "--run-dir", "run", "--no-progress"], ["evaluate", "run"]):
+        done = subprocess.run([str(command), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr

@@ -201,7 +201,7 @@ def test_missing_mirrors_are_rebuilt_from_the_checkpoint(tmp_path, capsys):
     (run_dir / "best.safetensors").unlink()
     capsys.readouterr()
     assert main(["evaluate", str(run_dir)]) == 0
-    assert "written again" in capsys.readouterr().err
+    assert "best.safetensors, best.json again from the run's checkpoint" in capsys.readouterr().err
     assert main(["resume", str(run_dir), "train.max_epochs=3", "--no-progress"]) == 0
     assert (run_dir / "metrics.csv").read_text().startswith(rows)
 
@@ -467,3 +467,39 @@ def test_a_frozen_run_with_a_new_head_resumes_with_the_same_trainable_tensors(tm
                                      resuming=True)
     assert sorted(n for n, p in resumed.model.named_parameters() if p.requires_grad) == ["head.bias", "head.weight"]
     assert len(resumed.fit(resume=run_dir).epochs) == 3
+
+
+def test_resuming_a_finished_run_says_so_unless_there_is_work_to_do(tmp_path, capsys):
+    code, run_dir = cli_fit(tmp_path)
+    assert code == 0
+    recipe = recipe_file(tmp_path, IRIS, "again.yaml")
+    capsys.readouterr()
+    for argv in (["resume", str(run_dir), "--no-progress"],
+                 ["fit", str(recipe), "--run-dir", str(run_dir), "--resume", "auto", "--no-progress"],
+                 ["fit", str(recipe), "--resume", str(run_dir), "--no-progress"]):
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the run is finished (max_epochs at epoch 3" in err, (argv, err)
+    (run_dir / "metrics.csv").unlink()  # a file to rebuild: the resume has work to do
+    assert main(["resume", str(run_dir), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "Wrote metrics.csv again" in err and (run_dir / "metrics.csv").is_file()
+    assert main(["resume", str(run_dir), "train.max_epochs=4", "--no-progress"]) == 0  # raised limits: trains
+    assert "stopped: max_epochs after 4 epochs" in capsys.readouterr().err
+
+
+def test_a_flipped_bit_outside_the_tensors_is_detected_too(tmp_path):
+    (train, val) = data()
+    trainer(tmp_path, max_epochs=2).fit(train, val=val)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    state = load_checkpoint(last)
+    loss = state["history"]["epochs"][0]["val_loss"]
+    import struct
+
+    raw = bytearray(last.read_bytes())
+    at = raw.find(struct.pack(">d", loss))  # pickle stores floats big-endian
+    assert at >= 0
+    raw[at + 1] ^= 0x01
+    last.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"last.ckpt is damaged: its history, counters or settings do not match"):
+        load_checkpoint(last)

@@ -35,7 +35,8 @@ _EXPORTS = {
     "lr_find": "traincraft.lr_finder",
     "LRFindResult": "traincraft.lr_finder",
 }
-_MODULES = {"losses", "optim", "metrics", "data", "datasets", "models", "schedules", "finetune"}
+_MODULES = {"losses", "optim", "metrics", "data", "datasets", "models", "schedules", "finetune", "checkpoint",
+            "files"}
 
 __all__ = [
     "CSVLogger", "Callback", "Checkpoint", "EMA", "EarlyStopping", "History", "SWA", "LRFindResult", "lr_find", "ProgressBar", "Recipe", "TrainState",

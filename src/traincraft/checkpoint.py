@@ -201,7 +201,27 @@ def pack(state: dict[str, Any]) -> dict[str, Any]:
     packed = walk(state)
     packed[PACKED] = {name: torch.cat(tensors) for name, tensors in parts.items()}
     packed[CRC_KEY] = [crc32(tensor) for tensor in _tensors_in_order(packed)]
+    packed[STRUCTURE_KEY] = _structure_crc(packed)
     return packed
+
+
+STRUCTURE_KEY = "__structure_crc32__"
+
+
+def _structure_crc(state: dict[str, Any]) -> int:
+    """The CRC32 of everything but the tensors' bytes (the history, counters, settings, every
+    key and shape), from its repr with each tensor replaced by its dtype and shape."""
+
+    def skeleton(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return ("tensor", str(obj.dtype), tuple(obj.shape))
+        if isinstance(obj, dict):
+            return {k: skeleton(v) for k, v in obj.items() if k not in (CRC_KEY, STRUCTURE_KEY)}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(skeleton(v) for v in obj)
+        return obj
+
+    return zlib.crc32(repr(skeleton(state)).encode())
 
 
 def _tensors_in_order(obj: Any) -> Iterator[torch.Tensor]:
@@ -218,8 +238,12 @@ def _tensors_in_order(obj: Any) -> Iterator[torch.Tensor]:
 
 
 def verify(state: dict[str, Any], path: Path) -> None:
-    """Check a loaded checkpoint's tensors against the checksums it was written with."""
+    """Check a loaded checkpoint's tensors, and the rest of it, against the checksums it was
+    written with."""
     sums = state.pop(CRC_KEY, None)
+    structure = state.pop(STRUCTURE_KEY, None)
+    if structure is not None and _structure_crc(state) != structure:
+        raise CheckpointError(f"{path} is damaged: its history, counters or settings do not match their checksum")
     if sums is None:
         return  # written before checksums
     tensors = list(_tensors_in_order(state))

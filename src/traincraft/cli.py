@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +54,10 @@ PASSTHROUGH = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # As under `python -m traincraft`: modules of the current folder (a recipe's
+    # "mynets:TinyCNN") import; the installed command otherwise only sees its own bin folder.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if argv and argv[0] in PASSTHROUGH:
         import importlib
 
@@ -241,6 +246,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_dir and Path(args.run_dir) != Path(args.resume):
             raise TraincraftError("--resume continues in its own run folder: leave out --run-dir")
+        check_recipe_changes(recipe, Path(args.resume), args.allow_changes)
+        if _say_finished(Path(args.resume), recipe):
+            return 0
         if launches(args, recipe):
             return launch_processes(["fit", *args.args, "--resume", args.resume], args)
         return train(recipe, Path(args.resume), args, resume=True)
@@ -290,17 +298,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     recipe_file = Path(args.run_dir) / "recipe.yaml"
     if not recipe_file.is_file():
         raise TraincraftError(f"{args.run_dir} is not a run folder: recipe.yaml is missing")
-    done = _finished(Path(args.run_dir))
-    if done is not None and not args.overrides:  # raised limits would make it go on
-        longer = (f" To train longer: traincraft resume {args.run_dir} train.max_epochs=N"
-                  if done.get("stop_reason") in ("max_epochs", "max_steps") else "")
-        print(f"{args.run_dir}: the run is finished ({done['stop_reason']} at epoch {done['epoch']}, "
-              f"step {done['step']}); nothing to resume.{longer}", file=sys.stderr)
-        return 0
     for override in args.overrides:
         if "=" not in override:
             raise TraincraftError(f"expected key.path=value, got {override!r}")
     recipe = load_recipe(recipe_file, args.overrides)
+    check_recipe_changes(recipe, Path(args.run_dir), args.allow_changes)
+    if _say_finished(Path(args.run_dir), recipe):
+        return 0
     from traincraft.runfolder import check_code
 
     check_code(args.run_dir, recipe, trust_code=args.trust_code)
@@ -309,17 +313,41 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return train(recipe, Path(args.run_dir), args, resume=True)
 
 
-def _finished(run_dir: Path) -> dict[str, Any] | None:
-    """What ``checkpoints/finished.json`` says when it is newer than the newest checkpoint."""
+def _say_finished(run_dir: Path, recipe: Any) -> bool:
+    """When the run in ``run_dir`` is finished and whole, and ``recipe``'s limits do not take it
+    further: say so in one line (nothing is built, nothing written) and return True."""
+    done = _finished(run_dir, recipe)
+    if done is None:
+        return False
+    longer = (f" To train longer: traincraft resume {run_dir} train.max_epochs=N"
+              if done.get("stop_reason") in ("max_epochs", "max_steps") else "")
+    print(f"{run_dir}: the run is finished ({done['stop_reason']} at epoch {done['epoch']}, "
+          f"step {done['step']}); nothing to resume.{longer}", file=sys.stderr)
+    return True
+
+
+def _finished(run_dir: Path, recipe: Any) -> dict[str, Any] | None:
+    """What ``checkpoints/finished.json`` says, when it is newer than the newest checkpoint, the
+    files a resume would rebuild are all there, and the recipe's limits end the run where it
+    ended; otherwise None (a resume has work to do)."""
     from traincraft.runfolder import FINISHED
 
     marker, last = run_dir / "checkpoints" / FINISHED, run_dir / "checkpoints" / "last.ckpt"
     try:
         if last.is_file() and marker.stat().st_mtime_ns < last.stat().st_mtime_ns:
             return None
-        return json.loads(marker.read_text())
+        done = json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
+    if not all((run_dir / name).is_file() for name in ("best.safetensors", "best.json", "metrics.csv")):
+        return None  # the resume writes them again
+    limits = recipe.train
+    if done.get("stop_reason") == "max_epochs" and limits.max_epochs > int(done["epoch"]) and (
+            limits.max_steps is None or limits.max_steps > int(done["step"])):
+        return None
+    if done.get("stop_reason") == "max_steps" and (limits.max_steps is None or limits.max_steps > int(done["step"])):
+        return None
+    return done
 
 
 def check_recipe_changes(recipe: Any, run_dir: Path, allow: bool) -> None:

@@ -366,5 +366,5 @@ def run_weights(run_dir: str | Path, warn: Any = None) -> dict[str, torch.Tensor
     rebuilt = rebuild_mirrors(folder, state, warn=say)
     if "best.safetensors" not in rebuilt:
         raise TraincraftError(f"{problem}, and the run's checkpoint does not hold the best weights to rebuild it")
-    say(f"{path} was missing or damaged: written again from the run's checkpoint")
+    say(f"{path} was missing or damaged: wrote {', '.join(rebuilt)} again from the run's checkpoint")
     return load_weights(path)

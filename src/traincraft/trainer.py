@@ -1117,8 +1117,10 @@ class Trainer:
                 vote.request(reasons[signal.Signals(signum)])
             else:
                 self.state.should_stop, self.state.stop_reason = True, reasons[signal.Signals(signum)]
-            what = "Interrupted" if signum == signal.SIGINT else "Terminated"
-            self.log(f"{what}: stopping after this step (Ctrl-C again to abort at once)")
+            if signum == signal.SIGINT:
+                self.log("Interrupted: stopping after this step (Ctrl-C again to abort at once)")
+            else:
+                self.log("Terminated: stopping after this step (a second SIGTERM aborts at once)")
 
         previous = {sig: signal.signal(sig, handler) for sig in reasons}
         try:
