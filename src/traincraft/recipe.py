@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Any, Literal
 
