@@ -279,3 +279,17 @@ def test_the_installed_command_imports_modules_of_the_current_folder(tmp_path):
         done = subprocess.run([str(command), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr
+
+
+def test_a_folder_of_runs_means_its_newest_run(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {**IRIS, "train": {"max_epochs": 1}})
+    runs = tmp_path / "runs" / "iris-test"
+    for name in ("20261206-010000", "20261206-020000", "20261206-020000-2"):
+        assert main(["fit", str(recipe), "--run-dir", str(runs / name), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(runs)]) == 0
+    assert f"using the newest, {runs / '20261206-020000-2'}" in capsys.readouterr().err
+    assert main(["resume", str(runs), "train.max_epochs=2", "--no-progress"]) == 0
+    assert json.loads((runs / "20261206-020000-2" / "results.json").read_text())["epochs"] == 2
+    assert main(["resume"]) == 2
+    assert "resume needs the run folder: traincraft resume runs/NAME/TIME" in capsys.readouterr().err

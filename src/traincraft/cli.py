@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_process_options(fit)
 
     resume = command("resume", cmd_resume, "continue an interrupted run with its own recipe")
-    resume.add_argument("run_dir", metavar="RUN_DIR")
+    resume.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
+                        help="a run folder, or a folder of runs (runs/NAME: its newest run)")
     resume.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="e.g. train.max_epochs=50 to train longer")
     resume.add_argument("--allow-changes", action="store_true",
@@ -164,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--trust-code", action="store_true", help=trust)
 
     evaluate = command("evaluate", cmd_evaluate, "evaluate a run's best weights on a split")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
     evaluate.add_argument("--trust-code", action="store_true", help=trust)
 
     predict = command("predict", cmd_predict, "predict a CSV file with a run's model")
     predict.add_argument("--trust-code", action="store_true", help=trust)
-    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
     predict.add_argument("--input", required=True, help="CSV with the training data's input columns")
     predict.add_argument("--output", required=True, help="CSV to write")
 
@@ -295,6 +296,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from traincraft.errors import TraincraftError
     from traincraft.recipe import load_recipe
 
+    if args.run_dir is None:
+        raise TraincraftError("resume needs the run folder: traincraft resume runs/NAME/TIME "
+                              "(or runs/NAME for its newest run)")
+    args.run_dir = str(run_folder(args.run_dir))
     recipe_file = Path(args.run_dir) / "recipe.yaml"
     if not recipe_file.is_file():
         raise TraincraftError(f"{args.run_dir} is not a run folder: recipe.yaml is missing")
@@ -406,6 +411,20 @@ def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> 
     print("\n".join(lines), file=sys.stderr)
 
 
+def run_folder(given: str) -> Path:
+    """A run folder as given, or the newest run of a folder of runs (``runs/NAME``), said."""
+    from traincraft.runfolder import newest_run
+
+    folder = Path(given)
+    if (folder / "recipe.yaml").is_file():
+        return folder
+    newest = newest_run(folder)
+    if newest is None:
+        return folder
+    print(f"{folder} holds runs: using the newest, {newest}", file=sys.stderr)
+    return newest
+
+
 def _run_trainer(run_dir: str, trust_code: bool = False) -> tuple[Any, Any, Any]:
     """A trainer holding a run's best weights, with the run's data (same seed, same split)."""
     from traincraft.run import build_model, evaluation_kwargs, load_run, run_weights
@@ -425,6 +444,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from traincraft.errors import TraincraftError
     from traincraft.run import prepare_data
 
+    args.run_dir = str(run_folder(args.run_dir))
     trainer, recipe, _ = _run_trainer(args.run_dir, args.trust_code)
     data = prepare_data(recipe)
     split = getattr(data, args.split)
@@ -444,6 +464,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise TraincraftError(f"--output {output} is a folder: give a file name, e.g. {output / 'predictions.csv'}")
     if not output.parent.is_dir():
         raise TraincraftError(f"--output {output}: the folder {output.parent} does not exist")
+    args.run_dir = str(run_folder(args.run_dir))
     trainer, recipe, info = _run_trainer(args.run_dir, args.trust_code)
     rows = predict_csv(trainer, info, recipe, Path(args.input), output)
     print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)

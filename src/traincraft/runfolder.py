@@ -40,6 +40,25 @@ def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES)
 
 
+def newest_run(folder: str | Path) -> Path | None:
+    """For a folder of runs (``runs/NAME``, not a run itself), its newest run that saved weights
+    or a checkpoint; None when ``folder`` is a run itself or holds none. Run folders are named by
+    their start time (``-2``, ``-3`` for runs of the same second), so the newest sorts last."""
+    from traincraft.checkpoint import checkpoint_candidates
+
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / "best.safetensors").is_file() or checkpoint_candidates(folder):
+        return None
+    runs = [p for p in folder.iterdir() if p.is_dir() and ((p / "best.safetensors").is_file()
+                                                          or checkpoint_candidates(p))]
+    return max(runs, key=_run_order) if runs else None
+
+
+def _run_order(path: Path) -> tuple[str, int]:
+    stem, _, n = path.name.rpartition("-")
+    return (stem, int(n)) if stem and n.isdigit() and len(n) < 4 else (path.name, 1)
+
+
 def claim(folder: str | Path, *, overwrite: bool) -> str | None:
     """Make ``folder`` ready for a new run; a problem is returned as one line (None: ready)."""
     folder = Path(folder)

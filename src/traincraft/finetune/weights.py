@@ -449,14 +449,9 @@ def _first_line(err: BaseException) -> str:
 
 
 def _newest_run(folder: Path) -> Path | None:
-    """For a folder of runs (``runs/NAME``, which holds no weights itself), its newest run that
-    saved weights; None when ``folder`` is a run itself or holds none."""
-    if (folder / "best.safetensors").is_file() or checkpoint_candidates(folder):
-        return None
-    runs = [p for p in folder.iterdir() if p.is_dir() and ((p / "best.safetensors").is_file()
-                                                          or checkpoint_candidates(p))]
-    return max(runs, key=lambda p: p.name) if runs else None  # run folders are named by time
+    from traincraft.runfolder import newest_run
 
+    return newest_run(folder)
 
 
 def _train_first(path: Path) -> str:
