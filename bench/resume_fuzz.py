@@ -103,16 +103,16 @@ def draw_cases(runs: int, configs: list[str], kinds: list[str], totals: dict[str
 def describe_source() -> str:
     """Which library ran: the commit and whether src/ had uncommitted changes."""
     if Path(SRC).resolve() != (ROOT / "src").resolve():
-        return f"library {SRC} (TRAINCRAFT_SRC, not this checkout's src/)"
+        return "the library named by TRAINCRAFT_SRC (not this checkout's src/)"
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return f"library {SRC}"
+        return "library src/"
     changed = f", with uncommitted changes in {len(dirty.splitlines())} file(s) of src/" if dirty else ""
-    return f"library {SRC} at commit {head}{changed}"
+    return f"library src/ at commit {head}{changed}"
 
 
 def table(cases: list[Case], configs: list[str], kinds: list[str]) -> list[str]:
