@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from traincraft import files
-from traincraft.errors import TraincraftError
+from traincraft.errors import TraincraftError, first_line
 from traincraft.files import atomic_write
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -316,14 +316,9 @@ def torch_load_safely(path: Path, what: str = "") -> Any:
                 f"{what}{path} is damaged, or not a torch.save file of tensors and plain types (a raw "
                 "pickle?): it was not loaded; save tensors with torch.save, or a .safetensors file"
             ) from None
-        raise CheckpointError(f"{what}{path} is damaged (truncated or garbled): {_first_line(err)}") from None
+        raise CheckpointError(f"{what}{path} is damaged (truncated or garbled): {first_line(err)}") from None
     except Exception as err:  # noqa: BLE001  (garbled bytes fail anywhere inside torch.load)
-        raise CheckpointError(f"{what}{path} is damaged (truncated or garbled): {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    line = next((part.strip() for part in str(err).splitlines() if part.strip()), type(err).__name__)
-    return line if len(line) <= 200 else line[:197] + "..."
+        raise CheckpointError(f"{what}{path} is damaged (truncated or garbled): {first_line(err)}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -39,7 +39,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from traincraft.errors import DataError, ShapeError, TraincraftError, did_you_mean, unknown_name
+from traincraft.errors import (
+    DataError,
+    ShapeError,
+    TraincraftError,
+    did_you_mean,
+    first_line,
+    unknown_name,
+)
 from traincraft.registry import Registry, import_object
 
 __all__ = ["PreparedData", "Scaler", "names", "prepare", "DATASETS", "SCALERS", "TASKS"]
@@ -439,19 +446,13 @@ def _pair_from_mapping(found: Mapping[str, Any], source: str, task: str | None) 
     return (found[x_key] if x_key else None), found[y_key]
 
 
-def _first_line(err: Exception) -> str:
-    """The first line of an error, without terminal colour codes (torch adds some)."""
-    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def _read_npz(path: Path, task: str | None) -> _Source:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as err:  # a bad zip, object arrays (pickles are refused), a truncated file
         raise DataError(
-            f"{path.name}: cannot read as .npz of plain arrays ({_first_line(err)}); "
+            f"{path.name}: cannot read as .npz of plain arrays ({first_line(err)}); "
             "save it with numpy.savez(path, X=..., y=...)"
         ) from err
     x, y = _pair_from_mapping(arrays, path.name, task)
@@ -524,10 +525,10 @@ def _read_table(path: Path) -> _Table:
         return _read_rows(path)
     except UnicodeDecodeError as err:
         raise DataError(
-            f"{path.name}: not UTF-8 text ({_first_line(err)}); save the file as UTF-8 CSV"
+            f"{path.name}: not UTF-8 text ({first_line(err)}); save the file as UTF-8 CSV"
         ) from err
     except csv.Error as err:
-        raise DataError(f"{path.name}: not a readable CSV file ({_first_line(err)})") from err
+        raise DataError(f"{path.name}: not a readable CSV file ({first_line(err)})") from err
 
 
 def _read_rows(path: Path) -> _Table:

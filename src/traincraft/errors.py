@@ -86,3 +86,11 @@ def expect_choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
         options = ", ".join(repr(c) for c in choices)
         raise TraincraftError(f"{what} must be one of {options}, got {value!r}{did_you_mean(key, choices)}")
     return key
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first non-empty line, for a one-line message: without terminal colour codes
+    (torch adds some), cut to 200 characters; the error's type when it says nothing."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(err).__name__)
+    return line if len(line) <= 200 else line[:197] + "..."

@@ -20,7 +20,7 @@ from traincraft.checkpoint import (
     model_tensors,
     unwrap_key,
 )
-from traincraft.errors import did_you_mean
+from traincraft.errors import did_you_mean, first_line
 from traincraft.finetune.patterns import glob_hit as _glob_hit
 from traincraft.finetune.patterns import listing as _listing
 
@@ -278,7 +278,7 @@ def _read_safetensors(path: Path, label: str) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(
-            f"{label}: {path} is not a readable .safetensors file ({_first_line(err)})"
+            f"{label}: {path} is not a readable .safetensors file ({first_line(err)})"
         ) from None
 
 
@@ -286,10 +286,10 @@ def _load_checkpoint(path: Path, label: str) -> dict[str, Any]:
     try:
         return load_checkpoint(path)
     except CheckpointError as err:  # torch's own messages run over several lines
-        raise CheckpointError(f"{label}: {_first_line(err)}") from None
+        raise CheckpointError(f"{label}: {first_line(err)}") from None
     except Exception as err:  # garbled bytes can fail anywhere inside the unpickler
         raise CheckpointError(
-            f"{label}: {path} is damaged (truncated or garbled): {_first_line(err)}"
+            f"{label}: {path} is damaged (truncated or garbled): {first_line(err)}"
         ) from None
 
 
@@ -440,12 +440,6 @@ def _nothing_loaded(
 
 def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
 
 
 def _newest_run(folder: Path) -> Path | None:
