@@ -205,16 +205,18 @@ class Sleeper(tc.Callback):
             time.sleep(self.seconds)
 
 
-def hang(timeout: float) -> dict:
+def hang(timeout: float, sleeper: tc.Callback | None = None) -> dict:
+    """Rank 1 sleeps past ``timeout`` (in step 2, or where ``sleeper`` does): rank 0 must fail
+    within about the timeout, never wait for ever."""
     train, _ = regression_data()
-    sleeper = Sleeper(timeout + 3)
+    sleeper = sleeper or Sleeper(timeout + 3)
     trainer = equivalence_trainer(8, 1, progress=False, dist_timeout=timeout, callbacks=[sleeper])
     try:
         trainer.fit(train)
     except tc.TraincraftError as err:
-        # Rank 0 waits in step 3 from about when rank 1 fell asleep at the end of step 2.
+        # Rank 0 waits from about when rank 1 fell asleep.
         return {"error": str(err), "type": type(err).__name__, "failed": time.monotonic(), "asleep": sleeper.asleep}
-    return {"error": None, "asleep": sleeper.asleep}
+    return {"error": None, "asleep": sleeper.asleep, "failed": time.monotonic()}
 
 
 class SleepAtEnd(tc.Callback):
@@ -228,18 +230,6 @@ class SleepAtEnd(tc.Callback):
             time.sleep(self.seconds)
 
 
-def hang_at_end(timeout: float) -> dict:
-    """Rank 1 hangs after the run's last collective: rank 0 must not wait for ever."""
-    train, _ = regression_data()
-    sleeper = SleepAtEnd(timeout + 3)
-    trainer = equivalence_trainer(8, 1, progress=False, dist_timeout=timeout, callbacks=[sleeper])
-    try:
-        trainer.fit(train)
-    except tc.TraincraftError as err:
-        return {"error": str(err), "type": type(err).__name__, "failed": time.monotonic(), "asleep": sleeper.asleep}
-    return {"error": None, "asleep": sleeper.asleep, "failed": time.monotonic()}
-
-
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2]).resolve()
     torch.set_num_threads(1)
@@ -248,7 +238,7 @@ def main() -> None:
         recipe = str(Path(sys.argv[3]).resolve())
         seen = {"rank": rank, "equivalence": equivalence(out, rank), "cli": command_line(out, recipe, rank)}
     elif mode == "hang-end":
-        seen = {"rank": rank, "hang": hang_at_end(timeout=2.0)}
+        seen = {"rank": rank, "hang": hang(timeout=2.0, sleeper=SleepAtEnd(2.0 + 3))}  # after the last collective
     else:
         seen = {"rank": rank, "hang": hang(timeout=2.0)}
     (out / f"rank-{rank}.json").write_text(json.dumps(seen))

@@ -145,7 +145,10 @@ def compare_runs(ref_dir: str | Path, run_dir: str | Path) -> list[str]:
     compare_objects(a, b, "final.pt:", found)
     out += _capped("final.pt", [line.replace("final.pt:.", "final.pt:", 1) for line in found])
 
-    for name in ("history.json", "results.json", "best.json"):
+    read_json = lambda path: json.loads(path.read_text())  # noqa: E731
+    files = [(name, read_json) for name in ("history.json", "results.json", "best.json")]
+    files += [(name, _load_safetensors) for name in ("best.safetensors", "ema.safetensors")]
+    for name, read in files:
         here, there = ref / name, run / name
         if not here.is_file() and not there.is_file():
             continue
@@ -153,7 +156,7 @@ def compare_runs(ref_dir: str | Path, run_dir: str | Path) -> list[str]:
             out.append(f"{name}: {'missing in the run' if here.is_file() else 'not in the reference'}")
             continue
         found = []
-        compare_objects(json.loads(here.read_text()), json.loads(there.read_text()), f"{name}:", found)
+        compare_objects(read(here), read(there), f"{name}:", found)
         out += _capped(name, [line.replace(f"{name}:.", f"{name}:", 1) for line in found])
 
     here, there = ref / "metrics.csv", run / "metrics.csv"
@@ -174,16 +177,6 @@ def compare_runs(ref_dir: str | Path, run_dir: str | Path) -> list[str]:
                         found.append(f"metrics.csv: row {i + 1} {c}: {x.get(c)} != {y.get(c)}")
             out += _capped("metrics.csv", found)
 
-    for name in ("best.safetensors", "ema.safetensors"):
-        here, there = ref / name, run / name
-        if not here.is_file() and not there.is_file():
-            continue
-        if here.is_file() != there.is_file():
-            out.append(f"{name}: {'missing in the run' if here.is_file() else 'not in the reference'}")
-            continue
-        found = []
-        compare_objects(_load_safetensors(here), _load_safetensors(there), f"{name}:", found)
-        out += _capped(name, [line.replace(f"{name}:.", f"{name}:", 1) for line in found])
     return out
 
 

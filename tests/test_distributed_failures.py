@@ -61,14 +61,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_process_that_hangs_stops_the_others_after_the_timeout(tmp_path: Path) -> None:
-    # No torchrun here: it would stop rank 1 as soon as rank 0 fails; the timeout must do it alone.
+def two_ranks(tmp_path: Path, mode: str) -> tuple[dict, dict]:
+    """Run distributed_worker.py MODE as ranks 0 and 1 (no torchrun: it would stop rank 1 as soon
+    as rank 0 fails; the timeout must do it alone); what each wrote."""
     port = free_port()
     processes = []
     for rank in (0, 1):
         env = {**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        processes.append(subprocess.Popen([sys.executable, str(TESTS / "distributed_worker.py"), "hang",
+        processes.append(subprocess.Popen([sys.executable, str(TESTS / "distributed_worker.py"), mode,
                                            str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True))
     try:
         errors = [p.communicate(timeout=LAUNCH_TIMEOUT)[1] for p in processes]
@@ -77,6 +78,11 @@ def test_a_process_that_hangs_stops_the_others_after_the_timeout(tmp_path: Path)
             p.kill()
     assert [p.returncode for p in processes] == [0, 0], errors
     first, second = (json.loads((tmp_path / f"rank-{r}.json").read_text())["hang"] for r in (0, 1))
+    return first, second
+
+
+def test_a_process_that_hangs_stops_the_others_after_the_timeout(tmp_path: Path) -> None:
+    first, second = two_ranks(tmp_path, "hang")
     assert first["type"] == "DistributedError"
     assert first["error"].startswith("rank 0 of 2: lost contact with the other processes (one of them stopped, died")
     assert "dist_timeout=2 s" in first["error"]
@@ -86,20 +92,7 @@ def test_a_process_that_hangs_stops_the_others_after_the_timeout(tmp_path: Path)
 
 
 def test_a_process_that_hangs_after_the_last_collective_is_named_within_the_timeout(tmp_path: Path) -> None:
-    port = free_port()
-    processes = []
-    for rank in (0, 1):
-        env = {**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        processes.append(subprocess.Popen([sys.executable, str(TESTS / "distributed_worker.py"), "hang-end",
-                                           str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True))
-    try:
-        errors = [p.communicate(timeout=LAUNCH_TIMEOUT)[1] for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    assert [p.returncode for p in processes] == [0, 0], errors
-    first, second = (json.loads((tmp_path / f"rank-{r}.json").read_text())["hang"] for r in (0, 1))
+    first, second = two_ranks(tmp_path, "hang-end")
     assert first["type"] == "DistributedError", first
     assert first["error"].startswith("rank 0 of 2: not every process reached the end of the run within "
                                      "dist_timeout=2 s"), first["error"]

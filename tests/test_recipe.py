@@ -157,15 +157,15 @@ def test_an_alias_bomb_is_refused_in_one_short_line(tmp_path):
     assert len(str(caught.value)) < 400
 
 
-def test_a_binary_file_and_a_base_dir_of_its_own_are_refused(tmp_path):
-    binary = tmp_path / "model.bin"
-    binary.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(RecipeError, match="is not a text file"):
-        load_recipe(binary)
-    sneaky = tmp_path / "r.yaml"
-    sneaky.write_text("_base_dir: /etc\nname: x\n")
-    with pytest.raises(RecipeError, match="_base_dir is written by traincraft into a run folder's recipe.yaml"):
-        load_recipe(sneaky)
+@pytest.mark.parametrize("content, message", [
+    (bytes(range(256)) * 4, "is not a text file"),
+    (b"_base_dir: /etc\nname: x\n", "_base_dir is written by traincraft into a run folder's recipe.yaml"),
+])
+def test_a_binary_file_and_a_base_dir_of_its_own_are_refused(tmp_path, content, message):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(content)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
 
 
 def test_numbers_read_as_yaml_1_2_and_python_read_them(tmp_path):

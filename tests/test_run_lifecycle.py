@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 import traincraft as tc
@@ -20,23 +19,11 @@ from traincraft.errors import TraincraftError
 from traincraft.run import default_run_dir
 from traincraft.runfolder import clean_leftovers
 
-IRIS = {
-    "name": "iris-life",
-    "seed": 0,
-    "data": {"dataset": "iris", "split": {"val": 0.2, "test": 0.2}, "batch_size": 16},
-    "model": {"name": "mlp", "hidden_sizes": [16]},
-    "loss": "cross_entropy",
-    "optimizer": {"name": "adamw", "lr": 0.01},
-    "train": {"max_epochs": 3},
-    "early_stopping": {"patience": 5},
-    "metrics": ["accuracy"],
-}
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import IRIS as CLI_IRIS  # noqa: E402
+from test_cli import write_recipe as recipe_file  # noqa: E402
 
-
-def recipe_file(folder: Path, recipe=IRIS, name="recipe.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+IRIS = {**CLI_IRIS, "name": "iris-life", "seed": 0}
 
 
 def cli_fit(tmp_path, *args, recipe=IRIS, run="run"):
