@@ -30,10 +30,10 @@ def main() -> None:
     trainer = tc.Trainer(
         model,
         loss="cross_entropy",
-        optimizer="adamw", lr=1e-3, weight_decay=1e-4,
+        optimizer={"name": "adamw", "weight_decay": 1e-4}, lr=1e-3,
         metrics=["accuracy", "f1_macro"],
         max_epochs=args.max_epochs, batch_size=32,
-        val_split=0.15,                       # seeded, carved from the training data
+        data={"val_split": 0.15},             # seeded, carved from the training data
         callbacks=[tc.EarlyStopping(monitor="val_loss", patience=10, verbose=False)],
         seed=0,
     )

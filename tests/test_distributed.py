@@ -210,7 +210,7 @@ def test_the_recipe_keys_reach_the_trainer() -> None:
 
     recipe = load_recipe("regression", ["train.sync_batchnorm=true", "train.dist_timeout=30"])
     kwargs = trainer_kwargs(recipe)
-    assert kwargs["sync_batchnorm"] is True and kwargs["dist_timeout"] == 30.0
+    assert kwargs["processes"] == {"sync_batchnorm": True, "timeout": 30.0}
 
 
 def test_a_checkpoint_resumes_only_with_as_many_processes_as_wrote_it() -> None:

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 import traincraft.callbacks.progress as progress_module
+import traincraft.step as step_module
 import traincraft.trainer as trainer_module
 from traincraft import EarlyStopping, Trainer
 
@@ -164,6 +165,7 @@ def fit_counting(
     clock = time_with_clock(lambda: float(trainer.state.step // tick) if tick else 0.0)
     monkeypatch.setattr(progress_module, "time", clock)
     monkeypatch.setattr(trainer_module, "time", clock)
+    monkeypatch.setattr(step_module, "time", clock)  # the non-finite policy's periodic check
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     refreshes = 0

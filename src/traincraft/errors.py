@@ -94,3 +94,37 @@ def first_line(err: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     line = next((part.strip() for part in text.splitlines() if part.strip()), type(err).__name__)
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+def check_whole(**values: Any) -> None:
+    """Counts are whole numbers: ``max_epochs=1.5`` is refused, not trained as 1."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            raise TraincraftError(f"{name} must be a whole number, got {value!r}")
+
+
+def check_positive(**values: float) -> None:
+    """Each value is > 0, or an error naming it."""
+    for name, value in values.items():
+        if not value > 0:
+            raise TraincraftError(f"{name} must be > 0, got {value}")
+
+
+def accepted_keys(owner: Any) -> list[str]:
+    """The keyword arguments a class or function takes (``self`` and positional-only left out)."""
+    import inspect
+
+    return [name for name, p in inspect.signature(owner).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_keys(what: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Every key is accepted, or one line naming the closest accepted ones."""
+    accepted = list(accepted)
+    for key in given:
+        if key not in accepted:
+            hint = did_you_mean(key, accepted) or f"; accepted: {', '.join(accepted)}"
+            raise TraincraftError(f"{what}: unknown key {key!r}{hint}")

@@ -147,7 +147,7 @@ class _FigureLogger(Callback):
         return torch.nn.utils.get_total_norm(grads, norm_type=stepper.clip_norm_type, foreach=None)
 
     def _interval_loss(self, trainer: Trainer) -> float | None:
-        sums = trainer._sums
+        sums = trainer.epoch_sums
         total, count = sums.sums.get("loss"), sums.counts.get("loss", 0)
         if total is None or count == 0:
             return None
@@ -199,7 +199,7 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
 def final_metrics(trainer: Trainer, folder: Path) -> dict[str, float]:
     """The run's outcome: the best monitored value, the last epoch's figures, the test figures."""
     figures: dict[str, float] = {}
-    best = trainer._best()
+    best = trainer.best
     if best is not None:
         figures[f"best_{best['monitor']}"] = float(best["value"])
         figures["best_epoch"] = float(best["epoch"])

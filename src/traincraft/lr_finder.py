@@ -142,11 +142,12 @@ def lr_find(
         if trainer.data is None:
             raise TraincraftError("lr_find needs training data: lr_find(trainer, (X, y))")
         train = trainer.data.train
-    if trainer.val_split:
+    options = trainer.data_options
+    if options.val_split:
         from traincraft.data import split_off
 
-        train, _ = split_off(train, trainer.val_split, seed=trainer.seed)
-    batches = trainer._batches(train, shuffle=trainer.shuffle, what="train")
+        train, _ = split_off(train, options.val_split, seed=trainer.seed)
+    batches = trainer.batches(train, shuffle=options.shuffle, what="train")
     if len(batches) == 0:
         raise TraincraftError("lr_find: the training data holds no batch")
     snapshot = _Snapshot(trainer)
@@ -200,12 +201,7 @@ def _range_test(
             inputs, target = next(stream)
             inputs, target = to_device(inputs, device), to_device(target, device)
             samples = num_samples(target)
-            with stepper.autocast():
-                pred = trainer._forward(inputs)
-                target = trainer._adapt(pred, target)
-                loss = trainer._loss(pred, target)
-                penalty = trainer.penalty() if trainer.penalty else None
-            stepper.backward(loss if penalty is None else loss + penalty, samples)
+            _, _, loss, _ = trainer.train_micro_batch(inputs, target, samples)
             part = loss.detach().float() * samples
             total = part if total is None else total + part
             count += samples

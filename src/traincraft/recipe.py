@@ -78,6 +78,24 @@ class OptimizerSection(BaseModel):
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    def group(self) -> dict[str, Any]:
+        """The Trainer's ``optimizer=`` group (``lr`` goes apart)."""
+        return {"name": self.name, "weight_decay": self.weight_decay, "decay_exclude": self.decay_exclude,
+                "param_groups": self.param_groups, **self.kwargs()}
+
+
+#: The ``train:`` keys that each Trainer group takes, under its own name there.
+TRAIN_GROUPS: dict[str, dict[str, str]] = {
+    "step": {"accumulate": "accumulate", "precision": "precision", "clip_grad_norm": "clip_grad_norm",
+             "clip_norm_type": "clip_norm_type", "clip_grad_value": "clip_grad_value", "compile": "compile",
+             "deterministic": "deterministic", "gc_every": "gc_every"},
+    "nonfinite": {"on_nonfinite": "policy", "rollback_every": "every", "rollback_lr_factor": "lr_factor",
+                  "max_rollbacks": "max_rollbacks"},
+    "penalty": {"l1": "l1", "l2": "l2", "penalty_exclude": "exclude"},
+    "processes": {"sync_batchnorm": "sync_batchnorm", "dist_timeout": "timeout"},
+    "data": {"shuffle": "shuffle"},
+}
+
 
 class TrainSection(Section):
     max_epochs: int = Field(10, gt=0)
@@ -106,6 +124,10 @@ class TrainSection(Section):
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        """The Trainer's ``step``, ``nonfinite``, ``penalty``, ``processes`` and ``data`` groups."""
+        return {group: {name: getattr(self, key) for key, name in keys.items()} for group, keys in TRAIN_GROUPS.items()}
 
 
 class EarlyStoppingSection(Section):

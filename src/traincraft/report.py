@@ -153,7 +153,7 @@ class RunReport(Callback):
             "skipped_steps": state.skipped_steps,
             "seconds": round(seconds, 3),
             "steps_per_second": round(state.step / seconds, 3) if seconds > 0 else None,
-            "best": trainer._best(),
+            "best": trainer.best,
             "last_epoch": int(history.epochs[-1]["epoch"]) if history.epochs else None,
             "steps_per_epoch": state.steps_per_epoch,
             "device": str(trainer.device),

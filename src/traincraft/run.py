@@ -101,26 +101,19 @@ def data_info(data: PreparedData) -> dict[str, Any]:
 
 
 def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
-    """The ``Trainer`` keyword arguments a recipe stands for (model and data aside)."""
+    """The ``Trainer`` keyword arguments a recipe stands for (model and data aside): each recipe
+    section reaches its owner whole (``train:`` holds the step's, the non-finite policy's, the
+    penalty's and the processes' keys, handed on as those groups)."""
     from traincraft.callbacks.early_stopping import EarlyStopping
 
     t, o = recipe.train, recipe.optimizer
-    optimizer: Any = {"name": o.name, **o.kwargs()} if o.kwargs() else o.name
     callbacks = []
     if recipe.early_stopping is not None:
         callbacks.append(EarlyStopping(**recipe.early_stopping.model_dump()))
     return dict(
-        loss=recipe.loss, optimizer=optimizer, lr=o.lr, weight_decay=o.weight_decay,
-        decay_exclude=o.decay_exclude, param_groups=o.param_groups, l1=t.l1, l2=t.l2,
-        penalty_exclude=t.penalty_exclude, metrics=list(recipe.metrics), max_epochs=t.max_epochs,
-        max_steps=t.max_steps, batch_size=recipe.data.batch_size, shuffle=t.shuffle,
-        accumulate=t.accumulate, precision=t.precision, clip_grad_norm=t.clip_grad_norm,
-        on_nonfinite=t.on_nonfinite, rollback_every=t.rollback_every,
-        rollback_lr_factor=t.rollback_lr_factor, max_rollbacks=t.max_rollbacks, compile=t.compile,
-        clip_norm_type=t.clip_norm_type, clip_grad_value=t.clip_grad_value,
-        schedule=recipe.schedule, callbacks=callbacks, checkpoint=recipe.checkpoint.model_dump(),
-        device=t.device, seed=recipe.seed, deterministic=t.deterministic, gc_every=t.gc_every,
-        sync_batchnorm=t.sync_batchnorm, dist_timeout=t.dist_timeout,
+        loss=recipe.loss, optimizer=o.group(), lr=o.lr, schedule=recipe.schedule, metrics=list(recipe.metrics),
+        max_epochs=t.max_epochs, max_steps=t.max_steps, batch_size=recipe.data.batch_size, callbacks=callbacks,
+        seed=recipe.seed, device=t.device, checkpoint=recipe.checkpoint.model_dump(), **t.groups(),
         **finetune_kwargs(recipe),
     )
 
@@ -129,9 +122,8 @@ def standalone_kwargs(recipe: Recipe) -> dict[str, Any]:
     """:func:`trainer_kwargs` for a trainer whose weights come from its run folder: nothing the
     run started from (``init_from``) is read again."""
     kwargs = trainer_kwargs(recipe)
-    kwargs.pop("init_from", None)
     if "finetune" in kwargs:  # how init_from was loaded no longer matters
-        kwargs["finetune"] = {k: v for k, v in kwargs["finetune"].items() if k not in ("skip", "strict")}
+        kwargs["finetune"] = {k: v for k, v in kwargs["finetune"].items() if k not in ("init_from", "skip", "strict")}
     return kwargs
 
 
@@ -145,15 +137,17 @@ def evaluation_kwargs(recipe: Recipe) -> dict[str, Any]:
 
 
 def finetune_kwargs(recipe: Recipe) -> dict[str, Any]:
-    """``init_from``, ``finetune``, ``ema`` and ``swa`` of a recipe (empty when not set)."""
+    """``finetune`` (with ``init_from``'s path resolved), ``ema`` and ``swa`` of a recipe (empty
+    when not set)."""
     kwargs: dict[str, Any] = {}
     f = recipe.finetune
     if f is not None:
         kwargs["finetune"] = f.kwargs()
         if isinstance(f.init_from, str):
-            kwargs["init_from"] = resolve_path(f.init_from, recipe)
+            kwargs["finetune"]["init_from"] = resolve_path(f.init_from, recipe)
         elif f.init_from is not None:
-            kwargs["init_from"] = {**f.init_from.model_dump(), "path": resolve_path(f.init_from.path, recipe)}
+            path = resolve_path(f.init_from.path, recipe)
+            kwargs["finetune"]["init_from"] = {**f.init_from.model_dump(), "path": path}
     if recipe.ema is not None:
         kwargs["ema"] = recipe.ema.model_dump()
     if recipe.swa is not None:
@@ -201,7 +195,8 @@ def trainer_from_recipe(
         kwargs["checkpoint"] = False
     if run_dir is not None:  # tensorboard and mlflow write into the run folder
         kwargs["loggers"] = [spec for spec in recipe.logging if spec != "csv"]
-    trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress, report=True)
+    kwargs["loggers"] = [*kwargs.get("loggers", []), "report"]
+    trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress)
     trainer.data, trainer.recipe = data, recipe
     info["not_loaded"] = sorted(trainer.finetuning.new)  # into data.json: what a resume needs
     for note in data.notes:  # how the data was read, when it was a guess
@@ -229,7 +224,7 @@ class RunFolder(Callback):
             "stop_reason": trainer.state.stop_reason,
             "epochs": trainer.state.epoch,
             "steps": trainer.state.step,
-            "best": trainer._best(),
+            "best": trainer.best,
         }
         data = getattr(trainer, "data", None)
         if data is not None and data.test is not None:

@@ -23,6 +23,8 @@ class TrainState:
         should_stop: set by a callback (or Ctrl-C) to end training after the current step.
         stop_reason: why training ended: "max_epochs", "max_steps", "early_stopping", ...
         metrics: the latest epoch's figures (``train_loss``, ``val_loss``, ``val_accuracy``, ...).
+        lrs: the learning rate of each parameter group that the latest optimizer step used (the
+            one record of it: the history, the report and the loggers read it).
     """
 
     epoch: int = 0
@@ -36,6 +38,7 @@ class TrainState:
     should_stop: bool = False
     stop_reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    lrs: list[float] = field(default_factory=list)
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after the current step; the first reason given is kept."""
@@ -46,9 +49,9 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         # Every field is a plain value but metrics, a dict of floats (asdict's deep copy is slow).
         state = {f.name: getattr(self, f.name) for f in fields(self)}
-        state["metrics"] = dict(self.metrics)
+        state["metrics"], state["lrs"] = dict(self.metrics), list(self.lrs)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            setattr(self, key, dict(value) if key == "metrics" else value)
+            setattr(self, key, dict(value) if key == "metrics" else list(value) if key == "lrs" else value)

@@ -1,4 +1,5 @@
-"""One optimizer step: autocast, the accumulation window, GradScaler, clipping.
+"""One optimizer step: autocast, the accumulation window, GradScaler, clipping, and what a
+non-finite loss or gradient does (:class:`NonFinitePolicy`: raise, skip or roll back).
 
 The order inside a step is fixed, because getting it wrong is the classic bug::
 
@@ -22,12 +23,14 @@ when the processes' last batches hold different numbers of samples.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from traincraft.errors import TraincraftError
+from traincraft.errors import TraincraftError, check_positive, check_whole
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every plain step
@@ -258,3 +261,104 @@ class Stepper:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+class NonFinitePolicy:
+    """What a non-finite loss or gradient does to training, written once.
+
+    Args:
+        policy: ``"raise"``: an error naming the steps and parameters, checked at progress
+            refreshes (every half second) and epoch ends, at no cost per step; ``"skip"``: the
+            step is dropped; ``"rollback"``: back to the last good weights (taken every
+            ``every`` steps) with the learning rate times ``lr_factor``, at most
+            ``max_rollbacks`` times. skip and rollback check every step (one host read).
+        every: optimizer steps between two snapshots of good weights (rollback).
+        lr_factor: the learning rate's factor at each rollback.
+        max_rollbacks: rollbacks allowed before the run stops with an error.
+
+    Example:
+        >>> trainer = Trainer(model, loss="mse", nonfinite={"policy": "rollback", "every": 50})
+    """
+
+    def __init__(self, policy: str = "raise", *, every: int = 100, lr_factor: float = 0.5, max_rollbacks: int = 3):
+        if policy not in NONFINITE_POLICIES:
+            raise TraincraftError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {policy!r}")
+        check_whole(rollback_every=every, max_rollbacks=max_rollbacks)
+        check_positive(rollback_every=every, rollback_lr_factor=lr_factor)
+        self.policy, self.every = policy, int(every)
+        self.lr_factor, self.max_rollbacks = float(lr_factor), int(max_rollbacks)
+        self._good: dict[str, Any] | None = None
+        self._next_check, self._last_finite_step = 0.0, 0
+
+    @property
+    def every_step(self) -> bool:
+        """Whether each window is checked before its step (skip, rollback)."""
+        return self.policy != "raise"
+
+    def start(self, trainer: Any) -> None:
+        """At the start of a run: the first good weights (rollback), the first check's time."""
+        self._next_check, self._last_finite_step, self._good = time.monotonic() + 0.5, 0, None
+        if self.policy == "rollback":
+            self.keep_good_weights(trainer)
+
+    def after_step(self, trainer: Any) -> None:
+        """After each optimizer step: a snapshot every ``every`` steps (rollback), or the check
+        that is due (raise)."""
+        if self.policy == "rollback" and trainer.state.step % self.every == 0:
+            self.keep_good_weights(trainer)
+        elif self.policy == "raise" and time.monotonic() >= self._next_check:
+            self.check(trainer)
+
+    def parameters_changed(self, trainer: Any) -> None:
+        """The optimizer has more groups (unfreezing): so must the snapshot it goes back to."""
+        if self.policy == "rollback" and self._good is not None:
+            self.keep_good_weights(trainer)
+
+    def check(self, trainer: Any) -> None:
+        """Raise when the loss or gradient norm went non-finite since the last check (reads the
+        epoch's running sums, which a non-finite value poisons for good)."""
+        self._next_check = time.monotonic() + 0.5
+        totals = trainer.epoch_sums.sums
+        bad = [name for name in ("loss", "grad_norm") if name in totals and not math.isfinite(float(totals[name]))]
+        if not bad:
+            self._last_finite_step = trainer.state.step
+            return
+        params = [n for n, p in trainer.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        what = "the loss" if "loss" in bad else "the gradient norm"
+        where = f"parameters now non-finite: {', '.join(params[:5])}" if params else "the parameters are still finite"
+        raise NonFiniteError(
+            f"non-finite {what.removeprefix('the ')} in epoch {trainer.state.epoch + 1}, between optimizer steps "
+            f"{self._last_finite_step + 1} and {trainer.state.step}; {where}. Lower the learning rate, "
+            "clip gradients (clip_grad_norm), or use on_nonfinite='skip' or 'rollback'"
+        )
+
+    def keep_good_weights(self, trainer: Any) -> None:
+        from traincraft.checkpoint import stage
+
+        self._good = None  # never two snapshots at once
+        self._good = stage({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict()})
+
+    def recover(self, trainer: Any) -> None:
+        """A non-finite window: ``skip`` drops it; ``rollback`` goes back to the last good
+        weights with a lower LR (through the schedule, which owns the LR)."""
+        state = trainer.state
+        trainer.stepper.drop()
+        state.skipped_steps += 1
+        where = f"epoch {state.epoch + 1}, after optimizer step {state.step}"
+        if self.policy == "skip":
+            trainer.log(f"Non-finite loss or gradient in {where}: step skipped ({state.skipped_steps} so far)")
+            return
+        if state.rollbacks >= self.max_rollbacks:
+            raise NonFiniteError(
+                f"non-finite loss or gradient in {where}, after {state.rollbacks} rollbacks "
+                f"(max_rollbacks={self.max_rollbacks}); lower the learning rate or clip gradients"
+            )
+        state.rollbacks += 1
+        assert self._good is not None
+        trainer.model.load_state_dict(self._good["model"])
+        trainer.optimizer.load_state_dict(self._good["optimizer"])
+        trainer.schedule.scale(self.lr_factor)
+        trainer.log(
+            f"Non-finite loss or gradient in {where}: rolled back to the last good weights, "
+            f"learning rate × {self.lr_factor} (rollback {state.rollbacks} of {self.max_rollbacks})"
+        )

@@ -56,8 +56,16 @@ def fit(
         if trainer.state.should_stop:
             break
     if end:
-        stop.on_fit_end(trainer)
+        end_fit(stop, trainer)
     return trainer
+
+
+def end_fit(stop: EarlyStopping, trainer: SimpleNamespace) -> None:
+    """As Trainer.fit ends: the final weights offered go in, then on_fit_end."""
+    offer = stop.final_weights(trainer)
+    if offer is not None:
+        offer[1]()
+    stop.on_fit_end(trainer)
 
 
 def weight_epoch(trainer: SimpleNamespace) -> float:
@@ -376,7 +384,7 @@ def test_restore_puts_back_the_exact_best_weights_and_buffers() -> None:
     # the live weights are epoch 6's, and differ from epoch 3's everywhere that moved
     for key in ("0.weight", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
         assert not torch.equal(model.state_dict()[key], expected[3][key])
-    stop.on_fit_end(trainer)
+    end_fit(stop, trainer)
     restored = model.state_dict()
     assert restored.keys() == expected[3].keys()
     for key, tensor in expected[3].items():
@@ -418,7 +426,7 @@ def test_exception_still_restores_the_best() -> None:
     stop = EarlyStopping(patience=10)
     trainer = fit(stop, [1.0, 0.5, 0.9], end=False)
     set_weights(trainer.model, 99)  # half-trained weights of the failed epoch
-    stop.on_fit_end(trainer)
+    end_fit(stop, trainer)
     assert weight_epoch(trainer) == 2.0
 
 

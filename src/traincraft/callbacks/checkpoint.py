@@ -98,9 +98,8 @@ class Checkpoint(Callback):
         if self._loaded and self.monitor is not None:
             return  # a resumed run keeps its best and its kept files
         name, mode = self.monitor_name, self.mode
-        if name is None:
-            stopper = trainer.early_stopping
-            name, mode = (stopper.monitor, stopper.mode) if stopper is not None else (None, None)
+        if name is None and trainer.early_stopping is not None:
+            name, mode = trainer.monitor
         self._default_monitor = name is None
         self.monitor = Monitor(name or "val_loss", mode=mode)
         self.kept, self.top, self.best_epoch, self.best_step = [], [], None, None

@@ -150,18 +150,26 @@ class EarlyStopping(Callback):
             )
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if not self.restore_best:
-            return
-        if not self.restore_best_weights(trainer):
+        if self.restore_best and self._snapshot is None:
             trainer.log(
                 f"EarlyStopping: {self.monitor} never improved (no finite value); "
                 "the model keeps its last weights"
             )
-            return
-        trainer.log(
-            f"EarlyStopping: restored the best weights, from epoch {self.best_epoch} "
-            f"({self.monitor} {format_value(self._tracker.best)})"
-        )
+
+    def final_weights(self, trainer: Trainer) -> tuple[str, Any] | None:
+        """The best weights, offered as the run's final weights (``restore_best``), whatever
+        ended training; the trainer decides among the offers (``Trainer.FINAL_WEIGHTS``)."""
+        if not self.restore_best or self._snapshot is None:
+            return None
+
+        def restore() -> None:
+            self.restore_best_weights(trainer)
+            trainer.log(
+                f"EarlyStopping: restored the best weights, from epoch {self.best_epoch} "
+                f"({self.monitor} {format_value(self._tracker.best)})"
+            )
+
+        return "best", restore
 
     def restore_best_weights(self, trainer: Trainer) -> bool:
         """Load the best weights seen so far into the model; False when there are none yet."""

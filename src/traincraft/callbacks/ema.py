@@ -87,19 +87,26 @@ class EMA(Callback):
             self.update()
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if self.shadow is None or trainer.state.stop_reason in ("interrupted", "terminated", None):
+        if self.shadow is None or self.evaluate or trainer.state.stop_reason in ("interrupted", "terminated", None):
             return  # an unfinished run keeps its live weights (the checkpoint resumes from them)
-        if self.evaluate:
-            stopper = trainer.early_stopping
-            if stopper is None or not stopper.restore_best:  # else the best (EMA) weights come back
-                self.copy_to(trainer.model)
-                trainer.log(f"EMA: the model now holds the averaged weights ({self.updates} updates)")
-        elif trainer.run_dir is not None and trainer.is_main_process and not trainer.run_complete:
+        if trainer.run_dir is not None and trainer.is_main_process and not trainer.run_complete:
             from traincraft.checkpoint import save_weights
 
             with self.swapped():
                 path = save_weights(trainer.model, Path(trainer.run_dir) / "ema.safetensors")
             trainer.log(f"EMA: averaged weights saved to {path}")
+
+    def final_weights(self, trainer: Trainer) -> tuple[str, Any] | None:
+        """The average, offered as the run's final weights when it is the one validated
+        (``evaluate``) and the run ended by itself."""
+        if self.shadow is None or not self.evaluate or trainer.state.stop_reason in ("interrupted", "terminated", None):
+            return None
+
+        def put_in() -> None:
+            self.copy_to(trainer.model)
+            trainer.log(f"EMA: the model now holds the averaged weights ({self.updates} updates)")
+
+        return "ema", put_in
 
     # ------------------------------------------------------------------ the average
 

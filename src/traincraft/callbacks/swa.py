@@ -85,8 +85,7 @@ class SWA(Callback):
 
         from traincraft.schedules import duration_steps
 
-        stopper = trainer.early_stopping
-        if stopper is not None and stopper.restore_best:
+        if trainer.keeps_best:
             raise TraincraftError(
                 "swa and early stopping's restore_best both choose the final weights; set "
                 "early_stopping restore_best: false (early stopping may still end the run)"
@@ -124,16 +123,21 @@ class SWA(Callback):
         if self.active:
             self.averaged.update_parameters(trainer.model)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def final_weights(self, trainer: Trainer) -> tuple[str, Any] | None:
+        """The average, offered as the run's final weights when the run ended by itself (an
+        interrupted run keeps its live weights, so that it resumes exactly)."""
         if trainer.state.stop_reason in ("interrupted", "terminated", None) or self.averaged is None:
-            return
+            return None
+        return "swa", lambda: self._put_in(trainer)
+
+    def _put_in(self, trainer: Trainer) -> None:
         averaged = int(self.averaged.n_averaged)
         if averaged == 0:
             trainer.log(f"SWA: the run ended before averaging started (step {self.start_step}); weights unchanged")
             return
         self.copy_to(trainer.model)
         if self.update_bn and _has_batch_norm(trainer.model):
-            trainer.recompute_batch_norm()
+            recompute_batch_norm(trainer)
         figures = trainer.validate() if trainer.has_validation_data else {}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
         trainer.log(f"SWA: the model holds the average of {averaged} epochs' weights" + (f"; {shown}" if shown else ""))
@@ -184,3 +188,34 @@ class SWA(Callback):
 
 def _has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_batch_norm(trainer: Trainer) -> None:
+    """Batch-norm running statistics recomputed over one pass of the training data, as
+    ``torch.optim.swa_utils.update_bn`` does (cumulative average, train mode, no gradients)."""
+    from traincraft import distributed
+    from traincraft.data import to_device
+    from traincraft.finetune.freezing import kept_in_eval
+
+    model = trainer.model
+    # Layers a freezer holds in eval mode keep their statistics (they would not rebuild them).
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not kept_in_eval(m)]
+    momenta = {}
+    for module in norms:
+        module.reset_running_stats()
+        momenta[module] = module.momentum
+        module.momentum = None
+    was_training = model.training
+    model.train()
+    try:
+        with trainer.stepper.autocast():
+            for inputs, _ in trainer.train_batches.epoch(0):
+                trainer.forward(to_device(inputs, trainer.device))
+    finally:
+        for module, momentum in momenta.items():
+            module.momentum = momentum
+        model.train(was_training)
+    if trainer.world_size > 1:  # each process saw its own shard: rank 0's statistics for all
+        for module in norms:
+            distributed.broadcast_weights(module)

@@ -198,7 +198,7 @@ def _mult(value: Any, where: str) -> float | None:
     return mult
 
 
-_FINETUNE_KEYS = ("strict", "skip", "freeze", "train_bn", "unfreeze", "gradual", "lr_mult", "layer_decay")
+_FINETUNE_KEYS = ("init_from", "strict", "skip", "freeze", "train_bn", "unfreeze", "gradual", "lr_mult", "layer_decay")
 
 
 class Finetuning:
