@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 import traincraft as tc
+from traincraft.cli.report import report_main
 from traincraft.report import (
     RunReport,
     build_report,
     lr_figure,
     metric_names,
-    report_main,
     stop_marker,
 )
 

@@ -24,8 +24,8 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "PASSTHROUGH", "build_parser",
 PASSTHROUGH = {
     "schedule": "traincraft.schedules:preview_main",
     "tune": "traincraft.tuning:tune_main",
-    "report": "traincraft.report:report_main",
-    "lr-find": "traincraft.lr_finder:lr_find_main",
+    "report": "traincraft.cli.report:report_main",
+    "lr-find": "traincraft.cli.lr_find:lr_find_main",
 }
 
 
