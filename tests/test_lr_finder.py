@@ -13,13 +13,11 @@ import yaml
 from torch import nn
 
 import traincraft as tc
+from traincraft.cli.lr_find import apply_lr, lr_find_main, set_recipe_lr
 from traincraft.errors import TraincraftError
 from traincraft.lr_finder import (
     LRFindResult,
-    apply_lr,
     lr_find,
-    lr_find_main,
-    set_recipe_lr,
     smoothed,
     steepest,
     valley,
