@@ -21,6 +21,7 @@ from traincraft.cli.policy import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_reporti
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "PASSTHROUGH", "build_parser", "main", "run_reporting_errors"]
 
 # Commands with a parser of their own: everything after the name is theirs (--help included).
+# main() runs them under the same error policy as the others.
 PASSTHROUGH = {
     "schedule": "traincraft.schedules:preview_main",
     "tune": "traincraft.tuning:tune_main",
@@ -39,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import importlib
 
         module, _, function = PASSTHROUGH[argv[0]].partition(":")
-        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+        rest = argv[1:]
+        return run_reporting_errors(lambda: getattr(importlib.import_module(module), function)(rest),
+                                    debug=_asks_for_debug(rest))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options too: `fit r.yaml --nproc 2 train.max_epochs=3`.
@@ -52,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     return run_reporting_errors(lambda: args.handler(args), debug=args.debug)
+
+
+def _asks_for_debug(argv: Sequence[str]) -> bool:
+    """Whether a pass-through command's arguments hold ``--debug`` (or a prefix of it, which
+    argparse accepts too)."""
+    return any(len(arg) > 2 and "--debug".startswith(arg) for arg in argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
