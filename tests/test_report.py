@@ -175,13 +175,6 @@ def test_report_main_rebuilds_the_same_page_from_the_files_alone(stopped_run, tm
     assert "report:" in capsys.readouterr().err
 
 
-def test_report_main_says_what_is_missing(tmp_path, capsys):
-    assert report_main([str(tmp_path / "nowhere")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: run folder {tmp_path / 'nowhere'} not found"
-    assert report_main([str(tmp_path)]) == 2
-    assert "metrics.csv is missing" in capsys.readouterr().err
-
-
 def test_a_recipe_run_report_has_the_recipe_environment_and_test_metrics(tmp_path):
     recipe = {
         "name": "iris-report", "data": {"dataset": "iris", "split": {"val": 0.2, "test": 0.2}, "batch_size": 16},
