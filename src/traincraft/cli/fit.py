@@ -75,7 +75,6 @@ def split_fit_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
-
 def cmd_fit(args: argparse.Namespace) -> int:
     freeze_startup_objects()
     from traincraft.errors import TraincraftError
