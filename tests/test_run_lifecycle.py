@@ -20,8 +20,8 @@ from traincraft.run import default_run_dir
 from traincraft.runfolder import clean_leftovers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import IRIS as CLI_IRIS  # noqa: E402
-from test_cli import write_recipe as recipe_file  # noqa: E402
+from cli_recipes import IRIS as CLI_IRIS  # noqa: E402
+from cli_recipes import write_recipe as recipe_file  # noqa: E402
 
 IRIS = {**CLI_IRIS, "name": "iris-life", "seed": 0}
 

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -27,7 +26,6 @@ import io
 import json
 import math
 import re
-import sys
 import time
 from array import array
 from collections.abc import Sequence
@@ -55,7 +53,6 @@ __all__ = [
     "lr_figure",
     "metric_names",
     "render_html",
-    "report_main",
     "stop_marker",
     "write_plots",
 ]
@@ -589,33 +586,3 @@ def _e(value: Any) -> str:
 def _recipe_name(text: str | None) -> str | None:
     match = re.search(r"^name:\s*(.+?)\s*$", text or "", flags=re.MULTILINE)
     return match.group(1).strip("'\"") if match else None
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def report_main(argv: Sequence[str] | None = None) -> int:
-    """``traincraft report RUN_DIR [--output FILE]``: rebuild a run's plots and report.html.
-
-    Returns the exit code (2 with one line on stderr for a mistake; ``--debug`` shows the
-    traceback instead).
-    """
-    parser = argparse.ArgumentParser(
-        prog="traincraft report",
-        description="rebuild a run's plots/ and report.html from the files of its run folder",
-        epilog="example:\n  traincraft report runs/quickstart/20261121-101500",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--output", metavar="HTML", help="default: RUN_DIR/report.html")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        path = build_report(args.run_dir, args.output)
-    except TraincraftError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"report: {path}", file=sys.stderr)
-    return 0

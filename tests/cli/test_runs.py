@@ -1,0 +1,72 @@
+"""traincraft evaluate and predict (traincraft.cli.runs): a run folder's model at work, and a
+folder of runs meaning its newest run."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from traincraft.cli import main
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from cli_recipes import IRIS, fit, write_recipe  # noqa: E402
+
+
+def test_evaluate_and_predict_use_the_saved_model(tmp_path, capsys):
+    _, run_dir = fit(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--split", "test"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert figures["accuracy"] == results["test"]["accuracy"]
+    assert figures["loss"] == pytest.approx(results["test"]["loss"], rel=1e-9)
+
+    info = json.loads((run_dir / "data.json").read_text())
+    source = tmp_path / "in.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(info["feature_names"])
+        writer.writerow([5.1, 3.5, 1.4, 0.2])  # a textbook setosa
+        writer.writerow([6.7, 3.0, 5.2, 2.3])  # a textbook virginica
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run_dir), "--input", str(source), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and set(rows[0]) == {"prediction", *[f"prob_{c}" for c in info["class_names"]]}
+    assert sum(float(rows[0][f"prob_{c}"]) for c in info["class_names"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_names_a_missing_column(tmp_path, capsys):
+    _, run_dir = fit(tmp_path)
+    source = tmp_path / "in.csv"
+    source.write_text("sepal length (cm),petal width\n1,2\n")
+    assert main(["predict", str(run_dir), "--input", str(source), "--output", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {source}: column 'sepal width (cm)' is missing")
+
+
+def test_load_model_rebuilds_the_trained_model(tmp_path):
+    import traincraft as tc
+    from traincraft.checkpoint import load_weights
+
+    _, run_dir = fit(tmp_path)
+    model = tc.load_model(run_dir)
+    saved = load_weights(run_dir / "best.safetensors")
+    assert not model.training
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_a_folder_of_runs_means_its_newest_run(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, {**IRIS, "train": {"max_epochs": 1}})
+    runs = tmp_path / "runs" / "iris-test"
+    for name in ("20261206-010000", "20261206-020000", "20261206-020000-2"):
+        assert main(["fit", str(recipe), "--run-dir", str(runs / name), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(runs)]) == 0
+    assert f"using the newest, {runs / '20261206-020000-2'}" in capsys.readouterr().err
+    assert main(["resume", str(runs), "train.max_epochs=2", "--no-progress"]) == 0
+    assert json.loads((runs / "20261206-020000-2" / "results.json").read_text())["epochs"] == 2
+    assert main(["resume"]) == 2
+    assert "resume needs the run folder: traincraft resume runs/NAME/TIME" in capsys.readouterr().err

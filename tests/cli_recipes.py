@@ -1,0 +1,30 @@
+"""The small recipe that the command-line tests train (tests/cli/ and test_run_lifecycle.py)."""
+
+from pathlib import Path
+
+import yaml
+
+from traincraft.cli import main
+
+IRIS = {
+    "name": "iris-test",
+    "data": {"dataset": "iris", "split": {"val": 0.2, "test": 0.2}, "batch_size": 16},
+    "model": {"name": "mlp", "hidden_sizes": [16]},
+    "loss": "cross_entropy",
+    "optimizer": {"name": "adamw", "lr": 0.01},
+    "train": {"max_epochs": 3},
+    "early_stopping": {"patience": 5},
+    "metrics": ["accuracy"],
+}
+
+
+def write_recipe(folder: Path, recipe=IRIS, name="recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def fit(tmp_path, *args, recipe=IRIS):
+    run_dir = tmp_path / "run"
+    code = main(["fit", str(write_recipe(tmp_path, recipe)), *args, "--run-dir", str(run_dir), "--no-progress"])
+    return code, run_dir
