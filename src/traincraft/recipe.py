@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from traincraft.errors import TraincraftError, did_you_mean
-from traincraft.tuning import TuneSection
+from traincraft.tuning.section import TuneSection
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -31,7 +31,6 @@ import io
 import json
 import math
 import os
-import re
 import socket
 import sys
 import time
@@ -41,16 +40,24 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from traincraft.callbacks.base import Callback
-from traincraft.callbacks.monitor import Monitor, format_value, infer_mode
+from traincraft.callbacks.monitor import Monitor, format_value
 from traincraft.errors import TraincraftError, did_you_mean
 from traincraft.files import atomic_write_text
-from traincraft.registry import Registry, split_spec
+from traincraft.registry import split_spec
+from traincraft.tuning.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
+from traincraft.tuning.section import (
+    Dimension,
+    TuneSection,
+    TuneSectionError,
+    _copy,
+    parse_duration,
+)
 
 # traincraft.recipe is imported where it is used: the recipe schema holds a TuneSection, so
 # importing it here would be circular.
@@ -86,7 +93,6 @@ __all__ = [
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-KINDS = ("loguniform", "uniform", "int", "choice")
 JOURNAL_NAME = "study.journal"
 LOCK_NAME = ".tune.lock"
 PLOTS = ("history.png", "importances.png", "parallel_coordinates.png")
@@ -94,391 +100,7 @@ PLOTS = ("history.png", "importances.png", "parallel_coordinates.png")
 MIN_TRIALS_FOR_IMPORTANCES = 4
 
 
-# ============================================================================== search space
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched recipe key: a range or a list of choices.
-
-    ``labels`` are what Optuna stores for a choice. Optuna accepts only plain scalars as
-    categorical values, so when a choice is a list or a mapping (``hidden_sizes: [[32], [64,
-    64]]``) every choice is stored as its JSON text and turned back into the value for the trial.
-
-    Example:
-        >>> d = Dimension.parse("model.hidden_sizes", {"choice": [[32], [64, 64]]})
-        >>> d.labels, d.value("[64, 64]")
-        (('[32]', '[64, 64]'), [64, 64])
-    """
-
-    key: str
-    kind: str
-    low: float = 0.0  # ranges only; whole numbers for int
-    high: float = 0.0
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
-    labels: tuple[Any, ...] = ()
-
-    @classmethod
-    def parse(cls, key: str, spec: Any) -> Dimension:
-        """``{loguniform: [a, b]}``, ``{uniform: [a, b], step: s}``, ``{int: [a, b], step: s}``
-        or ``{choice: [...]}``; a ValueError names the key and the fix."""
-        if not isinstance(spec, Mapping):
-            raise ValueError(
-                f"{key}: expected one of {{{', '.join(f'{k}: ...' for k in KINDS)}}}, got {spec!r}"
-            )
-        kinds = [k for k in spec if k in KINDS]
-        unknown = [k for k in spec if k not in (*KINDS, "step")]
-        if unknown:
-            hint = (
-                did_you_mean(str(unknown[0]), (*KINDS, "step"))
-                or f"; use one of {', '.join(KINDS)}"
-            )
-            raise ValueError(f"{key}: unknown key {unknown[0]!r}{hint}")
-        if len(kinds) != 1:
-            raise ValueError(f"{key}: give exactly one of {', '.join(KINDS)}, got {list(spec)}")
-        kind = kinds[0]
-        step = spec.get("step")
-        if kind == "choice":
-            return cls._choice(key, spec[kind], step)
-        low, high = _bounds(key, kind, spec[kind])
-        if step is not None:
-            low, high, step = _stepped(key, kind, low, high, step)
-        return cls(key, kind, low, high, step)
-
-    @classmethod
-    def _choice(cls, key: str, choices: Any, step: Any) -> Dimension:
-        if step is not None:
-            raise ValueError(f"{key}: 'step' applies to uniform and int ranges, not to a choice")
-        if not isinstance(choices, list) or not choices:
-            raise ValueError(f"{key}: choice needs a non-empty list of values, got {choices!r}")
-        scalar = all(c is None or isinstance(c, (bool, int, float, str)) for c in choices)
-        labels = tuple(choices) if scalar else tuple(json.dumps(c, sort_keys=True) for c in choices)
-        if len(set(map(json.dumps, labels))) != len(labels):
-            raise ValueError(f"{key}: choice lists the same value twice: {choices!r}")
-        return cls(key, "choice", choices=tuple(choices), labels=labels)
-
-    def distribution(self) -> Any:
-        """The Optuna distribution of this dimension."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
-
-        if self.kind == "choice":
-            return CategoricalDistribution(self.labels)
-        if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), step=int(self.step or 1))
-        log = self.kind == "loguniform"
-        return FloatDistribution(float(self.low), float(self.high), log=log, step=self.step)
-
-    def value(self, param: Any) -> Any:
-        """The recipe value for what Optuna sampled (a label for a choice)."""
-        if self.kind == "choice":
-            return _copy(self.choices[self.labels.index(param)])
-        return int(param) if self.kind == "int" else float(param)
-
-    def probes(self) -> list[Any]:
-        """Values checked before the search starts: every choice, or both ends of the range."""
-        if self.kind == "choice":
-            return [_copy(c) for c in self.choices]
-        return [self.low, self.high]
-
-    def grid(self) -> list[Any]:
-        """The values the grid sampler walks through (labels for a choice)."""
-        if self.kind == "choice":
-            return list(self.labels)
-        if self.kind == "int":
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
-        if self.kind == "uniform" and self.step is not None:
-            count = round((self.high - self.low) / self.step)
-            return [self.low + i * self.step for i in range(count + 1)]
-        raise TraincraftError(
-            f"tune.space {self.key!r}: the grid sampler needs a finite set of values; give "
-            f"{{choice: [...]}}, {{int: [a, b]}} or {{uniform: [a, b], step: s}}"
-        )
-
-
-def _bounds(key: str, kind: str, value: Any) -> tuple[float, float]:
-    ok = isinstance(value, (list, tuple)) and len(value) == 2
-    if not ok or not all(_is_number(v) for v in value):
-        raise ValueError(f"{key}: {kind} needs [low, high], got {value!r}")
-    low, high = value[0], value[1]
-    if kind == "int" and not all(isinstance(v, int) or float(v).is_integer() for v in (low, high)):
-        raise ValueError(f"{key}: int needs whole numbers [low, high], got {value!r}")
-    low, high = (int(low), int(high)) if kind == "int" else (float(low), float(high))
-    if not low < high:
-        raise ValueError(f"{key}: {kind} needs low < high, got {value!r}")
-    if kind == "loguniform" and low <= 0:
-        raise ValueError(f"{key}: loguniform needs 0 < low < high, got {value!r}")
-    return low, high
-
-
-def _stepped(
-    key: str, kind: str, low: float | int, high: float | int, step: Any
-) -> tuple[float | int, float | int, float | int]:
-    if kind == "loguniform":
-        raise ValueError(f"{key}: 'step' does not apply to loguniform; use uniform or choice")
-    if not _is_number(step) or step <= 0 or (kind == "int" and not float(step).is_integer()):
-        raise ValueError(
-            f"{key}: step must be a positive {'whole ' if kind == 'int' else ''}number, "
-            f"got {step!r}"
-        )
-    count = (high - low) / step
-    if abs(count - round(count)) > 1e-9:
-        raise ValueError(f"{key}: [{low}, {high}] is not a whole number of steps of {step}")
-    return low, high, int(step) if kind == "int" else float(step)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _copy(value: Any) -> Any:
-    # Choices are shared by every trial: hand each one its own lists and dicts.
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy(v) for v in value]
-    return value
-
-
-# ============================================================================== samplers, pruners
-
-
-def _tpe(**kwargs: Any) -> Any:
-    import optuna
-
-    return optuna.samplers.TPESampler(**kwargs)
-
-
-def _random(**kwargs: Any) -> Any:
-    import optuna
-
-    return optuna.samplers.RandomSampler(**kwargs)
-
-
-def _grid(search_space: Mapping[str, Sequence[Any]], **kwargs: Any) -> Any:
-    import optuna
-
-    class LoopGridSampler(optuna.samplers.GridSampler):
-        # Optuna's grid sampler ends the study from after_trial with study.stop(), which only
-        # works inside study.optimize; our worker loop counts the grid's points itself.
-        def after_trial(self, *args: Any, **kw: Any) -> None:
-            return None
-
-    return LoopGridSampler(search_space, **kwargs)
-
-
-def _cmaes(**kwargs: Any) -> Any:
-    import importlib.util
-
-    import optuna
-
-    if importlib.util.find_spec("cmaes") is None:
-        raise TraincraftError("sampler 'cmaes' needs the cmaes package: pip install cmaes")
-    return optuna.samplers.CmaEsSampler(**kwargs)
-
-
-def _median(**kwargs: Any) -> Any:
-    import optuna
-
-    return optuna.pruners.MedianPruner(**kwargs)
-
-
-def _hyperband(**kwargs: Any) -> Any:
-    import optuna
-
-    return optuna.pruners.HyperbandPruner(**kwargs)
-
-
-def _no_pruner() -> Any:
-    import optuna
-
-    return optuna.pruners.NopPruner()
-
-
-SAMPLERS = Registry("sampler")
-SAMPLERS.add("tpe", _tpe, doc="tree-structured Parzen estimator (Optuna's default)")
-SAMPLERS.add("random", _random, doc="independent uniform draws")
-SAMPLERS.add("grid", _grid, doc="every combination of finite values, in random order")
-SAMPLERS.add("cmaes", _cmaes, aliases=["cma_es", "cma"], doc="CMA-ES (needs the cmaes package)")
-
-PRUNERS = Registry("pruner")
-PRUNERS.add("median", _median, doc="stop a trial worse than the median of earlier ones at an epoch")
-PRUNERS.add("hyperband", _hyperband, doc="Hyperband over epochs")
-PRUNERS.add("none", _no_pruner, aliases=["nop", "off"], doc="never prune")
-
-
-def build_sampler(
-    spec: str | Mapping[str, Any],
-    dimensions: Mapping[str, Dimension],
-    *,
-    seed: int | None = None,
-    parallel: bool = False,
-) -> Any:
-    """An Optuna sampler from a name or ``{"name": ..., **kwargs}``.
-
-    Args:
-        spec: ``tpe``, ``random``, ``grid`` or ``cmaes``, or a dict with the class's arguments.
-        dimensions: the search space (the grid sampler's values come from it).
-        seed: the sampler's seed (a key ``seed`` in ``spec`` wins).
-        parallel: several workers share the study: TPE then assumes the running trials'
-            points are taken (``constant_liar``) unless ``spec`` says otherwise.
-
-    Example:
-        >>> build_sampler({"name": "tpe", "n_startup_trials": 5}, dims, seed=0)
-    """
-    name, kwargs = split_spec(spec, "sampler")
-    name = SAMPLERS.canonical(name)
-    kwargs.setdefault("seed", seed)
-    if name == "grid":
-        kwargs["search_space"] = {key: d.grid() for key, d in dimensions.items()}
-    if name == "tpe" and parallel:
-        kwargs.setdefault("constant_liar", True)
-    with _quiet_warnings():
-        try:
-            return SAMPLERS.create({"name": name, **kwargs})
-        except ValueError as err:
-            raise TraincraftError(f"sampler {name!r}: {err}") from err
-
-
-def build_pruner(spec: str | Mapping[str, Any], *, max_epochs: int | None = None) -> Any:
-    """An Optuna pruner from a name or ``{"name": ..., **kwargs}``; steps are epochs.
-
-    Hyperband's ``max_resource`` defaults to the recipe's ``train.max_epochs``.
-
-    Example:
-        >>> build_pruner({"name": "median", "n_startup_trials": 3, "n_warmup_steps": 2})
-    """
-    name, kwargs = split_spec(spec, "pruner")
-    name = PRUNERS.canonical(name)
-    if name == "hyperband" and max_epochs is not None:
-        kwargs.setdefault("max_resource", int(max_epochs))
-    try:
-        return PRUNERS.create({"name": name, **kwargs})
-    except ValueError as err:
-        raise TraincraftError(f"pruner {name!r}: {err}") from err
-
-
 # ============================================================================== the tune: section
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|min|sec|d|h|m|s)?", re.IGNORECASE)
-_UNIT_SECONDS = {
-    "d": 86400.0,
-    "h": 3600.0,
-    "m": 60.0,
-    "min": 60.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "ms": 1e-3,
-}
-
-
-def parse_duration(value: str | float | int) -> float:
-    """Seconds in ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"500ms"`` or ``"1h30m"``.
-
-    Example:
-        >>> parse_duration("1h30m"), parse_duration(45)
-        (5400.0, 45.0)
-    """
-    if _is_number(value):
-        seconds = float(value)
-    else:
-        text = str(value).strip().replace(" ", "")
-        parts = list(_DURATION.finditer(text))
-        if not text or not parts or "".join(p.group(0) for p in parts) != text:
-            raise ValueError(
-                f"timeout {value!r}: expected seconds or a duration such as 90s, 30m, 2h"
-            )
-        seconds = sum(float(p.group(1)) * _UNIT_SECONDS[(p.group(2) or "s").lower()] for p in parts)
-    if not seconds > 0:
-        raise ValueError(f"timeout must be > 0, got {value!r}")
-    return seconds
-
-
-class TuneSection(BaseModel):
-    """The recipe's ``tune:`` section.
-
-    Attributes:
-        metric: the figure to optimise, any reported one (``val_loss``, ``val_accuracy``, ...).
-        direction: ``minimize`` or ``maximize`` (``min``/``max`` accepted); None infers it
-            from the metric's name, as early stopping does.
-        trials: trials the study should hold in the end (complete, pruned or failed).
-        timeout: stop starting new trials after this long: seconds, or ``"90s"``, ``"30m"``,
-            ``"2h"``.
-        sampler: ``tpe``, ``random``, ``grid``, ``cmaes``, or ``{name: ..., **kwargs}``.
-        pruner: ``median``, ``hyperband``, ``none``, or ``{name: ..., **kwargs}``.
-        space: ``{dotted.recipe.key: {loguniform: [a, b]} | {uniform: [a, b]} | {int: [a, b]} |
-            {choice: [...]}}``; uniform and int ranges may have a ``step``.
-        seed: the sampler's seed; None uses the recipe's seed.
-
-    Example:
-        >>> TuneSection(metric="val_loss", trials=20,
-        ...             space={"optimizer.lr": {"loguniform": [1e-4, 1e-2]}}).direction_name()
-        'minimize'
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = "val_loss"
-    direction: Literal["minimize", "maximize"] | None = None
-    trials: int = Field(20, gt=0)
-    timeout: float | None = Field(None, gt=0, description="seconds, or '90s', '30m', '2h'")
-    sampler: str | dict[str, Any] = "tpe"
-    pruner: str | dict[str, Any] = "median"
-    space: dict[str, dict[str, Any]] = Field(min_length=1)
-    seed: int | None = None
-
-    @field_validator("direction", mode="before")
-    @classmethod
-    def _direction_alias(cls, value: Any) -> Any:
-        aliases = {"min": "minimize", "max": "maximize"}
-        return aliases.get(str(value).strip().lower(), value) if isinstance(value, str) else value
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout_seconds(cls, value: Any) -> Any:
-        return None if value is None else parse_duration(value)
-
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: Any) -> Any:
-        SAMPLERS.canonical(split_spec(value, "sampler")[0])
-        return value
-
-    @field_validator("pruner")
-    @classmethod
-    def _known_pruner(cls, value: Any) -> Any:
-        PRUNERS.canonical(split_spec(value, "pruner")[0])
-        return value
-
-    @field_validator("space", mode="before")
-    @classmethod
-    def _valid_space(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            for key, spec in value.items():
-                Dimension.parse(str(key), spec)
-        return value
-
-    def dimensions(self) -> dict[str, Dimension]:
-        """The space, parsed, in the order given."""
-        return {key: Dimension.parse(key, spec) for key, spec in self.space.items()}
-
-    def direction_name(self) -> str:
-        """``"minimize"`` or ``"maximize"``: given, or inferred from the metric's name."""
-        if self.direction is not None:
-            return self.direction
-        try:
-            return "minimize" if infer_mode(self.metric) == "min" else "maximize"
-        except TraincraftError as err:
-            raise _recipe_error(
-                f"tune.metric: {err} (set tune.direction: minimize or maximize)"
-            ) from None
-
-    def mode(self) -> str:
-        return "min" if self.direction_name() == "minimize" else "max"
 
 
 def _recipe_error(message: str) -> TraincraftError:
@@ -899,7 +521,10 @@ def _open_study(plan: _Plan, *, worker: int, parallel: bool) -> optuna.Study:
     import numpy as np
     import optuna
 
-    direction = plan.section.direction_name()
+    try:
+        direction = plan.section.direction_name()
+    except TuneSectionError as err:
+        raise _recipe_error(str(err)) from None
     try:
         study = optuna.create_study(
             storage=_storage(plan.storage, plan.study_dir),
@@ -1257,16 +882,6 @@ def _quiet_optuna() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(before)
-
-
-@contextlib.contextmanager
-def _quiet_warnings() -> Iterator[None]:
-    # Optuna marks some arguments and every matplotlib plot as experimental, once per call.
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 # ============================================================================== outputs
@@ -1675,8 +1290,6 @@ def _tune_command(args: argparse.Namespace) -> int:
     )
     print(result.summary, file=sys.stderr)
     return EXIT_INTERRUPTED if result.interrupted else 0
-
-
 
 
 if __name__ == "__main__":
