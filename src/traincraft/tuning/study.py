@@ -1,22 +1,8 @@
-"""Hyperparameter search with Optuna: the recipe's ``tune:`` section, ``traincraft tune``,
-``tc.tune``.
-
-Every trial is an ordinary run of the recipe with the sampled values filled in, in its own run
-folder under the study's folder. The monitored figure is reported to Optuna after every epoch so
-that a pruner can stop bad trials early; the trial's value is the best figure of its epochs (the
-one early stopping restores). The study lives in a storage that several worker processes share,
-so running again continues it up to the requested number of trials.
-
-Study folder (``runs/<recipe name>-tune/`` unless given)::
-
-    study.journal              Optuna's journal file: the study itself (unless --storage)
-    trial-<n>/                 each trial's run folder (recipe.yaml, metrics.csv, ...)
-    trials.csv                 one row per trial: state, value, sampled values, error
-    best.yaml                  the recipe with the best trial's values: ``traincraft fit best.yaml``
-    history.png, importances.png, parallel_coordinates.png
+"""The study: its storage, the worker processes that share it, Ctrl-C between trials, and
+:func:`tune`, the search itself.
 
 Example:
-    >>> study = tc.tune("recipe.yaml", trials=40)
+    >>> study = tune("recipe.yaml", trials=40, workers=2)
     >>> study.best_value, study.best_params
     (0.0712, {'optimizer.lr': 0.0031, 'model.dropout': 0.12})
 """
@@ -26,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import gc
 import io
 import json
 import math
@@ -43,24 +28,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor, format_value
-from traincraft.errors import TraincraftError, did_you_mean
+from traincraft.errors import TraincraftError
 from traincraft.files import atomic_write_text
+from traincraft.recipe import RecipeError
 from traincraft.registry import split_spec
-from traincraft.tuning.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
-from traincraft.tuning.section import (
-    Dimension,
-    TuneSection,
-    TuneSectionError,
-    _copy,
-    parse_duration,
-)
+from traincraft.tuning.samplers import SAMPLERS, build_pruner, build_sampler
+from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, _copy
+from traincraft.tuning.space import _release, check_space, read_section, recipe_with, set_value
 
-# traincraft.recipe is imported where it is used: the recipe schema holds a TuneSection, so
-# importing it here would be circular.
 if TYPE_CHECKING:
     import optuna
 
@@ -68,20 +46,8 @@ if TYPE_CHECKING:
     from traincraft.trainer import Trainer
 
 __all__ = [
-    "PRUNERS",
-    "SAMPLERS",
-    "Dimension",
     "MetricNotReported",
-    "TuneSection",
     "best_recipe",
-    "build_pruner",
-    "build_sampler",
-    "check_key",
-    "check_space",
-    "parse_duration",
-    "read_section",
-    "recipe_with",
-    "set_value",
     "summarize",
     "tune",
     "tune_main",
@@ -103,185 +69,7 @@ MIN_TRIALS_FOR_IMPORTANCES = 4
 # ============================================================================== the tune: section
 
 
-def _recipe_error(message: str) -> TraincraftError:
-    from traincraft.recipe import RecipeError
-
-    return RecipeError(message)
-
-
-def read_section(raw: Mapping[str, Any]) -> TuneSection:
-    """The ``tune:`` section of a raw recipe dict, validated (one line per mistake)."""
-    section = raw.get("tune")
-    if section is None:
-        raise _recipe_error(
-            "the recipe has no tune section: add tune: {metric: val_loss, trials: 20, space: "
-            "{optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}}} (see docs/tuning.md)"
-        )
-    if not isinstance(section, Mapping):
-        raise _recipe_error(f"recipe error at tune: expected a mapping, got {section!r}")
-    try:
-        return TuneSection.model_validate(dict(section))
-    except ValidationError as err:
-        raise _recipe_error(_section_error(err)) from None
-
-
-def _section_error(err: ValidationError) -> str:
-    problem = err.errors()[0]
-    location = ".".join(["tune", *(str(p) for p in problem["loc"])])
-    kind = problem["type"]
-    if kind == "extra_forbidden":
-        name = str(problem["loc"][-1])
-        valid = list(TuneSection.model_fields)
-        hint = did_you_mean(name, valid) or f"; valid keys: {', '.join(valid)}"
-        return f"recipe error at {location}: unknown key{hint}"
-    if kind == "missing":
-        return f"recipe error at {location}: this key is required"
-    message = problem["msg"].replace("Input should be", "must be").replace("Value error, ", "")
-    if kind == "value_error":
-        return f"recipe error at {location}: {message}"
-    return f"recipe error at {location}: {message}, got {problem.get('input')!r}"
-
-
 # ============================================================================== recipe keys
-
-
-def set_value(raw: dict[str, Any], key: str, value: Any) -> None:
-    """``raw[a][b] = value`` for ``key = "a.b"``, as a ``a.b=value`` override would set it."""
-    from traincraft.recipe import set_key
-
-    set_key(raw, key, _copy(value), where=f"tune.space {key!r}")
-
-
-def recipe_with(raw: Mapping[str, Any], values: Mapping[str, Any]) -> Recipe:
-    """The recipe ``raw`` with ``values`` (dotted keys) filled in, validated."""
-    from traincraft.recipe import validate
-
-    candidate = _copy(dict(raw))
-    for key, value in values.items():
-        set_value(candidate, key, value)
-    return validate(candidate)
-
-
-def check_key(key: str) -> None:
-    """Refuse a space key that names nothing in the recipe schema.
-
-    Sections with a fixed set of keys are checked here, with the closest valid names. The model
-    and optimizer sections pass any key on to the class, and free-form values (``loss``,
-    ``schedule``) have no schema: those keys are checked by building the trainer.
-    """
-    from traincraft.recipe import Recipe
-
-    parts = key.split(".")
-    if parts[0] == "tune":
-        raise _recipe_error(f"tune.space {key!r}: the tune section itself cannot be searched")
-    if any(not part for part in parts):
-        raise _recipe_error(
-            f"tune.space {key!r}: expected a dotted recipe key such as optimizer.lr"
-        )
-    section: type[BaseModel] = Recipe
-    for i, part in enumerate(parts):
-        fields = {name: f for name, f in section.model_fields.items() if name != "tune"}
-        if part not in fields:
-            if section.model_config.get("extra") == "allow" and i == len(parts) - 1:
-                return
-            where = ".".join(parts[:i]) or "the recipe"
-            hint = did_you_mean(part, fields) or f"; valid keys: {', '.join(fields)}"
-            raise _recipe_error(f"tune.space {key!r}: {where} has no key {part!r}{hint}")
-        sub = _section_model(fields[part].annotation)
-        if sub is None:
-            return
-        section = sub
-    return
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    candidates = getattr(annotation, "__args__", (annotation,))
-    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-
-
-def check_space(raw: Mapping[str, Any], dimensions: Mapping[str, Dimension]) -> None:
-    """Everything about the space that can fail before a trial runs, with one clear line.
-
-    1. every key names something in the recipe schema (:func:`check_key`);
-    2. every choice, and both ends of every range, gives a valid recipe;
-    3. the recipe with the first value of every key builds (data, model, loss, optimizer,
-       schedule), and so does the model, optimizer and the rest with each other value of each
-       key outside ``data`` (a model or optimizer keyword that the class does not take fails
-       here, since those sections accept any key by design).
-
-    Raises:
-        RecipeError, TraincraftError: naming the key and the value.
-    """
-    from traincraft.recipe import RecipeError
-
-    for key, dim in dimensions.items():
-        check_key(key)
-        for value in dim.probes():
-            try:
-                recipe_with(raw, {key: value})
-            except RecipeError as err:
-                raise _recipe_error(f"tune.space {key!r} = {value!r}: {err}") from None
-    base = {key: dim.probes()[0] for key, dim in dimensions.items()}
-    built: list[weakref.ref[Any]] = []
-    try:
-        info = _build_check(recipe_with(raw, base), None, built)
-    except TraincraftError as err:
-        shown = ", ".join(f"{k}={v!r}" for k, v in base.items())
-        raise TraincraftError(
-            f"tune.space: the recipe with {shown} does not build: {err}"
-        ) from None
-    for key, dim in dimensions.items():
-        if key.startswith("data."):
-            continue  # a new data set per value would cost a load each; validated above
-        for value in dim.probes()[1:]:
-            try:
-                _build_check(recipe_with(raw, {**base, key: value}), info, built)
-            except TraincraftError as err:
-                raise TraincraftError(f"tune.space {key!r} = {value!r}: {err}") from None
-    _release(built)
-
-
-def _build_check(
-    recipe: Recipe, info: dict[str, Any] | None, built: list[weakref.ref[Any]]
-) -> dict[str, Any]:
-    """Build what a trial builds (data only when ``info`` is None), then drop it."""
-    from traincraft import schedules
-    from traincraft.run import build_model, data_info, prepare_data, trainer_kwargs
-    from traincraft.trainer import Trainer
-
-    try:
-        if info is None:
-            info = data_info(prepare_data(recipe))
-        model = build_model(recipe, info)
-        built.append(weakref.ref(model))
-        trainer = Trainer(model, **trainer_kwargs(recipe), progress=False)
-        if recipe.schedule is not None:
-            per_epoch = _steps_per_epoch(recipe, info)
-            total = recipe.train.max_epochs * per_epoch
-            if recipe.train.max_steps:
-                total = min(total, recipe.train.max_steps)
-            schedules.build(
-                recipe.schedule, trainer.optimizer, steps_per_epoch=per_epoch, total_steps=total
-            )
-    except TraincraftError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a user's class raising for a value is a space mistake
-        raise TraincraftError(f"{type(err).__name__}: {err}") from err
-    return info
-
-
-def _release(built: list[weakref.ref[Any]]) -> None:
-    """Make sure what a trial (or a check) built is gone. Reference counting frees it as soon
-    as the last name goes; a full collection, which costs a good fraction of a second in a
-    process that has imported torch and Optuna, runs only when a cycle still holds it."""
-    if any(ref() is not None for ref in built):
-        gc.collect()
-    built.clear()
-
-
-def _steps_per_epoch(recipe: Recipe, info: Mapping[str, Any]) -> int:
-    batches = math.ceil(int(info["sizes"]["train"]) / recipe.data.batch_size)
-    return math.ceil(batches / recipe.train.accumulate)
 
 
 # ============================================================================== one trial
@@ -524,7 +312,7 @@ def _open_study(plan: _Plan, *, worker: int, parallel: bool) -> optuna.Study:
     try:
         direction = plan.section.direction_name()
     except TuneSectionError as err:
-        raise _recipe_error(str(err)) from None
+        raise RecipeError(str(err)) from None
     try:
         study = optuna.create_study(
             storage=_storage(plan.storage, plan.study_dir),
