@@ -60,7 +60,7 @@ def metric_column(run_dir, column="val_loss"):
 
 
 def labels(study):
-    from traincraft.tuning.study import _trial_label
+    from traincraft.tuning.trial import _trial_label
 
     return [_trial_label(t) for t in study.trials]
 

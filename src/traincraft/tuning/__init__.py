@@ -53,12 +53,12 @@ _EXPORTS = {
     "read_section": "space",
     "recipe_with": "space",
     "set_value": "space",
-    "MetricNotReported": "study",
-    "best_recipe": "study",
-    "summarize": "study",
-    "write_best_yaml": "study",
-    "write_plots": "study",
-    "write_trials_csv": "study",
+    "MetricNotReported": "trial",
+    "best_recipe": "outputs",
+    "summarize": "outputs",
+    "write_best_yaml": "outputs",
+    "write_plots": "outputs",
+    "write_trials_csv": "outputs",
     "tune": "study",
     "tune_main": "study",
 }
@@ -88,19 +88,18 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from traincraft.tuning.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
-    from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, parse_duration
-    from traincraft.tuning.space import check_key, check_space, read_section, recipe_with, set_value
-    from traincraft.tuning.study import (
-        MetricNotReported,
+    from traincraft.tuning.outputs import (
         best_recipe,
         summarize,
-        tune,
-        tune_main,
         write_best_yaml,
         write_plots,
         write_trials_csv,
     )
+    from traincraft.tuning.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
+    from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, parse_duration
+    from traincraft.tuning.space import check_key, check_space, read_section, recipe_with, set_value
+    from traincraft.tuning.study import tune, tune_main
+    from traincraft.tuning.trial import MetricNotReported
 
 
 def __getattr__(name: str) -> Any:

@@ -11,211 +11,45 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
-import json
 import math
 import os
 import socket
 import sys
 import time
 import uuid
-import warnings
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from traincraft.callbacks.base import Callback
-from traincraft.callbacks.monitor import Monitor, format_value
+from traincraft.callbacks.monitor import format_value
 from traincraft.errors import TraincraftError
-from traincraft.files import atomic_write_text
 from traincraft.recipe import RecipeError
 from traincraft.registry import split_spec
+from traincraft.tuning.outputs import (
+    _short,
+    summarize,
+    write_best_yaml,
+    write_plots,
+    write_trials_csv,
+)
 from traincraft.tuning.samplers import SAMPLERS, build_pruner, build_sampler
 from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, _copy
-from traincraft.tuning.space import _release, check_space, read_section, recipe_with, set_value
+from traincraft.tuning.space import check_space, read_section, recipe_with
+from traincraft.tuning.trial import _counted, _one_line, _Outcome, _run_trial
 
 if TYPE_CHECKING:
     import optuna
 
     from traincraft.recipe import Recipe
-    from traincraft.trainer import Trainer
 
-__all__ = [
-    "MetricNotReported",
-    "best_recipe",
-    "summarize",
-    "tune",
-    "tune_main",
-    "write_best_yaml",
-    "write_plots",
-    "write_trials_csv",
-]
+__all__ = ["tune", "tune_main"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 JOURNAL_NAME = "study.journal"
 LOCK_NAME = ".tune.lock"
-PLOTS = ("history.png", "importances.png", "parallel_coordinates.png")
-# Parameter importances compare complete trials; with fewer they are noise.
-MIN_TRIALS_FOR_IMPORTANCES = 4
-
-
-# ============================================================================== the tune: section
-
-
-# ============================================================================== recipe keys
-
-
-# ============================================================================== one trial
-
-
-class MetricNotReported(TraincraftError):
-    """The tuned metric is not among the figures a trial reports: every trial would fail."""
-
-
-class _Reporter(Callback):
-    """Reports the tuned figure to the trial after every epoch and stops a pruned trial (and
-    a trial whose worker was asked to stop before it began, or lost its parent process)."""
-
-    def __init__(self, trial: optuna.Trial, metric: str, mode: str, stop: _Stop):
-        self.trial = trial
-        self.monitor = Monitor(metric, mode)
-        self.stop = stop
-        self.best_epoch: int | None = None
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.monitor.reset()
-        self.best_epoch = None
-        if self.stop.requested:
-            trainer.state.request_stop("interrupted")
-
-    def on_validation_end(self, trainer: Trainer) -> None:
-        if self.stop.parent_gone():
-            trainer.state.request_stop("interrupted")
-        try:
-            value = self.monitor.value_from(trainer.state.metrics)
-        except TraincraftError as err:
-            raise MetricNotReported(f"tune.metric: {err}") from None
-        if not math.isfinite(value):
-            return  # nan is no evidence for the pruner; the best finite value stays
-        epoch = trainer.state.epoch
-        if self.monitor.update(value):
-            self.best_epoch = epoch
-        self.trial.report(value, epoch)
-        if self.trial.should_prune():
-            trainer.state.request_stop("pruned")
-
-    @property
-    def best(self) -> float | None:
-        return None if self.best_epoch is None else self.monitor.best
-
-
-@dataclass
-class _Fitted:
-    reason: str | None
-    epochs: int
-    value: float | None
-    best_epoch: int | None
-
-
-@dataclass
-class _Outcome:
-    number: int
-    state: str  # complete | pruned | failed | interrupted
-    value: float | None = None
-    epochs: int = 0
-    error: str | None = None
-    seconds: float = 0.0
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-def _fit_trial(
-    plan: _Plan,
-    values: dict[str, Any],
-    run_dir: Path,
-    reporter: _Reporter,
-    built: list[weakref.ref[Any]],
-) -> _Fitted:
-    from traincraft.trainer import Trainer
-
-    recipe = recipe_with(plan.trial_raw, values)
-    # A trial cut short is run again as a new trial, never resumed: no resume checkpoints.
-    trainer = Trainer.from_recipe(
-        recipe, run_dir=run_dir, progress=False, callbacks=[reporter], checkpoint=False
-    )
-    built.extend([weakref.ref(trainer), weakref.ref(trainer.model), weakref.ref(trainer.optimizer)])
-    trainer.fit()
-    value, best_epoch = reporter.best, reporter.best_epoch
-    stop = recipe.early_stopping
-    best = trainer.history.best
-    if stop is not None and stop.restore_best and best and best["monitor"] == plan.section.metric:
-        # The weights the run keeps are early stopping's best: the trial's value is theirs.
-        value, best_epoch = float(best["value"]), int(best["epoch"])
-    fitted = _Fitted(trainer.state.stop_reason, trainer.state.epoch, value, best_epoch)
-    del trainer, recipe
-    return fitted
-
-
-def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial, stop: _Stop) -> _Outcome:
-    """Fit one trial and tell the study how it ended. The model, optimizer and data are
-    released before this returns, whatever happened."""
-    from optuna.trial import TrialState
-
-    started = time.perf_counter()
-    values = plan.values(trial.params)
-    run_dir = plan.study_dir / f"trial-{trial.number}"
-    trial.set_user_attr("values", values)
-    trial.set_user_attr("run_dir", str(run_dir))
-    outcome = _Outcome(trial.number, "failed", values=values)
-    reporter = _Reporter(trial, plan.section.metric, plan.mode, stop)
-    built: list[weakref.ref[Any]] = []
-    try:
-        fitted = _fit_trial(plan, values, run_dir, reporter, built)
-    except KeyboardInterrupt:
-        fitted = _Fitted("interrupted", 0, None, None)
-    except MetricNotReported as err:
-        trial.set_user_attr("error", str(err))
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception as err:  # noqa: BLE001 - a failing trial is recorded and the study goes on
-        outcome.error = _one_line(err)
-        fitted = None
-    _release(built)  # after the except clause: its traceback held the trial's frames
-    outcome.seconds = time.perf_counter() - started
-    if fitted is None:
-        trial.set_user_attr("error", outcome.error)
-        study.tell(trial, state=TrialState.FAIL)
-        return outcome
-    outcome.epochs = fitted.epochs
-    trial.set_user_attr("epochs", fitted.epochs)
-    if fitted.reason in ("interrupted", "terminated"):
-        # Not counted among the done trials: running again makes it up.
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=TrialState.FAIL)
-        outcome.state = "interrupted"
-    elif fitted.reason == "pruned":
-        # Optuna gives a pruned trial its last reported figure as its value.
-        outcome.state, outcome.value = "pruned", study.tell(trial, state=TrialState.PRUNED).value
-    elif fitted.value is None:
-        outcome.error = f"{plan.section.metric} was never finite (the run diverged)"
-        trial.set_user_attr("error", outcome.error)
-        study.tell(trial, state=TrialState.FAIL)
-    else:
-        trial.set_user_attr("best_epoch", fitted.best_epoch)
-        study.tell(trial, fitted.value)
-        outcome.state, outcome.value = "complete", fitted.value
-    return outcome
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err) if isinstance(err, TraincraftError) else f"{type(err).__name__}: {err}"
-    return " ".join(text.split())
 
 
 # ============================================================================== the study
@@ -350,27 +184,6 @@ def _check_same_goal(study: optuna.Study, plan: _Plan, direction: str) -> None:
             f"study {plan.study_name!r} {study.direction.name.lower()}s {saved} but this recipe "
             f"asks to {direction} {metric}: give another --study name (or study=...)"
         )
-
-
-def _counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Done by itself: complete, pruned, or failed with an error of its own. Trials cut short
-    by Ctrl-C or by a worker that went away are not counted: running again makes them up."""
-    from optuna.trial import TrialState
-
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and "error" in trial.user_attrs
-
-
-def _trial_label(trial: optuna.trial.FrozenTrial) -> str:
-    """complete, pruned, failed, interrupted, abandoned, running or waiting."""
-    from optuna.trial import TrialState
-
-    if trial.state == TrialState.FAIL:
-        if "error" in trial.user_attrs:
-            return "failed"
-        return "interrupted" if trial.user_attrs.get("interrupted") else "abandoned"
-    return trial.state.name.lower()
 
 
 _LIVE_TOKENS: set[str] = set()  # worker loops running in this process
@@ -540,12 +353,6 @@ def _trial_line(study: optuna.Study, plan: _Plan, outcome: _Outcome, worker: int
     return f"{head}{tail}  {shown}  {outcome.seconds:.1f} s"
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
 # ============================================================================== workers
 
 
@@ -670,182 +477,6 @@ def _quiet_optuna() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(before)
-
-
-# ============================================================================== outputs
-
-
-def write_trials_csv(study: optuna.Study, path: str | Path, keys: Sequence[str] = ()) -> Path:
-    """``trials.csv``: number, state, value, best_epoch, epochs, seconds, one column per
-    searched key (the recipe values), error, run_dir."""
-    trials = study.get_trials(deepcopy=False)
-    seen = {k: None for t in trials for k in t.user_attrs.get("values", t.params)}
-    columns = [*keys, *sorted(k for k in seen if k not in keys)]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        [
-            "number",
-            "state",
-            "value",
-            "best_epoch",
-            "epochs",
-            "seconds",
-            *columns,
-            "error",
-            "run_dir",
-        ]
-    )
-    for t in trials:
-        attrs = t.user_attrs
-        values = attrs.get("values", t.params)
-        seconds = t.duration.total_seconds() if t.duration is not None else ""
-        writer.writerow(
-            [
-                t.number,
-                _trial_label(t),
-                "" if t.value is None else repr(float(t.value)),
-                attrs.get("best_epoch", ""),
-                attrs.get("epochs", ""),
-                f"{seconds:.3f}" if seconds != "" else "",
-                *(_cell(values[k]) if k in values else "" for k in columns),
-                attrs.get("error", ""),
-                attrs.get("run_dir", ""),
-            ]
-        )
-    return atomic_write_text(path, buffer.getvalue())
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def best_recipe(raw: Mapping[str, Any], values: Mapping[str, Any], folder: Path) -> dict[str, Any]:
-    """The recipe with ``values`` filled in, as a plain dict to write into ``folder``.
-
-    A relative data file path is rewritten relative to ``folder``, so that the file still
-    points at the data from where it is written.
-    """
-    recipe = _copy(dict(raw))
-    base_dir = recipe.pop("_base_dir", None)
-    recipe.pop("tune", None)
-    for key, value in values.items():
-        set_value(recipe, key, value)
-    data = recipe.get("data")
-    if base_dir and isinstance(data, dict) and isinstance(data.get("dataset"), str):
-        source = Path(data["dataset"])
-        if not source.is_absolute() and (Path(base_dir) / source).is_file():
-            target = Path(base_dir) / source
-            try:
-                data["dataset"] = os.path.relpath(target, folder.resolve())
-            except ValueError:  # another drive
-                data["dataset"] = str(target)
-    return recipe
-
-
-def write_best_yaml(study: optuna.Study, raw: Mapping[str, Any], folder: Path) -> Path | None:
-    """``best.yaml``: the recipe with the best trial's values; None when no trial completed."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        return None
-    values = best.user_attrs.get("values", best.params)
-    recipe = best_recipe(raw, values, folder)
-    metric = study.user_attrs.get("metric", "value")
-    header = (
-        f"# The best trial of study {study.study_name!r}: trial {best.number}, {metric} "
-        f"{format_value(best.value)}.\n"  # type: ignore[arg-type]
-        f"# Train it again with: traincraft fit {folder / 'best.yaml'}\n"
-    )
-    text = header + yaml.safe_dump(recipe, sort_keys=False)
-    return atomic_write_text(folder / "best.yaml", text)
-
-
-def write_plots(study: optuna.Study, folder: Path, keys: Sequence[str]) -> list[Path]:
-    """Optimisation history, parameter importances (with at least two searched keys and
-    enough complete trials) and parallel coordinates, as PNG files. A plot that cannot be
-    drawn is skipped with a line on stderr: the study matters more than its pictures."""
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return []
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    metric = str(study.user_attrs.get("metric", "value"))
-    params = [k for k in keys if any(k in t.params for t in complete)]
-    drawings: list[tuple[str, Any]] = [
-        ("history.png", lambda: plots.plot_optimization_history(study, target_name=metric))
-    ]
-    if len(params) >= 2 and len(complete) >= MIN_TRIALS_FOR_IMPORTANCES:
-        drawings.append(
-            (
-                "importances.png",
-                lambda: plots.plot_param_importances(study, params=params, target_name=metric),
-            )
-        )
-    if params and len(complete) >= 2:  # one line has no spread to show
-        drawings.append(
-            (
-                "parallel_coordinates.png",
-                lambda: plots.plot_parallel_coordinate(study, params=params, target_name=metric),
-            )
-        )
-    written = []
-    for name, draw in drawings:
-        try:
-            with warnings.catch_warnings():
-                # Experimental-API notices, and matplotlib's about axes of a single value.
-                warnings.simplefilter("ignore")
-                axes = draw()
-            figure = getattr(axes, "figure", None) or axes.flat[0].figure
-            figure.savefig(folder / name, dpi=100, bbox_inches="tight")
-            plt.close(figure)
-            written.append(folder / name)
-        except Exception as err:  # noqa: BLE001
-            print(f"tune: could not draw {name}: {_one_line(err)}", file=sys.stderr)
-    return written
-
-
-def summarize(study: optuna.Study, study_dir: str | Path | None = None) -> str:
-    """A few lines: trials by state, the best trial and its values, where the files are.
-
-    Example:
-        >>> print(summarize(study, "runs/iris-tune"))
-        study 'iris': 20 trials (14 complete, 5 pruned, 1 failed)
-        best:  trial 7, val_loss 0.0712
-               optimizer.lr = 0.003102
-        files: runs/iris-tune (best.yaml: traincraft fit runs/iris-tune/best.yaml)
-    """
-    trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for trial in trials:
-        label = _trial_label(trial)
-        counts[label] = counts.get(label, 0) + 1
-    order = ("complete", "pruned", "failed", "interrupted", "abandoned", "running", "waiting")
-    states = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
-    lines = [
-        f"study {study.study_name!r}: {len(trials)} trials" + (f" ({states})" if states else "")
-    ]
-    metric = study.user_attrs.get("metric", "value")
-    try:
-        best = study.best_trial
-    except ValueError:
-        lines.append("best:  no trial completed")
-    else:
-        shown = format_value(best.value)  # type: ignore[arg-type]
-        lines.append(f"best:  trial {best.number}, {metric} {shown}")
-        for key, value in best.user_attrs.get("values", best.params).items():
-            lines.append(f"       {key} = {_short(value)}")
-    if study_dir is not None:
-        folder = Path(study_dir)
-        best_file = folder / "best.yaml"
-        again = f" (best.yaml: traincraft fit {best_file})" if best_file.is_file() else ""
-        lines.append(f"files: {folder}{again}")
-    return "\n".join(lines)
 
 
 # ============================================================================== entry points
