@@ -24,6 +24,7 @@ The package::
     trial.py      one trial: fit it, report its figure each epoch, tell the study how it ended
     study.py      the study's storage, workers, Ctrl-C, and tune()
     outputs.py    trials.csv, best.yaml, the plots, the summary
+    command.py    ``traincraft tune``: its parser and handler
 
 Names are loaded on first use, so that importing ``traincraft.tuning.section`` (as the recipe
 does) loads neither Optuna nor torch nor the recipe.
@@ -37,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
@@ -60,7 +62,6 @@ _EXPORTS = {
     "write_plots": "outputs",
     "write_trials_csv": "outputs",
     "tune": "study",
-    "tune_main": "study",
 }
 
 __all__ = [
@@ -98,8 +99,24 @@ if TYPE_CHECKING:
     from traincraft.tuning.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
     from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, parse_duration
     from traincraft.tuning.space import check_key, check_space, read_section, recipe_with, set_value
-    from traincraft.tuning.study import tune, tune_main
+    from traincraft.tuning.study import tune
     from traincraft.tuning.trial import MetricNotReported
+
+
+def tune_main(argv: Sequence[str] | None = None) -> int:
+    """``traincraft tune`` as the command line runs it: :func:`traincraft.tuning.command.tune_main`
+    under the command line's error policy (``error: ...`` on stderr and exit code 2 for a
+    mistake, the traceback with ``--debug``, 130 on Ctrl-C).
+
+    The command line hands ``traincraft tune ...`` to this function without wrapping it; once its
+    ``main`` applies the policy to the commands it passes on too, it can call
+    ``command.tune_main`` directly and this function goes.
+    """
+    from traincraft.cli import run_reporting_errors
+    from traincraft.tuning.command import _parse, _tune_command
+
+    args = _parse(argv)
+    return run_reporting_errors(lambda: _tune_command(args), debug=args.debug)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
 
     from traincraft.recipe import Recipe
 
-__all__ = ["tune", "tune_main"]
+__all__ = ["SearchResult", "search", "tune"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -483,7 +482,7 @@ def _quiet_optuna() -> Iterator[None]:
 
 
 @dataclass
-class _Result:
+class SearchResult:
     study: optuna.Study
     interrupted: bool
     summary: str
@@ -503,7 +502,7 @@ def _as_raw(recipe: Any) -> dict[str, Any]:
     return raw
 
 
-def _search(
+def search(
     recipe: Any,
     *,
     trials: int | None,
@@ -513,7 +512,7 @@ def _search(
     study_dir: str | Path | None,
     progress: bool,
     plots: bool,
-) -> _Result:
+) -> SearchResult:
     raw = _as_raw(recipe)
     section = read_section(raw)
     raw.pop("tune")
@@ -561,7 +560,7 @@ def _search(
         summary += "\ninterrupted: running the same command again continues the study"
     if problems:
         summary += "\n" + "\n".join(problems)
-    return _Result(the_study, interrupted, summary, problems)
+    return SearchResult(the_study, interrupted, summary, problems)
 
 
 def _check_counts(trials: int | None, workers: int) -> None:
@@ -623,7 +622,7 @@ def tune(
         >>> study.best_trial.user_attrs["values"]
         {'optimizer.lr': 0.0031, 'model.dropout': 0.12}
     """
-    result = _search(
+    result = search(
         recipe,
         trials=trials,
         workers=workers,
@@ -637,81 +636,3 @@ def tune(
         print(result.summary, file=sys.stderr, flush=True)
     return result.study
 
-
-def tune_main(argv: Sequence[str] | None = None) -> int:
-    """``traincraft tune RECIPE [key=value ...] [--trials N] [--workers K] [--storage URL]
-    [--study NAME] [--study-dir DIR] [--no-progress] [--debug]``.
-
-    Returns the exit code: 0 done, 2 with ``error: ...`` on stderr for a mistake (``--debug``
-    shows the traceback instead), 130 when interrupted.
-    """
-    args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    from traincraft.cli import run_reporting_errors
-
-    return run_reporting_errors(lambda: _tune_command(args), debug=args.debug)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="traincraft tune",
-        description="search a recipe's tune.space with Optuna; each trial is an ordinary run",
-        epilog=(
-            "examples:\n  traincraft tune recipe.yaml --trials 40\n"
-            "  traincraft tune recipe.yaml --workers 2            # two processes, one study\n"
-            "  traincraft tune recipe.yaml --storage postgresql://user@host/db --study search1"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "recipe", metavar="RECIPE", help="a recipe file or template name with a tune section"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML"
-    )
-    parser.add_argument(
-        "--trials", type=int, help="trials the study should hold (default tune.trials)"
-    )
-    parser.add_argument("--workers", type=int, default=1, help="processes running trials at once")
-    parser.add_argument(
-        "--storage",
-        metavar="URL",
-        help="journal file path or database URL (default: a journal file in the study folder)",
-    )
-    parser.add_argument("--study", metavar="NAME", help="study name (default: the recipe's name)")
-    parser.add_argument(
-        "--study-dir", metavar="DIR", help="study folder (default runs/<name>-tune)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no line per trial")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    return parser
-
-
-def _tune_command(args: argparse.Namespace) -> int:
-    from traincraft.recipe import apply_override, read_raw
-
-    raw, _ = read_raw(args.recipe)
-    for override in args.overrides:
-        if "=" not in override:
-            raise TraincraftError(f"expected key.path=value after the recipe, got {override!r}")
-        apply_override(raw, override)
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no window, no display needed
-    result = _search(
-        raw,
-        trials=args.trials,
-        workers=args.workers,
-        storage=args.storage,
-        study=args.study,
-        study_dir=args.study_dir,
-        progress=not args.no_progress,
-        plots=True,
-    )
-    print(result.summary, file=sys.stderr)
-    return EXIT_INTERRUPTED if result.interrupted else 0
-
-
-if __name__ == "__main__":
-    from traincraft.tune import tune_main as _main  # the importable module, for spawned workers
-
-    sys.exit(_main())
