@@ -30,7 +30,7 @@ from traincraft.tuning import (  # noqa: E402
     TuneSection,
     build_pruner,
     build_sampler,
-    parse_duration,
+    parse_time_limit,
     read_section,
     tune,
     tune_main,
@@ -450,7 +450,7 @@ def test_the_section_reads_durations_directions_and_names():
         ).direction_name()
         == "minimize"
     )
-    assert [parse_duration(v) for v in ("90s", "30m", "2h", "1d", 45, "2.5m", "1m30s")] == [
+    assert [parse_time_limit(v) for v in ("90s", "30m", "2h", "1d", 45, "2.5m", "1m30s")] == [
         90,
         1800,
         7200,
@@ -459,9 +459,9 @@ def test_the_section_reads_durations_directions_and_names():
         150,
         90,
     ]
-    assert parse_duration("250ms") == pytest.approx(0.25)
+    assert parse_time_limit("250ms") == pytest.approx(0.25)
     with pytest.raises(ValueError, match="duration"):
-        parse_duration("soon")
+        parse_time_limit("soon")
 
 
 @pytest.mark.parametrize(

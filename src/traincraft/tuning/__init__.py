@@ -45,7 +45,7 @@ _EXPORTS = {
     "Dimension": "section",
     "TuneSection": "section",
     "TuneSectionError": "section",
-    "parse_duration": "section",
+    "parse_time_limit": "section",
     "PRUNERS": "samplers",
     "SAMPLERS": "samplers",
     "build_pruner": "samplers",
@@ -76,7 +76,7 @@ __all__ = [
     "build_sampler",
     "check_key",
     "check_space",
-    "parse_duration",
+    "parse_time_limit",
     "read_section",
     "recipe_with",
     "set_value",
@@ -97,7 +97,7 @@ if TYPE_CHECKING:
         write_trials_csv,
     )
     from traincraft.tuning.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
-    from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, parse_duration
+    from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, parse_time_limit
     from traincraft.tuning.space import check_key, check_space, read_section, recipe_with, set_value
     from traincraft.tuning.study import tune
     from traincraft.tuning.trial import MetricNotReported

@@ -27,7 +27,7 @@ from traincraft.errors import TraincraftError, did_you_mean
 from traincraft.registry import split_spec
 from traincraft.tuning.samplers import PRUNERS, SAMPLERS
 
-__all__ = ["KINDS", "Dimension", "TuneSection", "TuneSectionError", "parse_duration"]
+__all__ = ["KINDS", "Dimension", "TuneSection", "TuneSectionError", "parse_time_limit"]
 
 
 KINDS = ("loguniform", "uniform", "int", "choice")
@@ -200,11 +200,13 @@ _UNIT_SECONDS = {
 }
 
 
-def parse_duration(value: str | float | int) -> float:
-    """Seconds in ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"500ms"`` or ``"1h30m"``.
+def parse_time_limit(value: str | float | int) -> float:
+    """Seconds in ``90``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"``, ``"500ms"`` or ``"1h30m"``:
+    the study's ``tune.timeout``, wall-clock time (``schedules.parse_duration`` reads training
+    durations, in optimizer steps).
 
     Example:
-        >>> parse_duration("1h30m"), parse_duration(45)
+        >>> parse_time_limit("1h30m"), parse_time_limit(45)
         (5400.0, 45.0)
     """
     if _is_number(value):
@@ -264,7 +266,7 @@ class TuneSection(BaseModel):
     @field_validator("timeout", mode="before")
     @classmethod
     def _timeout_seconds(cls, value: Any) -> Any:
-        return None if value is None else parse_duration(value)
+        return None if value is None else parse_time_limit(value)
 
     @field_validator("sampler")
     @classmethod
