@@ -25,6 +25,7 @@ The package::
     study.py      the study's storage, workers, Ctrl-C, and tune()
     outputs.py    trials.csv, best.yaml, the plots, the summary
     command.py    ``traincraft tune``: its parser and handler
+    entry.py      tune_main: the command under the command line's error policy
 
 Names are loaded on first use, so that importing ``traincraft.tuning.section`` (as the recipe
 does) loads neither Optuna nor torch nor the recipe.
@@ -38,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
@@ -62,6 +62,7 @@ _EXPORTS = {
     "write_plots": "outputs",
     "write_trials_csv": "outputs",
     "tune": "study",
+    "tune_main": "entry",
 }
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from traincraft.tuning.entry import tune_main
     from traincraft.tuning.outputs import (
         best_recipe,
         summarize,
@@ -101,22 +103,6 @@ if TYPE_CHECKING:
     from traincraft.tuning.space import check_key, check_space, read_section, recipe_with, set_value
     from traincraft.tuning.study import tune
     from traincraft.tuning.trial import MetricNotReported
-
-
-def tune_main(argv: Sequence[str] | None = None) -> int:
-    """``traincraft tune`` as the command line runs it: :func:`traincraft.tuning.command.tune_main`
-    under the command line's error policy (``error: ...`` on stderr and exit code 2 for a
-    mistake, the traceback with ``--debug``, 130 on Ctrl-C).
-
-    The command line hands ``traincraft tune ...`` to this function without wrapping it; once its
-    ``main`` applies the policy to the commands it passes on too, it can call
-    ``command.tune_main`` directly and this function goes.
-    """
-    from traincraft.cli import run_reporting_errors
-    from traincraft.tuning.command import _parse, _tune_command
-
-    args = _parse(argv)
-    return run_reporting_errors(lambda: _tune_command(args), debug=args.debug)
 
 
 def __getattr__(name: str) -> Any:

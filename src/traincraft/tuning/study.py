@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from traincraft.callbacks.monitor import format_value
 from traincraft.errors import TraincraftError
-from traincraft.recipe import RecipeError
+from traincraft.recipe import Recipe, RecipeError, read_raw
 from traincraft.registry import split_spec
 from traincraft.tuning.outputs import (
     _short,
@@ -39,8 +39,6 @@ from traincraft.tuning.trial import _counted, _one_line, _Outcome, _run_trial
 
 if TYPE_CHECKING:
     import optuna
-
-    from traincraft.recipe import Recipe
 
 __all__ = ["SearchResult", "search", "tune"]
 
@@ -483,6 +481,9 @@ def _quiet_optuna() -> Iterator[None]:
 
 @dataclass
 class SearchResult:
+    """What :func:`search` ends with: the study, whether Ctrl-C cut it short, the summary to
+    print, and the workers that ended badly."""
+
     study: optuna.Study
     interrupted: bool
     summary: str
@@ -491,8 +492,6 @@ class SearchResult:
 
 def _as_raw(recipe: Any) -> dict[str, Any]:
     """A recipe (path, template name, dict or Recipe) as a raw dict with its tune section."""
-    from traincraft.recipe import Recipe, read_raw
-
     if isinstance(recipe, Recipe):
         raw = recipe.model_dump(mode="json")
         if getattr(recipe, "_base_dir", None):
@@ -513,6 +512,8 @@ def search(
     progress: bool,
     plots: bool,
 ) -> SearchResult:
+    """The search behind :func:`tune` and ``traincraft tune``: check the space, run the trials
+    in this process and ``workers - 1`` others, then write the study folder's files."""
     raw = _as_raw(recipe)
     section = read_section(raw)
     raw.pop("tune")
