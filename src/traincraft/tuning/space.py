@@ -82,9 +82,7 @@ def check_key(key: str) -> None:
     if parts[0] == "tune":
         raise RecipeError(f"tune.space {key!r}: the tune section itself cannot be searched")
     if any(not part for part in parts):
-        raise RecipeError(
-            f"tune.space {key!r}: expected a dotted recipe key such as optimizer.lr"
-        )
+        raise RecipeError(f"tune.space {key!r}: expected a dotted recipe key such as optimizer.lr")
     section: type[BaseModel] = Recipe
     for i, part in enumerate(parts):
         fields = {name: f for name, f in section.model_fields.items() if name != "tune"}

@@ -636,4 +636,3 @@ def tune(
     if progress:
         print(result.summary, file=sys.stderr, flush=True)
     return result.study
-
