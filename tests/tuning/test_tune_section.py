@@ -6,7 +6,12 @@ optuna = pytest.importorskip("optuna")
 
 from traincraft.errors import TraincraftError  # noqa: E402
 from traincraft.recipe import RecipeError  # noqa: E402
-from traincraft.tuning.section import Dimension, TuneSection, parse_time_limit  # noqa: E402
+from traincraft.tuning.section import (  # noqa: E402
+    Dimension,
+    TuneSection,
+    TuneSectionError,
+    parse_time_limit,
+)
 from traincraft.tuning.space import read_section  # noqa: E402
 
 
@@ -90,3 +95,31 @@ def test_dimensions_map_to_optuna_distributions_and_back():
     assert Dimension.parse("d", {"uniform": [0, 0.5], "step": 0.25}).grid() == [0.0, 0.25, 0.5]
     with pytest.raises(TraincraftError, match="grid sampler needs a finite set"):
         lr.grid()
+
+
+def test_parse_time_limit_reads_seconds_and_durations():
+    assert [parse_time_limit(v) for v in (45, 2.5, "90", "90s", "30m", "1h30m", "1h 30m")] == [
+        45.0,
+        2.5,
+        90.0,
+        90.0,
+        1800.0,
+        5400.0,
+        5400.0,
+    ]
+    with pytest.raises(ValueError) as caught:
+        parse_time_limit("soon")
+    assert str(caught.value) == (
+        "timeout 'soon': expected seconds or a duration such as 90s, 30m, 2h"
+    )
+    with pytest.raises(ValueError, match=r"^timeout '90x': expected seconds or a duration"):
+        parse_time_limit("90x")
+    with pytest.raises(ValueError, match=r"^timeout must be > 0, got 0$"):
+        parse_time_limit(0)
+
+
+def test_a_metric_that_says_no_direction_asks_for_one():
+    section = TuneSection(metric="score", space={"a.b": {"uniform": [0, 1]}})
+    with pytest.raises(TuneSectionError, match=r"^tune.metric: .*'score'") as caught:
+        section.direction_name()
+    assert str(caught.value).endswith("(set tune.direction: minimize or maximize)")

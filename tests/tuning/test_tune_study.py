@@ -123,3 +123,11 @@ def test_tc_tune_is_the_function(tmp_path):
         plots=False,
     )
     assert len(study.trials) == 1
+
+
+def test_a_metric_that_says_no_direction_is_a_recipe_error(tmp_path):
+    raw = recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=1, metric="score")
+    with pytest.raises(RecipeError, match=r"^tune.metric: .*'score'") as caught:
+        tune(raw, study_dir=tmp_path, plots=False)
+    assert str(caught.value).endswith("(set tune.direction: minimize or maximize)")
+    assert not list(tmp_path.glob("trial-*"))
