@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from traincraft.errors import TraincraftError, did_you_mean
-from traincraft.tuning import TuneSection
+from traincraft.tuning.section import TuneSection
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -444,7 +444,7 @@ def _first_error(err: ValidationError, raw: dict[str, Any], origin: str) -> str:
     path = ".".join(location)
     kind = problem["type"]
     if kind == "extra_forbidden":
-        parent = _section_model(location[:-1])
+        parent = section_model(location[:-1])
         valid = list(parent.model_fields) if parent else []
         hint = did_you_mean(location[-1], valid) or (f"; valid keys: {', '.join(valid)}" if valid else "")
         return f"recipe error at {path}: unknown key{hint}"
@@ -464,7 +464,9 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _section_model(location: list[str]) -> type[BaseModel] | None:
+def section_model(location: list[str]) -> type[BaseModel] | None:
+    """The section model at ``location`` (keys from the top) in the recipe schema; None for a
+    plain value or a key the schema does not have."""
     model: type[BaseModel] = Recipe
     for part in location:
         field = model.model_fields.get(part)
