@@ -166,15 +166,14 @@ def resolve_path(path: str, recipe: Recipe) -> Path:
 
 
 def trainer_from_recipe(
-    recipe: Recipe | str | Path | dict[str, Any], *, run_dir: str | Path | None = None,
-    progress: bool = True, callbacks: list[Callback] | None = None, checkpoint: bool = True,
-    resuming: bool = False,
+    trainer_class: type[Trainer], recipe: Recipe | str | Path | dict[str, Any], *,
+    run_dir: str | Path | None = None, progress: bool = True, callbacks: list[Callback] | None = None,
+    checkpoint: bool = True, resuming: bool = False,
 ) -> Trainer:
-    """Build data, model and trainer from a recipe (``Trainer.from_recipe``). ``resuming``: the
-    run folder's checkpoint will give every tensor, so the recipe's starting weights
-    (``finetune.init_from``, the model's ``weights:``) are not read."""
+    """Build data, model and a ``trainer_class`` from a recipe (``Trainer.from_recipe``).
+    ``resuming``: the run folder's checkpoint will give every tensor, so the recipe's starting
+    weights (``finetune.init_from``, the model's ``weights:``) are not read."""
     from traincraft.seeding import seed_everything
-    from traincraft.trainer import Trainer
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
@@ -196,7 +195,7 @@ def trainer_from_recipe(
     if run_dir is not None:  # tensorboard and mlflow write into the run folder
         kwargs["loggers"] = [spec for spec in recipe.logging if spec != "csv"]
     kwargs["loggers"] = [*kwargs.get("loggers", []), "report"]
-    trainer = Trainer(model, **kwargs, run_dir=run_dir, progress=progress)
+    trainer = trainer_class(model, **kwargs, run_dir=run_dir, progress=progress)
     trainer.data, trainer.recipe = data, recipe
     info["not_loaded"] = sorted(trainer.finetuning.new)  # into data.json: what a resume needs
     for note in data.notes:  # how the data was read, when it was a guess

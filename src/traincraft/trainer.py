@@ -265,7 +265,7 @@ class Trainer:
         from traincraft.run import trainer_from_recipe
 
         return trainer_from_recipe(
-            recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks), checkpoint=checkpoint,
+            cls, recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks), checkpoint=checkpoint,
             resuming=resuming,
         )
 

@@ -11,7 +11,12 @@ optuna = pytest.importorskip("optuna")
 from tune_helpers import BASE, INTERRUPT, MODULE, journal, labels, recipe  # noqa: E402
 
 from traincraft.errors import TraincraftError  # noqa: E402
-from traincraft.tuning.entry import tune_main  # noqa: E402
+from traincraft.cli import main  # noqa: E402
+
+
+def tune_main(argv):
+    """``traincraft tune ...`` as the command line runs it (under its error policy)."""
+    return main(["tune", *argv])
 
 
 def test_ctrl_c_stops_cleanly_and_running_again_makes_up_the_trial(tmp_path, capsys):

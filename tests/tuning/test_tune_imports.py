@@ -95,7 +95,7 @@ def test_the_recipe_and_the_tune_parser_load_neither_optuna_nor_torch_nor_the_st
     probe = (
         "import json, sys\n"
         "import traincraft.recipe\n"
-        "from traincraft.tuning.command import _parser\n"
+        "from traincraft.cli.tune import _parser\n"
         "_parser().format_help()\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
@@ -107,7 +107,6 @@ def test_the_recipe_and_the_tune_parser_load_neither_optuna_nor_torch_nor_the_st
     assert not loaded & {"torch", "optuna", "numpy", "traincraft.tuning.study"}
     tuning = sorted(m for m in loaded if m.startswith("traincraft.tuning."))
     assert tuning == [
-        "traincraft.tuning.command",
         "traincraft.tuning.samplers",
         "traincraft.tuning.section",
     ]

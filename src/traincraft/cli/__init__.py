@@ -24,7 +24,7 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "PASSTHROUGH", "build_parser",
 # main() runs them under the same error policy as the others.
 PASSTHROUGH = {
     "schedule": "traincraft.schedules:preview_main",
-    "tune": "traincraft.tuning:tune_main",
+    "tune": "traincraft.cli.tune:tune_main",
     "report": "traincraft.cli.report:report_main",
     "lr-find": "traincraft.cli.lr_find:lr_find_main",
 }

@@ -17,20 +17,32 @@ Example:
     >>> opt = optim.build("adamw", model, lr=1e-3, param_groups=rules)
 """
 
-from traincraft.finetune.blocks import layer_decay_rules, lr_mult_rules, model_blocks
-from traincraft.finetune.freezing import Freezer, kept_in_eval
-from traincraft.finetune.plan import Finetuning, UnfreezeEvent, UnfreezePlan
-from traincraft.finetune.weights import LoadReport, load_initial_weights
+from __future__ import annotations
 
-__all__ = [
-    "Finetuning",
-    "Freezer",
-    "LoadReport",
-    "UnfreezeEvent",
-    "UnfreezePlan",
-    "kept_in_eval",
-    "layer_decay_rules",
-    "load_initial_weights",
-    "lr_mult_rules",
-    "model_blocks",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names load on first use: importing one of the submodules (the model registry loads
+# finetune.weights) runs this file without loading the others.
+_EXPORTS = {
+    "Finetuning": "plan", "UnfreezeEvent": "plan", "UnfreezePlan": "plan",
+    "Freezer": "freezing", "kept_in_eval": "freezing",
+    "LoadReport": "weights", "load_initial_weights": "weights",
+    "layer_decay_rules": "blocks", "lr_mult_rules": "blocks", "model_blocks": "blocks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from traincraft.finetune.blocks import layer_decay_rules, lr_mult_rules, model_blocks
+    from traincraft.finetune.freezing import Freezer, kept_in_eval
+    from traincraft.finetune.plan import Finetuning, UnfreezeEvent, UnfreezePlan
+    from traincraft.finetune.weights import LoadReport, load_initial_weights
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'traincraft.finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"traincraft.finetune.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

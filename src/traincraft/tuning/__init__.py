@@ -24,8 +24,8 @@ The package::
     trial.py      one trial: fit it, report its figure each epoch, tell the study how it ended
     study.py      the study's storage, workers, Ctrl-C, and tune()
     outputs.py    trials.csv, best.yaml, the plots, the summary
-    command.py    ``traincraft tune``: its parser and handler
-    entry.py      tune_main: the command under the command line's error policy
+
+``traincraft tune`` itself (its parser and handler) is in :mod:`traincraft.cli.tune`.
 
 Names are loaded on first use, so that importing ``traincraft.tuning.section`` (as the recipe
 does) loads neither Optuna nor torch nor the recipe.
@@ -62,7 +62,6 @@ _EXPORTS = {
     "write_plots": "outputs",
     "write_trials_csv": "outputs",
     "tune": "study",
-    "tune_main": "entry",
 }
 
 __all__ = [
@@ -83,14 +82,12 @@ __all__ = [
     "set_value",
     "summarize",
     "tune",
-    "tune_main",
     "write_best_yaml",
     "write_plots",
     "write_trials_csv",
 ]
 
 if TYPE_CHECKING:
-    from traincraft.tuning.entry import tune_main
     from traincraft.tuning.outputs import (
         best_recipe,
         summarize,
