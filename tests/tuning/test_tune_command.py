@@ -10,8 +10,8 @@ optuna = pytest.importorskip("optuna")
 
 from tune_helpers import BASE, INTERRUPT, MODULE, journal, labels, recipe  # noqa: E402
 
-from traincraft.errors import TraincraftError  # noqa: E402
 from traincraft.cli import main  # noqa: E402
+from traincraft.errors import TraincraftError  # noqa: E402
 
 
 def tune_main(argv):

@@ -31,7 +31,10 @@ _EXPORTS = {
     "layer_decay_rules": "blocks", "lr_mult_rules": "blocks", "model_blocks": "blocks",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Finetuning", "Freezer", "LoadReport", "UnfreezeEvent", "UnfreezePlan", "kept_in_eval",
+    "layer_decay_rules", "load_initial_weights", "lr_mult_rules", "model_blocks",
+]
 
 if TYPE_CHECKING:
     from traincraft.finetune.blocks import layer_decay_rules, lr_mult_rules, model_blocks
