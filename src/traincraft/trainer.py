@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from traincraft import distributed, files, losses, metrics, optim, options, resuming, schedules
-from traincraft.callbacks.base import Callback
-from traincraft.callbacks.checkpoint import Checkpoint
+from traincraft.callbacks.assembly import trainer_callbacks
+from traincraft.callbacks.base import Callback, Events
 from traincraft.callbacks.early_stopping import EarlyStopping
 from traincraft.callbacks.progress import ProgressBar
 from traincraft.data import (
@@ -30,11 +30,10 @@ from traincraft.data import (
     to_device,
 )
 from traincraft.device import resolve_device
-from traincraft.errors import ModelError, TraincraftError, check_keys, check_positive, check_whole
+from traincraft.errors import ModelError, TraincraftError, check_positive, check_whole
 from traincraft.finetune.live import unfreeze_due
 from traincraft.finetune.plan import Finetuning
 from traincraft.history import History
-from traincraft.loggers import CSVLogger
 from traincraft.metrics import RunningMeans
 from traincraft.penalties import Penalty
 from traincraft.seeding import (
@@ -201,11 +200,12 @@ class Trainer:
         self.seed = new_seed() if seed is None else int(seed)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = ProgressBar() if progress else None
-        self.callbacks = self._assemble_callbacks(callbacks, checkpoint, ema, swa, given)
+        self.callbacks = trainer_callbacks(self, callbacks, checkpoint=checkpoint, ema=ema, swa=swa,
+                                           loggers=given.loggers, report=given.report)
         self.state, self.history = TrainState(), History()
         self.epoch_sums = RunningMeans(self.device)  # the epoch's running sums (loss, penalty, ...)
         self._adapt_target: Callable[[Any, Any], Any] | None = None
-        self._step_handlers: dict[str, list[Callable[[Trainer], Any]]] = {}
+        self.events = Events(self.callbacks)
         self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
         self.recipe: Any = None
         # How an interrupted run is continued, said when it stops (the command line sets its own).
@@ -224,29 +224,6 @@ class Trainer:
         if self.stepper.precision == "fp16" and self.device.type == "cpu":
             self.log("warning: precision fp16 on a CPU runs 12-50x slower than float32 (CPUs have no fast "
                      "float16 kernels, and the loss scaler adds work): use precision bf16 or 32 here")
-
-    def _assemble_callbacks(self, given: Sequence[Callback], checkpoint: Any, ema: Any, swa: Any,
-                            settings: options.Settings) -> list[Callback]:
-        """The progress bar first (an epoch's line precedes what callbacks say of it), the
-        checkpoint, the averages, the user's callbacks, then the run folder's writers (after the
-        user's callbacks: results.json exists when the report is built)."""
-        made: list[Callback] = [*([self.progress] if self.progress else [])]
-        if self.run_dir is not None and checkpoint is not False and not any(isinstance(c, Checkpoint) for c in given):
-            made.append(_made(Checkpoint, "checkpoint", self.run_dir, **(checkpoint if isinstance(checkpoint, dict) else {})))
-        made.extend(_averaging_callbacks(ema, swa))
-        made.extend(given)
-        if self.run_dir is None:
-            if settings.loggers:
-                raise TraincraftError("loggers need a run_dir to write to")
-            return made
-        from traincraft import loggers as loggers_module
-        from traincraft.report import RunReport
-
-        if settings.report and not any(isinstance(c, RunReport) for c in given):
-            made.append(RunReport(self.run_dir))
-        made.extend(loggers_module.build(settings.loggers, self.run_dir))
-        made.append(CSVLogger(self.run_dir))
-        return made
 
     @classmethod
     def from_recipe(
@@ -573,7 +550,7 @@ class Trainer:
         self.finetuning.plan.resolve(steps_per_epoch=per_epoch, total_steps=self.state.max_steps)
         self.next_unfreeze = self.finetuning.plan.next_step
         self._train_batches, self._val_batches = train_batches, val_batches
-        self._cache_step_handlers()
+        self.events = Events(self.callbacks)  # the handlers, in each event's order, looked up once
         self.state.lrs = [_plain(group["lr"]) for group in self.optimizer.param_groups]
         if self.stepper.closure_optimizer and self.world_size > 1:
             raise TraincraftError(
@@ -596,7 +573,7 @@ class Trainer:
         run is marked complete when it ended by itself, and its files are in place."""
         ended = False
         try:
-            saving = [c for c in self.callbacks if getattr(c, "saves_training_state", False)]
+            saving = self.events.saving
             for callback in saving:
                 callback.on_fit_end(self)
             self._settle_final_weights()
@@ -855,34 +832,7 @@ class Trainer:
             self.stop_vote.settle(self.state)
 
     def _emit(self, event: str) -> None:
-        handlers = self._step_handlers.get(event)
-        if handlers is None:
-            handlers = [getattr(callback, event) for callback in self._event_order(event)]
-        for handler in handlers:
-            handler(self)
-
-    def _event_order(self, event: str) -> list[Callback]:
-        """The callbacks in the order an event reaches them: the given order, except that those
-        saving the training state (checkpoints) come last at a step's and an epoch's end, so that
-        they hold every update of it (an average, a record). (At the end of fit they come first,
-        before the final weights: see :meth:`_end_run`.)"""
-        saving = [c for c in self.callbacks if getattr(c, "saves_training_state", False)]
-        others = [c for c in self.callbacks if not getattr(c, "saves_training_state", False)]
-        if event in ("on_step_end", "on_epoch_end"):
-            return others + saving
-        return list(self.callbacks)
-
-    def _cache_step_handlers(self) -> None:
-        """The per-step events' handlers, those that do something (the base class's no-ops left
-        out), looked up once per fit rather than at every step."""
-        self._step_handlers = {
-            event: [
-                getattr(callback, event) for callback in self._event_order(event)
-                if getattr(type(callback), event, None) is not getattr(Callback, event)
-                or event in vars(callback)
-            ]
-            for event in ("on_before_step", "on_step_end")
-        }
+        self.events.emit(event, self)
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
@@ -893,33 +843,6 @@ class Trainer:
                 yield
         finally:
             self.model.train(was_training)
-
-
-def _averaging_callbacks(ema: Any, swa: Any) -> list[Callback]:
-    """The EMA and SWA callbacks that the ``ema=`` and ``swa=`` arguments stand for."""
-    from traincraft.callbacks.ema import EMA
-    from traincraft.callbacks.swa import SWA
-
-    made: list[Callback] = []
-    if isinstance(ema, EMA):
-        made.append(ema)
-    elif ema is True:
-        made.append(EMA())
-    elif isinstance(ema, dict):
-        made.append(_made(EMA, "ema", **ema))
-    elif isinstance(ema, (int, float)) and not isinstance(ema, bool):
-        made.append(EMA(decay=float(ema)))
-    elif ema not in (None, False):
-        raise TraincraftError(f"ema must be True, a decay, a dict of EMA arguments or an EMA; got {ema!r}")
-    if isinstance(swa, SWA):
-        made.append(swa)
-    elif isinstance(swa, dict):
-        made.append(_made(SWA, "swa", **swa))
-    elif swa is True:
-        made.append(SWA())
-    elif swa not in (None, False):
-        raise TraincraftError(f"swa must be a dict of SWA arguments or an SWA; got {swa!r}")
-    return made
 
 
 def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.MetricSet:
@@ -949,11 +872,3 @@ def _concatenate(outputs: list[Any]) -> Any:
     if isinstance(first, (tuple, list)):
         return type(first)(torch.cat([o[i] for o in outputs]) for i in range(len(first)))
     raise TraincraftError(f"predict: cannot concatenate model outputs of type {type(first).__name__}")
-
-
-def _made(cls: Any, what: str, *args: Any, **kwargs: Any) -> Any:
-    """``cls(*args, **kwargs)``; a key it does not take is one line with the closest ones."""
-    from traincraft.errors import accepted_keys
-
-    check_keys(what, kwargs, [k for k in accepted_keys(cls) if k != "folder"])
-    return cls(*args, **kwargs)

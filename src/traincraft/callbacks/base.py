@@ -68,3 +68,39 @@ EVENTS = (
     "on_epoch_end",
     "on_fit_end",
 )
+
+
+class Events:
+    """Hands events to the callbacks in their order: the given order, except that those saving
+    the training state (``saves_training_state``: checkpoints) come last at a step's and an
+    epoch's end, so that they hold every update of it (an average, a record). At the end of fit
+    they come first, before the final weights go in (``Trainer`` calls them apart).
+
+    The per-step events' handlers are looked up once, and only those that do something (the
+    base class's no-ops left out), not at every step.
+    """
+
+    PER_STEP = ("on_before_step", "on_step_end")
+
+    def __init__(self, callbacks: list[Callback]):
+        self.callbacks = callbacks
+        self._handlers = {
+            event: [getattr(c, event) for c in self.order(event)
+                    if getattr(type(c), event, None) is not getattr(Callback, event) or event in vars(c)]
+            for event in self.PER_STEP
+        }
+
+    @property
+    def saving(self) -> list[Callback]:
+        return [c for c in self.callbacks if getattr(c, "saves_training_state", False)]
+
+    def order(self, event: str) -> list[Callback]:
+        if event in ("on_step_end", "on_epoch_end"):
+            saving = self.saving
+            return [c for c in self.callbacks if c not in saving] + saving
+        return list(self.callbacks)
+
+    def emit(self, event: str, trainer: Trainer) -> None:
+        handlers = self._handlers.get(event)
+        for handler in handlers if handlers is not None else [getattr(c, event) for c in self.order(event)]:
+            handler(trainer)
