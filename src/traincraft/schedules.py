@@ -27,7 +27,6 @@ import contextlib
 import inspect
 import math
 import numbers
-import re
 import sys
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from traincraft.callbacks.monitor import Monitor
+from traincraft.durations import (
+    Duration,
+    Run,
+    duration_steps,
+    parse_duration,
+    round_half_up,
+)
 from traincraft.errors import TraincraftError, did_you_mean, expect_choice, expect_number
 from traincraft.registry import Registry, import_object, split_spec
 
@@ -46,9 +52,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEDULES",
+    "Duration",
     "Schedule",
     "TorchSchedule",
     "build",
+    "duration_steps",
     "key_points",
     "names",
     "parse_duration",
@@ -476,117 +484,6 @@ def names() -> list[str]:
     return SCHEDULES.names()
 
 
-# --------------------------------------------------------------------------- durations
-
-
-@dataclass(frozen=True)
-class Duration:
-    """A length as the user wrote it: ``value`` optimizer steps, epochs or percent of the run."""
-
-    value: float
-    unit: str  # "step", "epoch" or "share"
-
-
-_DURATION_TEXT = re.compile(r"^(\d+(?:\.\d+)?)(ep|%)$")
-_DURATION_FORMS = "optimizer steps (500), epochs ('3ep') or a share of the run ('10%')"
-
-
-def parse_duration(value: Any, where: str = "duration") -> Duration:
-    """Read ``500`` (optimizer steps), ``"3ep"`` (epochs) or ``"10%"`` (a share of the run).
-
-    Raises:
-        TraincraftError: for anything else, naming the accepted forms.
-
-    Example:
-        >>> parse_duration("3ep")
-        Duration(value=3.0, unit='epoch')
-        >>> parse_duration("10%"), parse_duration(500)
-        (Duration(value=10.0, unit='share'), Duration(value=500.0, unit='step'))
-    """
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if value >= 0 and float(value).is_integer():
-            return Duration(float(value), "step")
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return Duration(float(text), "step")
-        match = _DURATION_TEXT.match(text)
-        if match:
-            unit = "epoch" if match.group(2) == "ep" else "share"
-            return Duration(float(match.group(1)), unit)
-    raise TraincraftError(f"{where}: {value!r} is not a duration; write {_DURATION_FORMS}")
-
-
-def duration_steps(value: Any, where: str, *, steps_per_epoch: int, total_steps: int) -> int:
-    """A duration (``500``, ``"3ep"``, ``"10%"``) in optimizer steps of a run.
-
-    Example:
-        >>> duration_steps("2ep", "unfreeze[0].at", steps_per_epoch=50, total_steps=500)
-        100
-    """
-    run = _Run(steps_per_epoch=steps_per_epoch, total=total_steps, interval="step", label=where)
-    return run.steps(parse_duration(value, where), where)
-
-
-def _round(x: float) -> int:
-    # Half up, not Python's half-to-even, so 2.5 steps is 3 whatever the neighbours.
-    return math.floor(x + 0.5)
-
-
-@dataclass(frozen=True)
-class _Run:
-    """What durations are measured against: the run's steps, its epochs, the schedule's clock."""
-
-    steps_per_epoch: int
-    total: int  # optimizer steps in the run; 0 when unknown
-    interval: str  # "step" or "epoch": the schedule's clock
-    label: str
-
-    def steps(self, d: Duration, where: str) -> int:
-        """The duration in optimizer steps (rounded to a whole step)."""
-        if d.unit == "step":
-            return int(d.value)
-        if d.unit == "epoch":
-            return _round(d.value * self._per_epoch(where))
-        return _round(d.value / 100 * self._total(where))
-
-    def clock(self, d: Duration, where: str) -> float:
-        """The duration on the schedule's clock: steps, or epochs (maybe fractional)."""
-        if self.interval == "step":
-            return self.steps(d, where)
-        if d.unit == "epoch":
-            return _tidy(d.value)
-        if d.unit == "step":
-            return _tidy(d.value / self._per_epoch(where))
-        return _tidy(d.value / 100 * self._total(where) / self._per_epoch(where))
-
-    def steps_to_clock(self, steps: int) -> float:
-        if self.interval == "step":
-            return steps
-        return _tidy(steps / self._per_epoch("a schedule counted in epochs"))
-
-    def _per_epoch(self, where: str) -> int:
-        if self.steps_per_epoch <= 0:
-            raise TraincraftError(
-                f"{self.label}: {where} is given in epochs but the number of steps per epoch is "
-                "unknown (data without a length); give it in optimizer steps"
-            )
-        return self.steps_per_epoch
-
-    def _total(self, where: str) -> int:
-        if self.total <= 0:
-            raise TraincraftError(
-                f"{self.label}: {where} needs the run's length, which is unknown (data without a "
-                "length); give it in optimizer steps or set max_steps"
-            )
-        return self.total
-
-
-def _tidy(x: float) -> float:
-    """Whole numbers as ints, so an epoch clock compares and prints like torch's."""
-    return int(x) if float(x).is_integer() else float(x)
-
-
 # --------------------------------------------------------------------------- warm-up, cool-down
 
 
@@ -618,7 +515,7 @@ def _cool_value(ramp: _Ramp, dt: int, start: float, end: float) -> float:
     return start + (end - start) * _shape(ramp.kind, q)
 
 
-def _ramp(raw: Any, what: str, run: _Run) -> _Ramp | None:
+def _ramp(raw: Any, what: str, run: Run) -> _Ramp | None:
     """A warm-up or cool-down from its short form (a duration) or its dict form."""
     if raw is None or raw is False:
         return None
@@ -661,7 +558,7 @@ class _Plan:
     fn: Callable[..., float]
     momentum_fn: Callable[..., float] | None
     args: list[dict[str, Any]]  # one dict per parameter group
-    run: _Run
+    run: Run
     warmup: _Ramp | None
     cooldown: _Ramp | None
     span: float  # the schedule's own length on its clock (the run minus warm-up and cool-down)
@@ -731,7 +628,7 @@ def _plan(
     if missing:
         raise TraincraftError(f"{label} needs {', '.join(missing)}")
 
-    run = _Run(steps_per_epoch, max(int(total_steps), 0), interval, label)
+    run = Run(steps_per_epoch, max(int(total_steps), 0), interval, label)
     warmup, cooldown = _ramp(warmup_raw, "warmup", run), _ramp(cooldown_raw, "cooldown", run)
     schedule_steps = _schedule_steps(run, warmup, cooldown)
     span = run.steps_to_clock(schedule_steps) if schedule_steps else 0
@@ -795,7 +692,7 @@ def _check_keys(label: str, raw: Mapping[str, Any], parameters: list[str]) -> No
             raise TraincraftError(f"{label} has no argument {key!r}{hint}")
 
 
-def _schedule_steps(run: _Run, warmup: _Ramp | None, cooldown: _Ramp | None) -> int:
+def _schedule_steps(run: Run, warmup: _Ramp | None, cooldown: _Ramp | None) -> int:
     """Optimizer steps left to the schedule itself; checks that warm-up and cool-down fit."""
     w = warmup.steps if warmup else 0
     c = cooldown.steps if cooldown else 0
@@ -819,7 +716,7 @@ def _schedule_steps(run: _Run, warmup: _Ramp | None, cooldown: _Ramp | None) -> 
 
 
 def _resolve_arguments(
-    name: str, raw: dict[str, Any], run: _Run, span: float, warmup: _Ramp | None
+    name: str, raw: dict[str, Any], run: Run, span: float, warmup: _Ramp | None
 ) -> dict[str, Any]:
     """Durations on the schedule's clock, run-length defaults filled in, values checked."""
     label = run.label
@@ -847,7 +744,7 @@ def _resolve_arguments(
     return args
 
 
-def _whole_run(span: float, run: _Run, key: str) -> float:
+def _whole_run(span: float, run: Run, key: str) -> float:
     if not span:
         raise TraincraftError(
             f"{run.label}: {key} defaults to the whole run, whose length is unknown (data without "
@@ -856,7 +753,7 @@ def _whole_run(span: float, run: _Run, key: str) -> float:
     return span
 
 
-def _milestones(value: Any, run: _Run) -> list[float]:
+def _milestones(value: Any, run: Run) -> list[float]:
     if not isinstance(value, (list, tuple)) or not value:
         raise TraincraftError(
             f"{run.label}: milestones must be a list of durations, e.g. ['30ep', '60ep'], "
@@ -1343,7 +1240,7 @@ class Schedule:
             return []
         w = plan.warmup.steps if plan.warmup else 0
         per = 1 if plan.run.interval == "step" else plan.run.steps_per_epoch
-        return [w + _round(m * per) for m in finder(plan.args[0], plan.span) if 0 < m < plan.span]
+        return [w + round_half_up(m * per) for m in finder(plan.args[0], plan.span) if 0 < m < plan.span]
 
     def __repr__(self) -> str:
         return f"Schedule({self.name!r}, lrs={self._lrs})"
@@ -1780,7 +1677,9 @@ def _recipe_steps_per_epoch(recipe: Any) -> int:
     data = prepare_data(recipe)
     n_train = len(data.train[1])
     batches = math.ceil(n_train / int(recipe.data.batch_size))
-    return math.ceil(batches / int(recipe.train.accumulate))
+    from traincraft import durations
+
+    return durations.steps_per_epoch(batches, int(recipe.train.accumulate))
 
 
 def _recipe_groups(recipe: Any) -> tuple[list[str], list[float]]:
