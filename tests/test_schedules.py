@@ -17,6 +17,7 @@ from torch.optim import lr_scheduler as tls
 from traincraft import schedules
 from traincraft.errors import TraincraftError, UnknownNameError
 from traincraft.schedules import Duration, parse_duration
+from traincraft.schedules.command import _table
 
 BASE = (0.1, 0.05, 0.02)  # three parameter groups with different base LRs
 ROOT = Path(__file__).resolve().parents[1]
@@ -1258,7 +1259,7 @@ def test_docs_show_every_schedule() -> None:
 def test_preview_table_elides_long_milestone_lists() -> None:
     points = schedules.key_points({"name": "cyclic", "max_lr": 2.0, "step_size_up": 2}, 10, 10)
     assert len(points) == 51  # start, 49 turning points, end
-    lines = schedules._table(points, 10).splitlines()
+    lines = _table(points, 10).splitlines()
     assert len(lines) == 1 + 24 + 1
     assert lines[13] == "... 27 more"
     assert lines[1].split() == ["start", "0", "0.00", "1"]
