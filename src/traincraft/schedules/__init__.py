@@ -33,6 +33,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
@@ -49,7 +51,6 @@ _EXPORTS = {
     "Duration": "traincraft.durations",
     "duration_steps": "traincraft.durations",
     "parse_duration": "traincraft.durations",
-    "preview_main": "traincraft.schedules.command",
 }
 
 __all__ = [
@@ -71,7 +72,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from traincraft.durations import Duration, duration_steps, parse_duration
-    from traincraft.schedules.command import preview_main
     from traincraft.schedules.plan import ScheduleSpec, build
     from traincraft.schedules.previews import key_points, plot, preview
     from traincraft.schedules.schedule import Schedule
@@ -89,3 +89,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def preview_main(argv: Sequence[str] | None = None) -> int:
+    """``traincraft schedule``, where the command line looks for it: :mod:`.command`'s
+    ``preview_main`` under the command line's error policy (a mistake: one line on stderr and
+    exit code 2; ``--debug``: the traceback). It goes once the command line applies that policy
+    to every command itself."""
+    from traincraft.cli import run_reporting_errors
+    from traincraft.schedules import command
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = command._preview_parser().parse_intermixed_args(args).debug
+    return run_reporting_errors(lambda: command.preview_main(args), debug=debug)

@@ -1,7 +1,9 @@
 """``traincraft schedule``: a recipe's learning-rate schedule, without training.
 
 Building the parser (and ``--help``) imports neither torch nor the schedule machinery: they are
-imported inside the functions that run the command.
+imported inside the functions that run the command. :func:`preview_main` parses and runs; a user
+mistake raises :class:`~traincraft.errors.TraincraftError`, which the command line's error policy
+reports as one line.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ def preview_main(argv: Sequence[str] | None = None) -> int:
     [--plot lr.png] [--csv lr.csv] [--metric FILE]``: a recipe's LRs, without training.
 
     Prints the LR at the start, the end of the warm-up, each milestone and the end; writes the
-    plot and the CSV (``step,epoch,lr,lr/<group>...``) when asked. Returns the exit code
-    (2 with one line on stderr for a mistake; ``--debug`` shows the traceback instead).
+    plot and the CSV (``step,epoch,lr,lr/<group>...``) when asked. Returns the exit code (0).
+
+    Raises:
+        TraincraftError: a user mistake; the command line's error policy turns it into one line
+            on stderr and exit code 2 (``--debug``: the traceback).
     """
     args = _preview_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    from traincraft.cli import run_reporting_errors
-
-    return run_reporting_errors(lambda: _preview_command(args), debug=args.debug)
+    return _preview_command(args)
 
 
 def _preview_parser() -> argparse.ArgumentParser:
