@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,43 @@ def test_preview_table_elides_long_milestone_lists() -> None:
     assert lines[13] == "... 27 more"
     assert lines[1].split() == ["start", "0", "0.00", "1"]
     assert lines[-1].split() == ["end", "100", "10.00", "1"]
+
+
+def test_command_preview_main_leaves_mistakes_to_the_command_lines_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import traincraft.recipe
+    from traincraft.schedules import command
+
+    recipe = fake_recipe({"name": "plateau", "patience": 0})
+    monkeypatch.setattr(traincraft.recipe, "load_recipe", lambda source, overrides=(): recipe)
+    with pytest.raises(TraincraftError, match="--metric .*cannot read it"):
+        command.preview_main(["r.yaml", "--steps-per-epoch", "5", "--metric", str(tmp_path / "x")])
+
+
+def test_command_parser_and_help_load_no_torch() -> None:
+    probe = (
+        "import contextlib, io, sys\n"
+        "from traincraft.schedules import command\n"
+        "command._preview_parser().format_help()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        command.preview_main(['--help'])\n"
+        "    except SystemExit as stop:\n"
+        "        assert stop.code == 0\n"
+        "print(sorted({'torch', 'numpy', 'matplotlib'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_recipe_steps_per_epoch_counts_optimizer_steps() -> None:
+    import traincraft.run
+    from traincraft.schedules.command import _recipe_steps_per_epoch
+
+    recipe = fake_recipe(accumulate=3)
+    data = types.SimpleNamespace(train=(torch.zeros(1000, 2), torch.zeros(1000)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(traincraft.run, "prepare_data", lambda r: data)
+        assert _recipe_steps_per_epoch(recipe) == 11  # 32 batches of 32, 3 per optimizer step
