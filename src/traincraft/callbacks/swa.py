@@ -59,7 +59,7 @@ class SWA(Callback):
         self, start: Any = "75%", lr: float | None = None, anneal: Any = 0,
         anneal_strategy: str = "cos", update_bn: bool = True,
     ):
-        from traincraft.schedules import parse_duration
+        from traincraft.durations import parse_duration
 
         parse_duration(start, "swa.start")
         parse_duration(anneal, "swa.anneal")
@@ -83,7 +83,7 @@ class SWA(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         from torch.optim.swa_utils import AveragedModel
 
-        from traincraft.schedules import duration_steps
+        from traincraft.durations import duration_steps
 
         if trainer.keeps_best:
             raise TraincraftError(

@@ -73,7 +73,7 @@ class UnfreezePlan:
 
     def resolve(self, *, steps_per_epoch: int, total_steps: int) -> None:
         """Turn the durations into optimizer steps of this run (events sorted by step)."""
-        from traincraft.schedules import duration_steps
+        from traincraft.durations import duration_steps
 
         def steps(value: Any, where: str) -> int:
             return duration_steps(value, where, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
@@ -161,7 +161,7 @@ class _Offset:
 
 
 def _check_duration(value: Any, where: str) -> Any:
-    from traincraft.schedules import parse_duration
+    from traincraft.durations import parse_duration
 
     parse_duration(value, where)  # raises with the accepted forms
     return value
