@@ -69,14 +69,9 @@ def subcommands() -> list[str]:
     return sorted(action.choices)
 
 
-# `traincraft schedule` hands its arguments to a parser that lives in traincraft.schedules, which
-# imports torch: its help may load torch (the optional packages still not).
-HELP_MAY_LOAD_TORCH = {"schedule"}
-
-
 def test_command_line_help_loads_no_torch_nor_optional_packages() -> None:
-    # One interpreter for all, so modules accumulate: the commands allowed torch come last.
-    names = sorted(subcommands(), key=lambda name: (name in HELP_MAY_LOAD_TORCH, name))
+    # One interpreter for all, so modules accumulate.
+    names = sorted(subcommands())
     commands = [["--help"], ["--version"], *([name, "--help"] for name in names)]
     assert ["fit", "--help"] in commands and ["tune", "--help"] in commands
     after = top_level_modules_after(*(HELP.format(argv=argv) for argv in commands))
@@ -86,7 +81,7 @@ def test_command_line_help_loads_no_torch_nor_optional_packages() -> None:
             torch_loaded_by = argv
         heavy = loaded & set(OPTIONAL)
         assert not heavy, f"traincraft {' '.join(argv)} loaded {sorted(heavy)}"
-    assert torch_loaded_by is None or torch_loaded_by[0] in HELP_MAY_LOAD_TORCH, torch_loaded_by
+    assert torch_loaded_by is None, torch_loaded_by
 
 
 def test_the_trainer_loads_torch_and_nothing_only_some_features_need() -> None:
@@ -253,10 +248,6 @@ def test_no_import_cycle_at_run_time() -> None:
     assert not groups, "import cycles at run time:\n" + "\n".join(lines)
 
 
-# Their commands move into traincraft.cli (cli/schedule.py, cli/tune.py); until then they import it.
-IMPORT_CLI_FOR_NOW = {"traincraft.schedules", "traincraft.tuning"}
-
-
 def test_the_library_does_not_import_the_command_line() -> None:
     graph, files = import_graph()
     offending = {
@@ -265,6 +256,6 @@ def test_the_library_does_not_import_the_command_line() -> None:
         for target, at in targets.items()
         if (target == "traincraft.cli" or target.startswith("traincraft.cli."))
         and not (module == "traincraft.cli" or module.startswith("traincraft.cli."))
-        and module not in {"traincraft.__main__", *IMPORT_CLI_FOR_NOW}
+        and module != "traincraft.__main__"
     }
     assert not offending, sorted(offending)

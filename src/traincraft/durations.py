@@ -41,6 +41,17 @@ def steps_per_epoch(num_batches: int, accumulate: int) -> int:
     return -(-int(num_batches) // int(accumulate))  # integer ceiling: exact for any size
 
 
+def steps_for_samples(samples: int, *, batch_size: int, accumulate: int) -> int:
+    """Optimizer steps in one epoch over ``samples`` in-memory samples (one process): what a
+    recipe's run will take, known before its trainer is built.
+
+    Example:
+        >>> steps_for_samples(1000, batch_size=32, accumulate=2)
+        16
+    """
+    return steps_per_epoch(-(-int(samples) // int(batch_size)), accumulate)
+
+
 @dataclass(frozen=True)
 class Duration:
     """A length as the user wrote it: ``value`` optimizer steps, epochs or percent of the run."""

@@ -30,6 +30,7 @@ from traincraft.data import (
     to_device,
 )
 from traincraft.device import resolve_device
+from traincraft.durations import steps_per_epoch
 from traincraft.errors import ModelError, TraincraftError, check_positive, check_whole
 from traincraft.finetune.live import unfreeze_due
 from traincraft.finetune.plan import Finetuning
@@ -538,7 +539,7 @@ class Trainer:
             set_deterministic(True)
         self.state, self.history = TrainState(), History()
         self._adapt_target = None
-        per_epoch = -(-len(train_batches) // self.stepper.accumulate)  # optimizer steps in an epoch
+        per_epoch = steps_per_epoch(len(train_batches), self.stepper.accumulate)
         total = self.max_epochs * per_epoch
         self.state.steps_per_epoch = per_epoch
         self.state.max_steps = min(total, self.max_steps) if self.max_steps else total

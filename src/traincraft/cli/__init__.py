@@ -2,8 +2,8 @@
 
 One module per family of commands: :mod:`~traincraft.cli.fit` (fit, resume),
 :mod:`~traincraft.cli.runs` (evaluate, predict), :mod:`~traincraft.cli.info` (init, list,
-schema), :mod:`~traincraft.cli.report` and :mod:`~traincraft.cli.lr_find`; ``schedule`` and
-``tune`` have their parsers in :mod:`traincraft.schedules` and :mod:`traincraft.tuning`.
+schema), :mod:`~traincraft.cli.report` and :mod:`~traincraft.cli.lr_find`, :mod:`~traincraft.cli.schedule` and
+:mod:`~traincraft.cli.tune`.
 :func:`main` runs every one of them under the one error policy, :func:`run_reporting_errors`.
 """
 
@@ -23,7 +23,7 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "PASSTHROUGH", "build_parser",
 # Commands with a parser of their own: everything after the name is theirs (--help included).
 # main() runs them under the same error policy as the others.
 PASSTHROUGH = {
-    "schedule": "traincraft.schedules:preview_main",
+    "schedule": "traincraft.cli.schedule:preview_main",
     "tune": "traincraft.cli.tune:tune_main",
     "report": "traincraft.cli.report:report_main",
     "lr-find": "traincraft.cli.lr_find:lr_find_main",

@@ -15,7 +15,7 @@ The package, one concern per module: ``functions`` (the closed forms), ``table``
 schedule), ``arguments`` (checks, defaults from the run), ``ramps`` (warm-up, cool-down),
 ``plan`` (:func:`build`), ``schedule`` (:class:`Schedule`), ``plateau`` (its cuts),
 ``torch_schedule`` (a torch scheduler of your own), ``previews`` (:func:`preview`,
-:func:`key_points`, :func:`plot`) and ``command`` (``traincraft schedule``). Durations
+:func:`key_points`, :func:`plot`); ``traincraft schedule`` is :mod:`traincraft.cli.schedule`. Durations
 (``500``, ``"3ep"``, ``"10%"``) are read by :mod:`traincraft.durations`.
 
 Names are loaded on first use, so importing the package (or ``traincraft schedule --help``)
@@ -33,8 +33,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
@@ -67,7 +65,6 @@ __all__ = [
     "parse_duration",
     "plot",
     "preview",
-    "preview_main",
 ]
 
 if TYPE_CHECKING:
@@ -89,16 +86,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-def preview_main(argv: Sequence[str] | None = None) -> int:
-    """``traincraft schedule``, where the command line looks for it: :mod:`.command`'s
-    ``preview_main`` under the command line's error policy (a mistake: one line on stderr and
-    exit code 2; ``--debug``: the traceback). It goes once the command line applies that policy
-    to every command itself."""
-    from traincraft.cli import run_reporting_errors
-    from traincraft.schedules import command
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = command._preview_parser().parse_intermixed_args(args).debug
-    return run_reporting_errors(lambda: command.preview_main(args), debug=debug)

@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import gc
-import math
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -178,5 +177,7 @@ def _release(built: list[weakref.ref[Any]]) -> None:
 
 
 def _steps_per_epoch(recipe: Recipe, info: Mapping[str, Any]) -> int:
-    batches = math.ceil(int(info["sizes"]["train"]) / recipe.data.batch_size)
-    return math.ceil(batches / recipe.train.accumulate)
+    from traincraft.durations import steps_for_samples
+
+    return steps_for_samples(int(info["sizes"]["train"]), batch_size=recipe.data.batch_size,
+                             accumulate=recipe.train.accumulate)

@@ -14,8 +14,14 @@ import pytest
 import torch
 
 from traincraft import schedules
+from traincraft.cli import main
+from traincraft.cli.schedule import _table
 from traincraft.errors import TraincraftError
-from traincraft.schedules.command import _table
+
+
+def preview_main(argv: list[str]) -> int:
+    """``traincraft schedule ...`` as the command line runs it (under its error policy)."""
+    return main(["schedule", *argv])
 
 
 def fake_recipe(schedule: Any = None, **train: Any) -> types.SimpleNamespace:
@@ -43,7 +49,7 @@ def test_preview_main_prints_points_and_writes_files(
     data = types.SimpleNamespace(train=(torch.zeros(1000, 2), torch.zeros(1000)))
     monkeypatch.setattr(traincraft.run, "prepare_data", lambda r: data)
     csv, png = tmp_path / "lr.csv", tmp_path / "lr.png"
-    code = schedules.preview_main(["r.yaml", "--plot", str(png), "--csv", str(csv)])
+    code = preview_main(["r.yaml", "--plot", str(png), "--csv", str(csv)])
     out = capsys.readouterr().out
     assert code == 0
     assert "4 epochs × 11 steps per epoch = 44 optimizer steps" in out
@@ -67,19 +73,19 @@ def test_preview_main_metric_file_and_errors(
     metric = tmp_path / "loss.txt"
     metric.write_text("1.0\n0.9\n\n0.95\n0.8\n")
     assert (
-        schedules.preview_main(["r.yaml", "--steps-per-epoch", "5", "--metric", str(metric)]) == 0
+        preview_main(["r.yaml", "--steps-per-epoch", "5", "--metric", str(metric)]) == 0
     )
     out = capsys.readouterr().out
     assert re.search(r"milestone\s+15\s+3\.00\s+0\.01\b", out)  # cut after the bad third epoch
 
     metric.write_text("1.0\nlow\n")
     assert (
-        schedules.preview_main(["r.yaml", "--steps-per-epoch", "5", "--metric", str(metric)]) == 2
+        preview_main(["r.yaml", "--steps-per-epoch", "5", "--metric", str(metric)]) == 2
     )
     err = capsys.readouterr().err
     assert err.startswith("error: --metric") and "line 2: 'low' is not a number" in err
     assert (
-        schedules.preview_main(
+        preview_main(
             [
                 "r.yaml",
                 "--steps-per-epoch",
@@ -94,7 +100,7 @@ def test_preview_main_metric_file_and_errors(
     )
     assert "cannot read it" in capsys.readouterr().err
     with pytest.raises(TraincraftError):
-        schedules.preview_main(
+        preview_main(
             ["r.yaml", "--steps-per-epoch", "5", "--metric", str(tmp_path / "none.txt"), "--debug"]
         )
 
@@ -105,7 +111,7 @@ def test_preview_main_on_a_real_recipe_without_a_schedule(
     from traincraft.recipe import load_recipe
     from traincraft.run import prepare_data
 
-    code = schedules.preview_main(["quickstart", "schedule=null", "train.accumulate=2", "--epochs", "3"])
+    code = preview_main(["quickstart", "schedule=null", "train.accumulate=2", "--epochs", "3"])
     out = capsys.readouterr().out
     assert code == 0
     n_train = len(prepare_data(load_recipe("quickstart")).train[1])
@@ -128,7 +134,7 @@ def test_command_preview_main_leaves_mistakes_to_the_command_lines_policy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import traincraft.recipe
-    from traincraft.schedules import command
+    from traincraft.cli import schedule as command
 
     recipe = fake_recipe({"name": "plateau", "patience": 0})
     monkeypatch.setattr(traincraft.recipe, "load_recipe", lambda source, overrides=(): recipe)
@@ -139,7 +145,7 @@ def test_command_preview_main_leaves_mistakes_to_the_command_lines_policy(
 def test_command_parser_and_help_load_no_torch() -> None:
     probe = (
         "import contextlib, io, sys\n"
-        "from traincraft.schedules import command\n"
+        "from traincraft.cli import schedule as command\n"
         "command._preview_parser().format_help()\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    try:\n"
@@ -155,7 +161,7 @@ def test_command_parser_and_help_load_no_torch() -> None:
 
 def test_recipe_steps_per_epoch_counts_optimizer_steps() -> None:
     import traincraft.run
-    from traincraft.schedules.command import _recipe_steps_per_epoch
+    from traincraft.cli.schedule import _recipe_steps_per_epoch
 
     recipe = fake_recipe(accumulate=3)
     data = types.SimpleNamespace(train=(torch.zeros(1000, 2), torch.zeros(1000)))

@@ -9,7 +9,6 @@ reports as one line.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -103,9 +102,8 @@ def _recipe_steps_per_epoch(recipe: Any) -> int:
     from traincraft.run import prepare_data
 
     data = prepare_data(recipe)
-    n_train = len(data.train[1])
-    batches = math.ceil(n_train / int(recipe.data.batch_size))
-    return durations.steps_per_epoch(batches, int(recipe.train.accumulate))
+    return durations.steps_for_samples(len(data.train[1]), batch_size=int(recipe.data.batch_size),
+                                       accumulate=int(recipe.train.accumulate))
 
 
 def _recipe_groups(recipe: Any) -> tuple[list[str], list[float]]:
