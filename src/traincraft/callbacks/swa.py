@@ -2,8 +2,9 @@
 
 From optimizer step ``start`` on, the learning rate of each group anneals from its value at
 ``start`` to ``lr × its lr_mult`` over ``anneal`` steps (cosine or linear, as
-``torch.optim.swa_utils.SWALR`` does, per optimizer step), then stays there; the schedule no
-longer drives it. At the end of every epoch from ``start`` on, the weights join an equal-weight
+``torch.optim.swa_utils.SWALR`` does, per optimizer step), then stays there: the anneal is a
+phase of the schedule from then on (``Schedule.take_over``), so the schedule stays the one writer
+of the learning rate. At the end of every epoch from ``start`` on, the weights join an equal-weight
 average (``torch.optim.swa_utils.AveragedModel``). When the run ends, the model takes the
 averaged weights and its batch-norm statistics are recomputed with one pass over the training
 data (as ``torch.optim.swa_utils.update_bn`` does); the averaged model is then validated once and,
@@ -107,7 +108,7 @@ class SWA(Callback):
                 self.averaged.load_state_dict(self._loaded["averaged"])
             self._loaded = None
             if self.active:
-                self._set_lrs(trainer)
+                trainer.schedule.take_over(lambda step: self._set_lrs(trainer))
         else:
             self.start_lrs = None
             if self.start_step <= trainer.state.step:
@@ -116,8 +117,6 @@ class SWA(Callback):
     def on_step_end(self, trainer: Trainer) -> None:
         if not self.active and trainer.state.step >= self.start_step:
             self._begin(trainer)
-        elif self.active:
-            self._set_lrs(trainer)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if self.active:
@@ -156,6 +155,8 @@ class SWA(Callback):
     def _begin(self, trainer: Trainer) -> None:
         self.start_step = trainer.state.step  # the anneal counts from here
         self.start_lrs = [float(group["lr"]) for group in trainer.optimizer.param_groups]
+        # The anneal is a phase of the schedule from here: it sets the LRs after every step.
+        trainer.schedule.take_over(lambda step: self._set_lrs(trainer))
         trainer.log(f"SWA: averaging from step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
 
     def _set_lrs(self, trainer: Trainer) -> None:

@@ -52,6 +52,9 @@ class Schedule:
         self._lrs = self._lrs_at(0)
         self._momenta = self._momenta_at(0)
         self._constant = plan.info.static and plan.warmup is None and plan.cooldown is None
+        # A phase that sets the LRs after the schedule's own values, to the end of the run
+        # (SWA's anneal): the schedule stays the one writer of group["lr"].
+        self.phase: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ what the trainer calls
 
@@ -65,9 +68,18 @@ class Schedule:
     def step_end(self, step: int) -> None:
         """After optimizer step number ``step`` (steps taken so far): set the next step's LRs."""
         self._step = step
-        if self._constant:
-            return  # nothing changes per step: keep the hot loop free of it
-        self._apply(step)
+        if not self._constant:
+            self._apply(step)
+        elif self.phase is not None:  # else nothing changes per step: the hot loop stays free of it
+            self.phase(step)
+
+    def take_over(self, phase: Callable[[int], None]) -> None:
+        """From now on ``phase(step)`` sets the LRs, after the schedule's own values, whenever
+        the schedule sets them (after each step, at a plateau's cut, a rollback, an unfreeze):
+        SWA's anneal is such a phase. It applies at once. Not part of the state: its owner
+        hands it over again on a resume."""
+        self.phase = phase
+        self._apply(self._step)
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         """After validation. Plateau reads its figure from ``metrics`` and may cut the LRs.
@@ -165,6 +177,8 @@ class Schedule:
                     group["betas"] = (self._momenta[i], *group["betas"][1:])
                 else:
                     group["momentum"] = self._momenta[i]
+        if self.phase is not None:
+            self.phase(t)
 
     def _lrs_at(self, t: int) -> list[float]:
         return [self._value(t, g, self._inner_lr) for g in range(len(self._base))]

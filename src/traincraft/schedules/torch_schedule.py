@@ -26,17 +26,32 @@ class TorchSchedule:
         self.name = type(scheduler).__name__
         self.scheduler = scheduler
         self.interval = interval
+        self.phase: Callable[[int], None] | None = None  # see Schedule.take_over
+        self._step = 0
+
+    def take_over(self, phase: Callable[[int], None]) -> None:
+        """From now on ``phase(step)`` sets the LRs after torch's scheduler (see
+        :meth:`traincraft.schedules.schedule.Schedule.take_over`). It applies at once."""
+        self.phase = phase
+        phase(self._step)
+
+    def _after_write(self) -> None:
+        if self.phase is not None:
+            self.phase(self._step)
 
     def start(self) -> None:
         """Nothing to do: torch's scheduler set the first step's LRs when it was built."""
 
     def step_end(self, step: int) -> None:
+        self._step = step
         if self.interval == "step":
             self.scheduler.step()
+        self._after_write()
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         if self.interval == "epoch":
             self.scheduler.step()
+            self._after_write()
         return False
 
     def lrs(self) -> list[float]:
@@ -53,6 +68,7 @@ class TorchSchedule:
         self.scheduler.base_lrs = [b * factor for b in self.scheduler.base_lrs]
         for group in self.scheduler.optimizer.param_groups:
             group["lr"] *= factor
+        self._after_write()
 
     def add_group(self, group: dict[str, Any]) -> None:
         raise TraincraftError(
