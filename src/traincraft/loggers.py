@@ -98,8 +98,7 @@ class _FigureLogger(Callback):
         step = trainer.state.step + 1
         if not self._active or step % self.every:
             return
-        lrs = [float(group["lr"]) for group in trainer.optimizer.param_groups]
-        self._pending = (step, lrs, self._grad_norm(trainer))
+        self._pending = (step, list(trainer.state.lrs), self._grad_norm(trainer))  # the step's LRs, as recorded
 
     def on_step_end(self, trainer: Trainer) -> None:
         step = trainer.state.step

@@ -97,9 +97,9 @@ class RunReport(Callback):
         self._started = time.perf_counter()
 
     def on_before_step(self, trainer: Trainer) -> None:
-        # The LR this step uses: the schedule moves it on right after the step.
-        groups = trainer.optimizer.param_groups
-        self._pending = ([_plain(g["lr"]) for g in groups], _momentum(groups[0]))
+        # The LRs this step uses, as the trainer records them (the schedule moves them on right
+        # after the step), and the momentum it cycles.
+        self._pending = (list(trainer.state.lrs), _momentum(trainer.optimizer.param_groups[0]))
 
     def on_step_end(self, trainer: Trainer) -> None:
         if self._pending is None:
