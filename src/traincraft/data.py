@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from traincraft.errors import DataError
+from traincraft.errors import DataError, TraincraftError
 
 Inputs = Any  # a Tensor, a tuple of Tensors (model(*inputs)) or a dict of Tensors (model(**inputs))
 Batch = tuple[Inputs, Any]
@@ -651,3 +651,17 @@ def _type_name(data: Any) -> str:
     if isinstance(data, Sequence) and not isinstance(data, str):
         return f"{type(data).__name__} of {len(data)} items"
     return type(data).__name__
+
+
+def concatenate(outputs: list[Any]) -> Any:
+    """Batches of model outputs (tensors, or dicts/tuples of them) joined along the batch."""
+    if not outputs:
+        return torch.empty(0)
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)
+    if isinstance(first, dict):
+        return {k: torch.cat([o[k] for o in outputs]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(torch.cat([o[i] for o in outputs]) for i in range(len(first)))
+    raise TraincraftError(f"predict: cannot concatenate model outputs of type {type(first).__name__}")

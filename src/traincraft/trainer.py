@@ -21,6 +21,7 @@ from traincraft.callbacks.progress import ProgressBar
 from traincraft.data import (
     Batches,
     TensorBatches,
+    concatenate,
     describe,
     make_batches,
     make_predict_batches,
@@ -56,59 +57,46 @@ FINAL_WEIGHTS = ("swa", "best", "ema")
 class Trainer:
     """Trains a ``torch.nn.Module`` with the right strategies.
 
-    Common knobs are arguments; the rest are dicts of their owner's keyword arguments (defaults
-    and checks live with the owner; see :mod:`traincraft.options`).
+    Common knobs are arguments; the rest are dicts of their owner's keyword arguments, whose
+    signature holds the defaults (:mod:`traincraft.options` has the table; ``docs/python-api.md``
+    every key).
 
     Args:
         model: any ``nn.Module``; it is moved to ``device``.
-        loss: a name (``"cross_entropy"``), a dict of keyword arguments (``{"name": "huber",
-            "delta": 0.5}``), a list of weighted terms, an ``nn.Module`` or a callable
-            ``(pred, target) -> Tensor``. See :mod:`traincraft.losses`.
-        optimizer: a name, a callable taking parameter groups, or ``{"name": "adamw",
-            "weight_decay": 0.01, "decay_exclude": "auto", "param_groups": [...], **the class's
-            own keys}``. Biases and normalisation parameters are exempt from decay
-            (``decay_exclude="auto"``). See :func:`traincraft.optim.build`.
+        loss: a name (``"cross_entropy"``), ``{"name": "huber", "delta": 0.5}``, a list of weighted
+            terms, an ``nn.Module`` or a callable ``(pred, target) -> Tensor`` (:mod:`~traincraft.losses`).
+        optimizer: a name, a callable taking parameter groups, or ``{"name": "adamw", "weight_decay":
+            0.01, "decay_exclude": "auto", "param_groups": [...], **the class's keys}`` (:func:`~traincraft.optim.build`).
         lr: base learning rate (each parameter group's ``lr_mult`` multiplies it).
-        schedule: the learning-rate schedule: a name, ``{"name": "cosine", "warmup": "5%", ...}``,
-            or a function building a torch scheduler from the optimizer (``{"name": fn,
-            "interval": "epoch"}`` to step it per epoch). Counted in optimizer steps; durations
-            may be steps, ``"3ep"`` or ``"10%"``. See :mod:`traincraft.schedules`.
+        schedule: a name, ``{"name": "cosine", "warmup": "5%", ...}``, or a function building a torch
+            scheduler (``{"name": fn, "interval": "epoch"}``); counted in optimizer steps (:mod:`~traincraft.schedules`).
         metrics: names (``"accuracy"``, ``"rmse"``, ...) or objects with update/compute/reset.
-        max_epochs: epochs to train (training may stop earlier).
-        max_steps: optimizer steps to train at most.
-        batch_size: samples per micro-batch (ignored for a DataLoader, which batches itself).
+        max_epochs, max_steps: the run's limits (in epochs; in optimizer steps).
+        batch_size: samples per micro-batch (a DataLoader batches itself).
         callbacks: :class:`traincraft.Callback` objects, called in the order given.
-        seed: seeds python, numpy, torch and the data order; None draws one (see ``trainer.seed``).
+        seed: seeds python, numpy, torch and the data order; None draws one (``trainer.seed``).
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
         run_dir: a folder for ``metrics.csv``, checkpoints and the best weights; None writes no files.
-        progress: show a progress bar (a line per epoch when output is not a terminal).
-        data: ``{"val_split": 0.2, "shuffle": True}`` (:class:`~traincraft.options.DataOptions`).
-        step: ``{"accumulate": 4, "precision": "bf16", "clip_grad_norm": 1.0, "clip_norm_type":
-            2.0, "clip_grad_value": None}`` (:class:`~traincraft.step.Stepper`) and ``{"compile":
-            False, "deterministic": False, "gc_every": 1000}`` (:class:`~traincraft.options.Runtime`).
-        nonfinite: ``"raise"``, ``"skip"``, ``"rollback"`` or ``{"policy": "rollback", "every": 100,
-            "lr_factor": 0.5, "max_rollbacks": 3}`` (:class:`~traincraft.step.NonFinitePolicy`).
-        penalty: ``{"l1": 0.0, "l2": 1e-4, "exclude": "auto"}``: ``l1·Σ|w| + l2·Σw²`` added to the
-            loss (:class:`~traincraft.penalties.Penalty`).
-        processes: ``{"sync_batchnorm": False, "timeout": 300}`` under torchrun
-            (:class:`~traincraft.options.Processes`; see ``docs/distributed.md``).
-        finetune: ``{"init_from": "runs/pretrain", "freeze": [globs], "unfreeze": [{"at": "2ep",
-            "params": globs, "lr_mult": 0.1}], "gradual": {...}, "lr_mult": {glob: mult},
-            "layer_decay": 0.75, ...}`` (:class:`~traincraft.finetune.plan.Finetuning`; see
-            ``docs/finetuning.md``).
-        ema: an exponential moving average of the weights: True, a decay (``0.999``), a dict of
-            :class:`~traincraft.callbacks.ema.EMA` arguments, or an ``EMA``.
-        swa: stochastic weight averaging: a dict of :class:`~traincraft.callbacks.swa.SWA`
-            arguments (``{"start": "75%", "lr": 0.01, "anneal": "5ep"}``) or an ``SWA``.
-        checkpoint: with a ``run_dir``: True for the default :class:`~traincraft.callbacks.checkpoint.Checkpoint`,
-            a dict of its arguments (``{"every_n_steps": 500, "keep_last": 3}``), or False for none.
+        progress: a progress bar (a line per epoch when output is not a terminal).
+        data: ``{"val_split", "shuffle"}`` (:class:`~traincraft.options.DataOptions`).
+        step: ``{"accumulate", "precision", "clip_grad_norm", "clip_norm_type", "clip_grad_value"}``
+            (:class:`~traincraft.step.Stepper`) and ``{"compile", "deterministic", "gc_every"}``
+            (:class:`~traincraft.options.Runtime`).
+        nonfinite: ``"raise"``, ``"skip"``, ``"rollback"`` or ``{"policy", "every", "lr_factor",
+            "max_rollbacks"}`` (:class:`~traincraft.step.NonFinitePolicy`).
+        penalty: ``{"l1", "l2", "exclude"}``: ``l1·Σ|w| + l2·Σw²`` on weights (:class:`~traincraft.penalties.Penalty`).
+        processes: ``{"sync_batchnorm", "timeout"}`` under torchrun (:class:`~traincraft.options.Processes`).
+        finetune: ``{"init_from", "freeze", "unfreeze", "gradual", "lr_mult", "layer_decay", ...}``
+            (:class:`~traincraft.finetune.plan.Finetuning`, ``docs/finetuning.md``).
+        ema: True, a decay, a dict of :class:`~traincraft.callbacks.ema.EMA` arguments, or an ``EMA``.
+        swa: a dict of :class:`~traincraft.callbacks.swa.SWA` arguments or an ``SWA``.
+        checkpoint: with a ``run_dir``: True, a dict of :class:`~traincraft.callbacks.checkpoint.Checkpoint`
+            arguments, or False.
         loggers: with a ``run_dir``: ``"tensorboard"``, ``"mlflow"``, ``"report"`` (plots and
-            ``report.html`` at the end of ``fit``: 0.3-1 s; ``traincraft fit`` and
-            ``Trainer.from_recipe`` turn it on), ``{"name": ..., **kwargs}`` or logger callbacks;
-            ``metrics.csv`` is always written.
+            ``report.html``; 0.3-1 s), ``{"name": ..., **kwargs}`` or logger callbacks.
 
-    The flat names of earlier releases (``accumulate=``, ``weight_decay=``, ``on_nonfinite=``, ...)
-    still work for this release, with a ``DeprecationWarning`` naming their new place.
+    The flat names of earlier releases (``accumulate=``, ``weight_decay=``, ...) work for this
+    release, each with a ``DeprecationWarning`` naming its new place.
 
     Example:
         >>> trainer = Trainer(model, loss="cross_entropy", metrics=["accuracy"], max_epochs=30,
@@ -307,7 +295,7 @@ class Trainer:
         if resume is not None:
             resuming.resume(self, resume, allow_changes=allow_changes)
         if self.progress is not None and not self.state.should_stop:
-            self.log(self._summary(train_batches, val_batches))
+            self.log(self.progress.summary(self, train_batches, val_batches))
         with (
             stop_on_signals(self),
             distributed.failures_explained(self.world, self.processes.timeout, self.stop_vote),
@@ -627,7 +615,7 @@ class Trainer:
             for inputs, _ in batches.epoch(0):
                 pred = self.forward(to_device(inputs, self.device))
                 outputs.append(map_tensors(lambda t: t.float().cpu() if t.is_floating_point() else t.cpu(), pred))
-        return _concatenate(outputs)
+        return concatenate(outputs)
 
     def validate(self) -> dict[str, float]:
         """Loss and metrics of the current weights on this run's validation data (``val_*``)."""
@@ -798,24 +786,6 @@ class Trainer:
         if self.keeps_best and stopper is not None and stopper.restore_best_weights(self):
             self.log(f"{why}: restored the best weights (epoch {stopper.best_epoch})")
 
-    def _summary(self, train_batches: Batches, val_batches: Batches | None) -> str:
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        val = f", {val_batches.num_samples:,} val" if val_batches is not None else ""
-        return (
-            f"Training on {self.device}: {trainable:,} trainable parameters"
-            f"{f' ({frozen:,} frozen)' if frozen else ''}; {train_batches.num_samples:,} train{val} "
-            f"samples; {self.state.steps_per_epoch} steps per epoch, up to {self.max_epochs} epochs"
-            f"{self._global_batch()}"
-        )
-
-    def _global_batch(self) -> str:
-        if self.world_size == 1:
-            return ""
-        size = self.batch_size * self.world_size * self.stepper.accumulate
-        return (f"; {self.world_size} processes, global batch {size:,} = {self.batch_size} per process "
-                f"× {self.world_size} processes × accumulate {self.stepper.accumulate}")
-
     # ------------------------------------------------------------------ several processes, events
 
     def _wrap_for_processes(self, ddp: Any = None) -> None:
@@ -860,16 +830,3 @@ def _plain(lr: Any) -> float:
 
 def _prefixed(figures: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in figures.items()}
-
-
-def _concatenate(outputs: list[Any]) -> Any:
-    if not outputs:
-        return torch.empty(0)
-    first = outputs[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(outputs)
-    if isinstance(first, dict):
-        return {k: torch.cat([o[k] for o in outputs]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(torch.cat([o[i] for o in outputs]) for i in range(len(first)))
-    raise TraincraftError(f"predict: cannot concatenate model outputs of type {type(first).__name__}")

@@ -97,3 +97,23 @@ class ProgressBar(Callback):
             self.bar.write(message, file=self.out)
         else:
             print(message, file=self.out, flush=True)
+
+    def summary(self, trainer: Trainer, train_batches: Any, val_batches: Any) -> str:
+        """The line said as training starts: device, parameters, samples, steps, processes."""
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in trainer.model.parameters() if not p.requires_grad)
+        val = f", {val_batches.num_samples:,} val" if val_batches is not None else ""
+        return (
+            f"Training on {trainer.device}: {trainable:,} trainable parameters"
+            f"{f' ({frozen:,} frozen)' if frozen else ''}; {train_batches.num_samples:,} train{val} "
+            f"samples; {trainer.state.steps_per_epoch} steps per epoch, up to {trainer.max_epochs} epochs"
+            f"{_global_batch(trainer)}"
+        )
+
+
+def _global_batch(trainer: Trainer) -> str:
+    if trainer.world_size == 1:
+        return ""
+    size = trainer.batch_size * trainer.world_size * trainer.stepper.accumulate
+    return (f"; {trainer.world_size} processes, global batch {size:,} = {trainer.batch_size} per process "
+            f"× {trainer.world_size} processes × accumulate {trainer.stepper.accumulate}")
