@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 import traincraft as tc
-from traincraft.cli.lr_find import apply_lr, lr_find_main, set_recipe_lr
+from traincraft.cli import main
+from traincraft.cli.lr_find import apply_lr, set_recipe_lr
 
 RECIPE = """\
 # a comment that must survive
@@ -26,6 +27,11 @@ optimizer:
 train:
   max_epochs: 3
 """
+
+
+def lr_find_main(argv):
+    """``traincraft lr-find ...`` as the command line runs it (under its error policy)."""
+    return main(["lr-find", *argv])
 
 
 @pytest.mark.parametrize(

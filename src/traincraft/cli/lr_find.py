@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from traincraft.cli.policy import run_reporting_errors
+from traincraft.cli.policy import own_parser
 from traincraft.errors import TraincraftError
 from traincraft.files import atomic_write_text
 
@@ -21,22 +21,18 @@ def lr_find_main(argv: Sequence[str] | None = None) -> int:
     """``traincraft lr-find RECIPE [key=value ...] [--start-lr] [--end-lr] [--steps] [--plot PNG]
     [--apply [--rule valley|steepest]]``: the range test on a recipe's model and data.
 
-    Returns the exit code (2 with one line on stderr for a mistake; ``--debug`` shows the
-    traceback instead).
+    Returns the exit code; a mistake raises a ``TraincraftError`` for the command line's error
+    policy to report.
     """
-    args = _parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
-    return run_reporting_errors(lambda: _command(args), debug=args.debug)
+    return _command(_parser().parse_intermixed_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="traincraft lr-find",
-        description="find a learning rate for a recipe with the range test (nothing is trained for good)",
-        epilog="examples:\n  traincraft lr-find recipe.yaml\n  traincraft lr-find recipe.yaml --apply",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = own_parser(
+        "lr-find", "find a learning rate for a recipe with the range test (nothing is trained for good)",
+        "examples:\n  traincraft lr-find recipe.yaml\n  traincraft lr-find recipe.yaml --apply",
+        recipe="a recipe file or template name",
     )
-    parser.add_argument("recipe", metavar="RECIPE", help="a recipe file or template name")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML")
     parser.add_argument("--start-lr", type=float, default=1e-7)
     parser.add_argument("--end-lr", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=100)
@@ -45,7 +41,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--apply", action="store_true", help="write the suggestion into the recipe file's optimizer.lr")
     parser.add_argument("--rule", choices=["valley", "steepest"], default="valley",
                         help="which suggestion --apply writes (default: valley)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
 
 

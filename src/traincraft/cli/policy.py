@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -61,3 +62,19 @@ def freeze_startup_objects() -> None:
     global _FROZEN
     _FROZEN = True
     gc.freeze()
+
+
+def own_parser(name: str, description: str, epilog: str, *, recipe: str | None = None) -> Any:
+    """The parser of a command that parses its own arguments (``traincraft NAME ...``), with the
+    shared ``--debug`` flag; ``recipe``: the help of a ``RECIPE [key.path=value ...]`` start."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=f"traincraft {name}", description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if recipe is not None:
+        parser.add_argument("recipe", metavar="RECIPE", help=recipe)
+        parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return parser

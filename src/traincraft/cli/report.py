@@ -7,29 +7,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from traincraft.cli.policy import run_reporting_errors
+from traincraft.cli.policy import own_parser
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
     """``traincraft report RUN_DIR [--output FILE]``: rebuild a run's plots and report.html.
 
-    Returns the exit code (2 with one line on stderr for a mistake; ``--debug`` shows the
-    traceback instead).
+    Returns the exit code; a mistake raises a ``TraincraftError`` for the command line's error
+    policy to report.
     """
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    return run_reporting_errors(lambda: _command(args), debug=args.debug)
+    return _command(_parser().parse_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="traincraft report",
-        description="rebuild a run's plots/ and report.html from the files of its run folder",
-        epilog="example:\n  traincraft report runs/quickstart/20261121-101500",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = own_parser(
+        "report", "rebuild a run's plots/ and report.html from the files of its run folder",
+        "example:\n  traincraft report runs/quickstart/20261121-101500",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--output", metavar="HTML", help="default: RUN_DIR/report.html")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from traincraft.cli.policy import own_parser
 from traincraft.errors import TraincraftError
 
 if TYPE_CHECKING:
@@ -36,15 +37,9 @@ def preview_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _preview_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="traincraft schedule",
-        description="show a recipe's learning-rate schedule without training",
-        epilog="example:\n  traincraft schedule recipe.yaml --plot lr.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("recipe", metavar="RECIPE", help="a recipe file or template name")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML"
+    parser = own_parser(
+        "schedule", "show a recipe's learning-rate schedule without training",
+        "example:\n  traincraft schedule recipe.yaml --plot lr.png", recipe="a recipe file or template name",
     )
     parser.add_argument(
         "--steps-per-epoch", type=int, help="default: counted from the recipe's data"
@@ -55,7 +50,6 @@ def _preview_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metric", metavar="FILE", help="plateau: one monitored value per line, per epoch"
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
 
 

@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from traincraft.cli.policy import own_parser
 from traincraft.errors import TraincraftError
 
 __all__ = ["tune_main"]
@@ -37,21 +38,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="traincraft tune",
-        description="search a recipe's tune.space with Optuna; each trial is an ordinary run",
-        epilog=(
+    parser = own_parser(
+        "tune", "search a recipe's tune.space with Optuna; each trial is an ordinary run",
+        (
             "examples:\n  traincraft tune recipe.yaml --trials 40\n"
             "  traincraft tune recipe.yaml --workers 2            # two processes, one study\n"
             "  traincraft tune recipe.yaml --storage postgresql://user@host/db --study search1"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "recipe", metavar="RECIPE", help="a recipe file or template name with a tune section"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="overrides read as YAML"
+        recipe="a recipe file or template name with a tune section",
     )
     parser.add_argument(
         "--trials", type=int, help="trials the study should hold (default tune.trials)"
@@ -67,7 +61,6 @@ def _parser() -> argparse.ArgumentParser:
         "--study-dir", metavar="DIR", help="study folder (default runs/<name>-tune)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no line per trial")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return parser
 
 
