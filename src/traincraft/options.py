@@ -32,6 +32,7 @@ from traincraft.errors import (
     accepted_keys,
     check_keys,
     check_positive,
+    check_whole,
     did_you_mean,
 )
 
@@ -187,6 +188,19 @@ def settings(
         finetune=groups["finetune"], loggers=[item for item in groups["loggers"] if not _is_report(item)],
         report=report,
     )
+
+
+def check_limits(*, max_epochs: Any, max_steps: Any, batch_size: Any, lr: Any, seed: Any, accumulate: Any) -> None:
+    """The Trainer's counts are whole and positive (``max_epochs=1.5`` is refused, not trained as
+    1), its LR positive, its seed within torch's range."""
+    check_whole(max_epochs=max_epochs, batch_size=batch_size, max_steps=max_steps, accumulate=accumulate)
+    check_positive(max_epochs=max_epochs, batch_size=batch_size, lr=lr)
+    if max_steps is not None:
+        check_positive(max_steps=max_steps)
+    if seed is not None:
+        check_whole(seed=seed)
+        if not 0 <= int(seed) < 2**63:
+            raise TraincraftError(f"seed must be between 0 and 2**63 - 1, got {seed}")
 
 
 #: The Trainer's own arguments (for did-you-mean on a typo).

@@ -32,7 +32,7 @@ from traincraft.data import (
 )
 from traincraft.device import resolve_device
 from traincraft.durations import steps_per_epoch
-from traincraft.errors import ModelError, TraincraftError, check_positive, check_whole
+from traincraft.errors import ModelError, TraincraftError
 from traincraft.finetune.live import unfreeze_due
 from traincraft.finetune.plan import Finetuning
 from traincraft.history import History
@@ -140,15 +140,8 @@ class Trainer:
         given = options.settings(optimizer=optimizer, schedule=schedule, data=data, step=step, nonfinite=nonfinite,
                                  penalty=penalty, processes=processes, finetune=finetune, loggers=loggers,
                                  deprecated=deprecated)
-        check_whole(max_epochs=max_epochs, batch_size=batch_size, max_steps=max_steps,
-                    accumulate=given.stepper_args.get("accumulate"))
-        check_positive(max_epochs=max_epochs, batch_size=batch_size, lr=lr)
-        if max_steps is not None:
-            check_positive(max_steps=max_steps)
-        if seed is not None:
-            check_whole(seed=seed)
-            if not 0 <= int(seed) < 2**63:
-                raise TraincraftError(f"seed must be between 0 and 2**63 - 1, got {seed}")
+        options.check_limits(max_epochs=max_epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
+                             accumulate=given.stepper_args.get("accumulate"))
         self.nonfinite = NonFinitePolicy(**given.nonfinite)
         self.runtime, self.data_options, self.processes = given.runtime, given.data, given.processes
         self.device = resolve_device(device)
