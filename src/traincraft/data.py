@@ -28,9 +28,13 @@ from traincraft.errors import DataError, TraincraftError
 Inputs = Any  # a Tensor, a tuple of Tensors (model(*inputs)) or a dict of Tensors (model(**inputs))
 Batch = tuple[Inputs, Any]
 
+#: Where a dict batch holds its target, unless told otherwise (Hugging Face's convention).
+TARGET_KEY = "labels"
+
 ACCEPTED = (
     "a tuple (X, y) of tensors or numpy arrays (X may itself be a tuple or a dict of them), "
-    "a torch Dataset yielding (inputs, target), or a DataLoader"
+    "a dict of them with the target under 'labels', a torch Dataset yielding (inputs, target) "
+    "or dicts, or a DataLoader"
 )
 
 
@@ -354,8 +358,9 @@ class DatasetBatches(Batches):
         collate_fn: Any = None,
         pin_memory: bool = False,
         worker_init_fn: Any = None,
+        target_key: str = TARGET_KEY,
     ):
-        self.dataset, self.batch_size = dataset, batch_size
+        self.dataset, self.batch_size, self.target_key = dataset, batch_size, target_key
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
         self.loader_kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
@@ -396,7 +401,7 @@ class DatasetBatches(Batches):
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
         loader = DataLoader(self.dataset, batch_sampler=_OrderSampler(batches), generator=generator,
                             **self.loader_kwargs)
-        return _started(loader, replay)
+        return _started(loader, replay, self.target_key)
 
 
 class LoaderBatches(Batches):
@@ -406,8 +411,8 @@ class LoaderBatches(Batches):
     indexed. Give tensors or a Dataset for index-arithmetic resume.
     """
 
-    def __init__(self, loader: DataLoader):
-        self.loader = loader
+    def __init__(self, loader: DataLoader, target_key: str = TARGET_KEY):
+        self.loader, self.target_key = loader, target_key
         self.batch_size = loader.batch_size or 1
 
     @property
@@ -432,20 +437,20 @@ class LoaderBatches(Batches):
             given = loader.worker_init_fn  # the user's, called first thing in every worker
             loader.worker_init_fn = WorkerIgnoringSignals(given)
             try:
-                return _started(loader, start)
+                return _started(loader, start, self.target_key)
             finally:
                 loader.worker_init_fn = given
-        return _started(loader, start)
+        return _started(loader, start, self.target_key)
 
 
-def _started(loader: DataLoader, skip: int) -> Iterator[Batch]:
+def _started(loader: DataLoader, skip: int, target_key: str = TARGET_KEY) -> Iterator[Batch]:
     """The loader's iterator, made now (it draws its seeds, starts its workers) with its first
     ``skip`` batches consumed now; the rest is read as it is iterated."""
     iterator = iter(loader)
     for _ in range(skip):
         if next(iterator, _END) is _END:
             break
-    return (split_batch(batch) for batch in iterator)
+    return (split_batch(batch, target_key) for batch in iterator)
 
 
 _END: Any = object()
@@ -470,15 +475,25 @@ class WorkerIgnoringSignals:
             self.then(worker_id)
 
 
-def split_batch(batch: Any) -> Batch:
-    """``(inputs, target)`` from what a Dataset or DataLoader yields."""
+def split_batch(batch: Any, target_key: str = TARGET_KEY) -> Batch:
+    """``(inputs, target)`` from what a Dataset or DataLoader yields: a pair, a tuple (the last
+    item the target), or a dict (its ``target_key`` the target, None when it has none; the other
+    keys the inputs, passed as ``model(**inputs)``)."""
+    if isinstance(batch, Mapping):
+        inputs = {key: value for key, value in batch.items() if key != target_key}
+        return inputs, batch.get(target_key)
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         inputs = batch[0] if len(batch) == 2 else tuple(batch[:-1])
         return inputs, batch[-1]
     raise DataError(
-        f"each batch must be (inputs, target); got {describe(batch)}. "
-        "Return a pair from your Dataset's __getitem__"
+        f"each batch must be (inputs, target) or a dict; got {describe(batch)}. "
+        "Return a pair or a dict from your Dataset's __getitem__"
     )
+
+
+def batch_samples(inputs: Any, target: Any) -> int:
+    """Samples in a batch: its target's leading size, or its inputs' when it has no target."""
+    return num_samples(target if target is not None else inputs)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -495,8 +510,10 @@ def make_batches(
     world_size: int = 1,
     equal_steps: bool = False,
     what: str = "data",
+    target_key: str = TARGET_KEY,
 ) -> Batches:
-    """Turn what a user passed (see :data:`ACCEPTED`) into :class:`Batches`.
+    """Turn what a user passed (see :data:`ACCEPTED`) into :class:`Batches`. A dict of tensors
+    or arrays holds its target under ``target_key``; so do the dict batches of a Dataset.
 
     Under several processes (``world_size`` > 1) tensors and Datasets are sharded; a DataLoader
     with the default samplers is rebuilt over its dataset so that it is sharded too (see
@@ -507,8 +524,10 @@ def make_batches(
                   equal_steps=equal_steps)
     if isinstance(data, DataLoader):
         if world_size == 1:
-            return LoaderBatches(data)
-        return sharded_loader(data, what=what, **kwargs)
+            return LoaderBatches(data, target_key)
+        return sharded_loader(data, what=what, target_key=target_key, **kwargs)
+    if isinstance(data, Mapping):
+        data = _dict_as_pair(data, target_key, what)
     if isinstance(data, TensorDataset):
         tensors = data.tensors
         inputs = tensors[0] if len(tensors) == 2 else tuple(tensors[:-1])
@@ -523,11 +542,25 @@ def make_batches(
         if len(data) == 0:  # type: ignore[arg-type]
             raise DataError(f"{what}: the Dataset is empty")
         _check_shardable(len(data), world_size, what)  # type: ignore[arg-type]
-        return DatasetBatches(data, batch_size, **kwargs)
+        return DatasetBatches(data, batch_size, target_key=target_key, **kwargs)
     raise DataError(f"{what}: unsupported type {_type_name(data)}; accepted: {ACCEPTED}")
 
 
-def sharded_loader(loader: DataLoader, *, what: str, shuffle: bool, **kwargs: Any) -> DatasetBatches:
+def _dict_as_pair(data: Mapping[str, Any], target_key: str, what: str) -> tuple[dict[str, Any], Any]:
+    """``{"input_ids": X, "attention_mask": M, "labels": y}`` as ``(inputs, target)``."""
+    if target_key not in data:
+        raise DataError(
+            f"{what}: a dict of tensors holds its target under {target_key!r}, and this one has only "
+            f"{', '.join(map(repr, data))}; name the target's key with data={{'target_key': ...}}"
+        )
+    inputs = {key: value for key, value in data.items() if key != target_key}
+    if not inputs:
+        raise DataError(f"{what}: the dict holds only its target {target_key!r}, no inputs")
+    return inputs, data[target_key]
+
+
+def sharded_loader(loader: DataLoader, *, what: str, shuffle: bool, target_key: str = TARGET_KEY,
+                   **kwargs: Any) -> DatasetBatches:
     """A DataLoader turned into sharded :class:`DatasetBatches` for several processes.
 
     Its dataset, batch size, ``drop_last``, ``collate_fn``, workers and pinning are kept; it is
@@ -553,7 +586,7 @@ def sharded_loader(loader: DataLoader, *, what: str, shuffle: bool, **kwargs: An
     return DatasetBatches(
         loader.dataset, int(loader.batch_size), shuffle=isinstance(loader.sampler, RandomSampler),
         num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-        worker_init_fn=loader.worker_init_fn, **kwargs,
+        worker_init_fn=loader.worker_init_fn, target_key=target_key, **kwargs,
     )
 
 
@@ -569,7 +602,7 @@ def _check_shardable(n: int, world_size: int, what: str) -> None:
 def pair_as_tensors(data: tuple[Any, Any], what: str) -> tuple[Inputs, torch.Tensor]:
     """Validate and convert an ``(X, y)`` pair: tensors, equal lengths, not empty."""
     inputs = _inputs_as_tensors(data[0], f"{what} inputs")
-    target = map_tensors(lambda t: t, as_tensor(data[1], f"{what} target"))
+    target = _inputs_as_tensors(data[1], f"{what} target")  # a tensor, or a dict/tuple of them (several outputs)
     sizes = _leading_sizes(inputs)
     n = num_samples(target)
     if not sizes:

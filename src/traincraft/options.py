@@ -5,7 +5,7 @@ their owner's keyword arguments, and the owner's signature holds the defaults (n
 in the Trainer repeats them)::
 
     optimizer  {name, weight_decay, decay_exclude, param_groups, **the class's}   optim.build
-    data       {val_split, shuffle}                                               DataOptions
+    data       {val_split, shuffle, target_key}                                   DataOptions
     step       {accumulate, precision, clip_grad_norm, clip_norm_type,            step.Stepper
                 clip_grad_value}
                {compile, deterministic, gc_every}                                 Runtime
@@ -76,10 +76,14 @@ class DataOptions:
     Args:
         val_split: share of the training data held out for validation when ``fit`` gets no ``val``.
         shuffle: reshuffle the training data every epoch (seeded).
+        target_key: where a dict batch (or a dict of tensors) holds its target; the other keys
+            are the model's inputs, passed as ``model(**inputs)`` (the target too, under this
+            name, when the model's ``forward`` takes it: a model that computes its own loss).
     """
 
     val_split: float | None = None
     shuffle: bool = True
+    target_key: str = "labels"
 
 
 @dataclass

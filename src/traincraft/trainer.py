@@ -21,12 +21,12 @@ from traincraft.callbacks.progress import ProgressBar
 from traincraft.data import (
     Batches,
     TensorBatches,
+    batch_samples,
     concatenate,
     describe,
     make_batches,
     make_predict_batches,
     map_tensors,
-    num_samples,
     split_off,
     to_device,
 )
@@ -37,6 +37,7 @@ from traincraft.finetune.live import unfreeze_due
 from traincraft.finetune.plan import Finetuning
 from traincraft.history import History
 from traincraft.metrics import RunningMeans
+from traincraft.model_outputs import own_loss, prediction
 from traincraft.penalties import Penalty
 from traincraft.seeding import (
     new_seed,
@@ -64,7 +65,9 @@ class Trainer:
     Args:
         model: any ``nn.Module``; it is moved to ``device``.
         loss: a name (``"cross_entropy"``), ``{"name": "huber", "delta": 0.5}``, a list of weighted
-            terms, an ``nn.Module`` or a callable ``(pred, target) -> Tensor`` (:mod:`~traincraft.losses`).
+            terms, an ``nn.Module`` or a callable ``(pred, target) -> Tensor`` (:mod:`~traincraft.losses`);
+            None: the loss the model returns (``output["loss"]``). :meth:`compute_loss` is the
+            one place to change how a batch becomes a loss.
         optimizer: a name, a callable taking parameter groups, or ``{"name": "adamw", "weight_decay":
             0.01, "decay_exclude": "auto", "param_groups": [...], **the class's keys}`` (:func:`~traincraft.optim.build`).
         lr: base learning rate (each parameter group's ``lr_mult`` multiplies it).
@@ -110,7 +113,7 @@ class Trainer:
         self,
         model: nn.Module,
         *,
-        loss: Any,
+        loss: Any = None,
         optimizer: Any = "adamw",
         lr: float = 1e-3,
         schedule: Any = None,
@@ -153,8 +156,9 @@ class Trainer:
         if self.processes.sync_batchnorm:
             model = distributed.convert_sync_batchnorm(model, self.world)
         self.model = model.to(self.device)
-        self.loss_fn = losses.build(loss).to(self.device)  # class weights are buffers
-        self.metrics = metrics_module_set(metrics, probabilities=losses.takes_probabilities(loss))
+        # None: the loss the model returns (a Hugging Face model given its labels)
+        self.loss_fn = losses.build(loss).to(self.device) if loss is not None else None  # class weights are buffers
+        self.metrics = metrics_module_set(metrics, probabilities=loss is not None and losses.takes_probabilities(loss))
         self.finetuning = Finetuning(self.model, **given.finetune)
         # Every rule serves the groups unfreezing adds; the optimizer starts with those that
         # match a trainable parameter.
@@ -187,6 +191,7 @@ class Trainer:
         self.state, self.history = TrainState(), History()
         self.epoch_sums = RunningMeans(self.device)  # the epoch's running sums (loss, penalty, ...)
         self._adapt_target: Callable[[Any, Any], Any] | None = None
+        self._forward_takes_target: bool | None = None
         self.events = Events(self.callbacks)
         self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
         self.recipe: Any = None
@@ -331,7 +336,7 @@ class Trainer:
             if not on_device:
                 inputs, target = to_device(inputs, self.device), to_device(target, self.device)
             index = state.batch_in_epoch
-            samples, counted = self._samples(shards, index, target)
+            samples, counted = self._samples(shards, index, inputs, target)
             pred, target, loss, penalty = self.train_micro_batch(inputs, target, samples, last_of_epoch=index == last)
             self._record(sums, pred, target, loss, penalty, samples)
             state.batch_in_epoch += 1
@@ -390,13 +395,8 @@ class Trainer:
         with self._eval_mode(), self.stepper.autocast():
             for inputs, target in batches.epoch(0):
                 inputs, target = to_device(inputs, self.device), to_device(target, self.device)
-                pred = self.forward(inputs)
-                target = self._adapt(pred, target)
-                samples = num_samples(target)
-                sums.add("loss", self._loss(pred, target), samples)
-                for name, term in getattr(self.loss_fn, "last_terms", {}).items():
-                    sums.add(f"loss/{name}", term, samples)
-                self.metrics.update(pred, target)
+                loss, pred, target = self.compute_loss(inputs, target)
+                self._record(sums, pred, target, loss, None, batch_samples(inputs, target))
         if self.world_size > 1:  # each process evaluated its own samples: sum them up
             distributed.reduce_figures(sums, self.metrics)
         return {**sums.means(prefix=prefix), **_prefixed(self.metrics.compute(), prefix)}
@@ -414,14 +414,40 @@ class Trainer:
         given = target
         with self.stepper.micro_batch(last_of_epoch=last_of_epoch):
             with self.stepper.autocast():
-                pred = self.forward(inputs)
-                target = self._adapt(pred, target)
-                loss = self._loss(pred, target)
+                loss, pred, target = self.compute_loss(inputs, target)
                 penalty = self.penalty() if self._penalize else None
             self.stepper.backward(loss if penalty is None else loss + penalty, samples)
         if self._closure_window is not None:  # L-BFGS re-evaluates the window in its step
             self._closure_window.append((self._loss_of(inputs, given), samples))
         return pred, target, loss, penalty
+
+    def compute_loss(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any, Any]:
+        """How a batch becomes a loss: ``(loss, pred, target)``, the loss the mean over the batch's
+        samples, ``pred`` and ``target`` what the metrics compare (None: no metrics for it).
+
+        The one place to change it: subclass and override (contrastive learning, several
+        outputs with several targets, a loss that needs the inputs), as the Hugging Face
+        Trainer's ``compute_loss``. Training, validation and ``evaluate`` all call it, under
+        autocast; the trainer weights it by the batch's samples, so epoch figures stay exact.
+
+        By default: the model on ``inputs`` (a dict batch's target goes in too, under
+        ``data.target_key``, when ``forward`` takes it), its prediction (the output, or its
+        ``logits``), and the trainer's loss on it, or with ``loss=None`` the loss the model
+        returned (``output["loss"]`` or ``output.loss``).
+
+        Example:
+            >>> class TwoHeads(Trainer):
+            ...     def compute_loss(self, inputs, target):
+            ...         class_logits, box = self.forward(inputs)
+            ...         loss = F.cross_entropy(class_logits, target["label"]) + F.l1_loss(box, target["box"])
+            ...         return loss, class_logits, target["label"]
+        """
+        output = self.forward(inputs, target)
+        pred = prediction(output)
+        if self.loss_fn is None:
+            return own_loss(output), pred, target
+        target = self._adapt(pred, target)
+        return self._loss(pred, target), pred, target
 
     def _record(self, sums: RunningMeans, pred: Any, target: Any, loss: torch.Tensor,
                 penalty: torch.Tensor | None, samples: int) -> None:
@@ -432,8 +458,8 @@ class Trainer:
             sums.add("penalty", penalty, samples)
         for name, term in getattr(self.loss_fn, "last_terms", {}).items():
             sums.add(f"loss/{name}", term, samples)
-        if samples or self.world_size == 1:  # a stand-in batch of a shorter shard counts nothing
-            self.metrics.update(pred, target)
+        if (samples or self.world_size == 1) and pred is not None and target is not None:
+            self.metrics.update(pred, target)  # a stand-in batch of a shorter shard counts nothing
 
     def _train_figures(self) -> dict[str, float]:
         """The epoch's training figures; under several processes, once per epoch, every
@@ -457,11 +483,11 @@ class Trainer:
         if step >= self.next_unfreeze:
             self.next_unfreeze = unfreeze_due(self)
 
-    def _samples(self, shards: Any, index: int, target: Any) -> tuple[int, int]:
+    def _samples(self, shards: Any, index: int, inputs: Any, target: Any) -> tuple[int, int]:
         """A micro-batch's samples on this process and over all processes (a stand-in batch of a
         shorter shard has 0); the first of a window also sets the window's total."""
         if shards is None:
-            samples = num_samples(target)
+            samples = batch_samples(inputs, target)
             return samples, samples
         if not self.stepper.pending:
             self.stepper.window_total = shards.window_total(index, self.stepper.accumulate)
@@ -705,12 +731,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces of the loop
 
-    def forward(self, inputs: Any) -> Any:
-        """The model on ``inputs`` (a tuple: ``model(*inputs)``, a dict: ``model(**inputs)``);
+    def forward(self, inputs: Any, target: Any = None) -> Any:
+        """The model on ``inputs`` (a tuple: ``model(*inputs)``, a dict: ``model(**inputs)``, with
+        a dict batch's ``target`` under ``data.target_key`` when ``forward`` takes that name);
         its errors name the inputs' shapes."""
         model = self.forward_model if self.model.training else self.eval_model
         try:
             if isinstance(inputs, dict):
+                if target is not None and self._takes_target():
+                    return model(**inputs, **{self.data_options.target_key: target})
                 return model(**inputs)
             if isinstance(inputs, tuple):
                 return model(*inputs)
@@ -722,13 +751,25 @@ class Trainer:
                 f"the model's forward failed on inputs {describe(inputs)}: {type(err).__name__}: {err}"
             ) from err
 
+    def _takes_target(self) -> bool:
+        """Whether the model's ``forward`` takes the target key (or any keyword): read once."""
+        if self._forward_takes_target is None:
+            import inspect
+
+            try:
+                params = inspect.signature(self.model.forward).parameters.values()
+            except (TypeError, ValueError):
+                params = []
+            key = self.data_options.target_key
+            self._forward_takes_target = any(p.name == key or p.kind is p.VAR_KEYWORD for p in params)
+        return self._forward_takes_target
+
     def _loss_of(self, inputs: Any, target: Any) -> Callable[[], torch.Tensor]:
         """The micro-batch's mean loss (and penalty) at the current weights, computed anew each
         call: what a closure optimizer re-evaluates."""
 
         def loss() -> torch.Tensor:
-            pred = self.forward(inputs)
-            value = self._loss(pred, self._adapt(pred, target))
+            value = self.compute_loss(inputs, target)[0]
             return value + self.penalty() if self._penalize else value
 
         return loss
@@ -755,6 +796,7 @@ class Trainer:
         batches = make_batches(
             data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
             rank=self.rank, world_size=self.world_size, equal_steps=training, what=what,
+            target_key=self.data_options.target_key,
         )
         if isinstance(batches, TensorBatches):
             batches.to(self.device)  # once: every batch is then a slice on the device
