@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
-EXTRAS ?= datasets,tune,dev
+EXTRAS ?= datasets,tune,images,dev
 TEST_EXTRAS ?= tensorboard,mlflow
 
 # The vision tests need torchvision and timm, which need the registry's full torch build (it runs

@@ -259,6 +259,7 @@ class PreparedData:
     name: str = ""
     indices: dict[str, Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # warnings about how the data was read
+    normalize: dict[str, list[float]] | None = None  # images: per-channel mean/std of the train split
 
     def summary(self) -> str:
         """One line: name, task, sizes of each split, input shape, outputs."""
@@ -292,6 +293,7 @@ class _Source:
     feature_names: list[str] | None = None
     target_names: list[str] | None = None
     class_names: list[str] | None = None
+    pixels: bool = False  # uint8 images (N, C, H, W): kept as they are, normalised per batch
 
 
 def _require(module: str, package: str, dataset: str) -> ModuleType:
@@ -719,6 +721,11 @@ def _load_source(
     features: Any,
     base_dir: str | os.PathLike[str] | None,
 ) -> _Source:
+    if isinstance(dataset, Mapping):
+        source = _read_image_source(dataset, base_dir)
+        if target is not None or features is not None:
+            raise DataError("an image data set has no columns: leave data.target and data.features out")
+        return source
     text = os.fspath(dataset)
     suffix = Path(text).suffix.lower()
     if suffix in _READERS:
@@ -745,6 +752,18 @@ def _load_source(
             "this source has no columns to choose from (leave them out)"
         )
     return source
+
+
+def _read_image_source(spec: Mapping[str, Any], base_dir: str | os.PathLike[str] | None) -> _Source:
+    from traincraft.errors import check_keys
+    from traincraft.images import ImageSpec, read_images
+
+    check_keys("dataset", spec, ["images", "image_size", "channels", "resize", "cache"])
+    if "images" not in spec:
+        raise DataError("dataset: a dict names image files: {images: folder | {train, val, test} | list.csv, ...}")
+    parts = read_images(ImageSpec(**spec), base_dir)
+    name = os.fspath(spec["images"]) if not isinstance(spec["images"], Mapping) else os.fspath(spec["images"]["train"])
+    return _Source(name=name, parts=dict(parts), task="classification", fixed_task=True, pixels=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1049,7 +1068,7 @@ def _prepare_samples(
     else:
         targets = _regression_targets(ys, name)
     for key, (x, _) in source.parts.items():
-        parts[key] = (_inputs(x, len(targets[key]), name, key), targets[key])
+        parts[key] = (x, targets[key]) if source.pixels else (_inputs(x, len(targets[key]), name, key), targets[key])
     if classes is not None:
         assert class_names is not None
         parts, class_names = _keep_classes(parts, class_names, classes, name)
@@ -1064,10 +1083,17 @@ def _prepare_samples(
         k: (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
         for k, (x, y, _) in carved.items()
     }
-    scaler.fit(tensors["train"][0])  # the training split only: val/test stay unseen
-    splits = {
-        k: (scaler.transform(x).to(torch.float32).contiguous(), y) for k, (x, y) in tensors.items()
-    }
+    normalize = None
+    if source.pixels:  # uint8 as they are: converted, augmented and normalised per batch
+        from traincraft.images import channel_stats
+
+        scaler, splits = Scaler("none"), tensors
+        normalize = channel_stats(carved["train"][0])
+    else:
+        scaler.fit(tensors["train"][0])  # the training split only: val/test stay unseen
+        splits = {
+            k: (scaler.transform(x).to(torch.float32).contiguous(), y) for k, (x, y) in tensors.items()
+        }
     x_train, y_train = splits["train"]
     input_shape = tuple(x_train.shape[1:])
     n_targets = 1 if task == "classification" else y_train.shape[1]
@@ -1090,6 +1116,7 @@ def _prepare_samples(
         target_stats=None if task == "classification" else _target_stats(y_train),
         name=name,
         indices={k: torch.from_numpy(rows) for k, (_, _, rows) in carved.items()},
+        normalize=normalize,
     )
 
 

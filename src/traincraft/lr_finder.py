@@ -196,7 +196,7 @@ def _range_test(
         total, count = None, 0
         for _ in range(stepper.accumulate):
             inputs, target = next(stream)
-            inputs, target = to_device(inputs, device), to_device(target, device)
+            inputs, target = trainer.on_device(inputs, training=True), to_device(target, device)
             samples = num_samples(target)
             _, _, loss, _ = trainer.train_micro_batch(inputs, target, samples)
             part = loss.detach().float() * samples

@@ -5,7 +5,7 @@ their owner's keyword arguments, and the owner's signature holds the defaults (n
 in the Trainer repeats them)::
 
     optimizer  {name, weight_decay, decay_exclude, param_groups, **the class's}   optim.build
-    data       {val_split, shuffle, target_key}                                   DataOptions
+    data       {val_split, shuffle, target_key, augment, normalize}               DataOptions
     step       {accumulate, precision, clip_grad_norm, clip_norm_type,            step.Stepper
                 clip_grad_value}
                {compile, deterministic, gc_every}                                 Runtime
@@ -79,11 +79,17 @@ class DataOptions:
         target_key: where a dict batch (or a dict of tensors) holds its target; the other keys
             are the model's inputs, passed as ``model(**inputs)`` (the target too, under this
             name, when the model's ``forward`` takes it: a model that computes its own loss).
+        augment: image augmentations for training batches, on the device (kornia; see
+            :mod:`traincraft.augment`): ``[{"name": "horizontal_flip"}, ...]``.
+        normalize: per-channel ``{"mean": [...], "std": [...]}`` (``[0, 1]`` units) or
+            ``"imagenet"``. uint8 image batches become floats in ``[0, 1]`` first.
     """
 
     val_split: float | None = None
     shuffle: bool = True
     target_key: str = "labels"
+    augment: list[Any] | None = None
+    normalize: Any = None
 
 
 @dataclass

@@ -41,7 +41,10 @@ class SplitSection(Section):
 
 
 class DataSection(Section):
-    dataset: str = Field(description="built-in name | path to .csv/.npz/.pt | 'package.module:function'")
+    dataset: str | dict[str, Any] = Field(
+        description="built-in name | path to .csv/.npz/.pt | 'package.module:function' | "
+        "{images: folder | {train, val, test} | list.csv, image_size, channels, resize, cache}"
+    )
     task: Literal["classification", "regression", "forecast"] | None = None
     target: str | list[str] | None = Field(None, description="CSV target column(s)")
     features: list[str] | None = Field(None, description="CSV input columns (default: all others)")
@@ -52,6 +55,12 @@ class DataSection(Section):
     batch_size: int = Field(32, gt=0)
     classes: list[int | str] | None = Field(
         None, description="classification: keep only these classes, numbered 0..k-1 in this order"
+    )
+    augment: list[str | dict[str, Any]] | None = Field(
+        None, description="image augmentations of training batches, on the device (kornia): [{name: horizontal_flip}, ...]"
+    )
+    normalize: Literal["dataset", "imagenet", "none"] | dict[str, list[float]] | None = Field(
+        None, description="images: per-channel normalisation; default 'dataset' (the train split's statistics)"
     )
 
 

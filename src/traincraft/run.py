@@ -92,6 +92,7 @@ def data_info(data: PreparedData) -> dict[str, Any]:
         "target_names": list(data.target_names),
         "class_names": list(data.class_names) if data.class_names is not None else None,
         "target_stats": [list(s) for s in data.target_stats] if data.target_stats else None,
+        "normalize": data.normalize,
         "scaler": data.scaler.to_dict(),
         "sizes": {
             split: (len(pair[1]) if pair is not None else 0)
@@ -113,9 +114,19 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
     return dict(
         loss=recipe.loss, optimizer=o.group(), lr=o.lr, schedule=recipe.schedule, metrics=list(recipe.metrics),
         max_epochs=t.max_epochs, max_steps=t.max_steps, batch_size=recipe.data.batch_size, callbacks=callbacks,
-        seed=recipe.seed, device=t.device, checkpoint=recipe.checkpoint.model_dump(), **t.groups(),
+        seed=recipe.seed, device=t.device, checkpoint=recipe.checkpoint.model_dump(),
+        **{**t.groups(), "data": {**t.groups()["data"], "augment": recipe.data.augment}},
         **finetune_kwargs(recipe),
     )
+
+
+def with_normalization(kwargs: dict[str, Any], recipe: Recipe, info: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's ``data.normalize`` for the recipe's data: as the recipe says, else (images)
+    the train split's per-channel statistics that ``info`` (data.json) holds."""
+    spec = recipe.data.normalize
+    if spec is None or spec == "dataset":
+        spec = info.get("normalize")
+    return {**kwargs, "data": {**kwargs.get("data", {}), "normalize": None if spec == "none" else spec}}
 
 
 def standalone_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -133,6 +144,7 @@ def evaluation_kwargs(recipe: Recipe) -> dict[str, Any]:
     kwargs = standalone_kwargs(recipe)
     for key in ("finetune", "ema", "swa"):
         kwargs.pop(key, None)
+    kwargs["data"] = {k: v for k, v in kwargs["data"].items() if k != "augment"}  # evaluation never augments
     return kwargs
 
 
@@ -181,7 +193,7 @@ def trainer_from_recipe(
     info = data_info(data)
     seed_everything(recipe.seed)  # the model's initial weights follow the recipe's seed
     model = build_model(recipe, info, init_weights=not resuming)
-    kwargs = standalone_kwargs(recipe) if resuming else trainer_kwargs(recipe)
+    kwargs = with_normalization(standalone_kwargs(recipe) if resuming else trainer_kwargs(recipe), recipe, info)
     if resuming and run_dir is not None and "finetune" in kwargs:
         # The tensors the pretrained weights left as built, as the run recorded them: freezing
         # leaves them trainable, as when the run started.

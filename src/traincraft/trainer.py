@@ -13,7 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from traincraft import distributed, files, losses, metrics, optim, options, resuming, schedules
+from traincraft import (
+    augment,
+    distributed,
+    files,
+    losses,
+    metrics,
+    optim,
+    options,
+    resuming,
+    schedules,
+)
 from traincraft.callbacks.assembly import trainer_callbacks
 from traincraft.callbacks.base import Callback, Events
 from traincraft.callbacks.early_stopping import EarlyStopping
@@ -147,6 +157,8 @@ class Trainer:
                              accumulate=given.stepper_args.get("accumulate"))
         self.nonfinite = NonFinitePolicy(**given.nonfinite)
         self.runtime, self.data_options, self.processes = given.runtime, given.data, given.processes
+        # Image batches: uint8 to floats, augmentation (training), normalisation, on the device.
+        self.batch_transform = augment.build(self.data_options.augment, self.data_options.normalize)
         self.device = resolve_device(device)
         # Under torchrun: join the other processes; each one takes its own GPU (distributed.py).
         self.world = distributed.join(self.device, timeout=self.processes.timeout)
@@ -335,6 +347,8 @@ class Trainer:
         for inputs, target in epoch_batches:
             if not on_device:
                 inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+            if self.batch_transform is not None:
+                inputs = self.batch_transform(inputs, training=True)
             index = state.batch_in_epoch
             samples, counted = self._samples(shards, index, inputs, target)
             pred, target, loss, penalty = self.train_micro_batch(inputs, target, samples, last_of_epoch=index == last)
@@ -394,7 +408,7 @@ class Trainer:
         self.metrics.reset()
         with self._eval_mode(), self.stepper.autocast():
             for inputs, target in batches.epoch(0):
-                inputs, target = to_device(inputs, self.device), to_device(target, self.device)
+                inputs, target = self.on_device(inputs), to_device(target, self.device)
                 loss, pred, target = self.compute_loss(inputs, target)
                 self._record(sums, pred, target, loss, None, batch_samples(inputs, target))
         if self.world_size > 1:  # each process evaluated its own samples: sum them up
@@ -632,7 +646,7 @@ class Trainer:
         batches = make_predict_batches(data, batch_size=self.batch_size)
         with self._eval_mode():
             for inputs, _ in batches.epoch(0):
-                pred = self.forward(to_device(inputs, self.device))
+                pred = self.forward(self.on_device(inputs))
                 outputs.append(map_tensors(lambda t: t.float().cpu() if t.is_floating_point() else t.cpu(), pred))
         return concatenate(outputs)
 
@@ -750,6 +764,12 @@ class Trainer:
             raise ModelError(
                 f"the model's forward failed on inputs {describe(inputs)}: {type(err).__name__}: {err}"
             ) from err
+
+    def on_device(self, inputs: Any, training: bool = False) -> Any:
+        """A batch's inputs on the device as the model takes them (images converted, augmented
+        when ``training``, normalised)."""
+        inputs = to_device(inputs, self.device)
+        return inputs if self.batch_transform is None else self.batch_transform(inputs, training=training)
 
     def _takes_target(self) -> bool:
         """Whether the model's ``forward`` takes the target key (or any keyword): read once."""

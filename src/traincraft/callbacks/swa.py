@@ -196,7 +196,6 @@ def recompute_batch_norm(trainer: Trainer) -> None:
     """Batch-norm running statistics recomputed over one pass of the training data, as
     ``torch.optim.swa_utils.update_bn`` does (cumulative average, train mode, no gradients)."""
     from traincraft import distributed
-    from traincraft.data import to_device
     from traincraft.finetune.freezing import kept_in_eval
 
     model = trainer.model
@@ -212,7 +211,7 @@ def recompute_batch_norm(trainer: Trainer) -> None:
     try:
         with trainer.stepper.autocast():
             for inputs, _ in trainer.train_batches.epoch(0):
-                trainer.forward(to_device(inputs, trainer.device))
+                trainer.forward(trainer.on_device(inputs))
     finally:
         for module, momentum in momenta.items():
             module.momentum = momentum

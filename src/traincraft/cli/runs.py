@@ -50,14 +50,20 @@ def run_folder(given: str) -> Path:
 
 def _run_trainer(run_dir: str, trust_code: bool = False) -> tuple[Any, Any, Any]:
     """A trainer holding a run's best weights, with the run's data (same seed, same split)."""
-    from traincraft.run import build_model, evaluation_kwargs, load_run, run_weights
+    from traincraft.run import (
+        build_model,
+        evaluation_kwargs,
+        load_run,
+        run_weights,
+        with_normalization,
+    )
     from traincraft.trainer import Trainer
 
     recipe, info = load_run(run_dir, trust_code=trust_code)
     # The run folder alone: neither init_from nor the model's weights: file is read again.
     model = build_model(recipe, info, init_weights=False)
     model.load_state_dict(run_weights(run_dir))
-    kwargs = evaluation_kwargs(recipe)
+    kwargs = with_normalization(evaluation_kwargs(recipe), recipe, info)
     kwargs["callbacks"] = []
     trainer = Trainer(model, **kwargs, progress=False)
     return trainer, recipe, info

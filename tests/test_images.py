@@ -1,0 +1,145 @@
+"""Image data sets from files: class folders, split folders and path,label lists, decoded once
+into a uint8 cache keyed by the files, and every bad folder or file named in one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import traincraft as tc
+from traincraft import images
+from traincraft.datasets import prepare
+from traincraft.errors import DataError
+
+CLASSES = {"cat": 40, "dog": 120, "fox": 200}
+
+
+def write_folder(root: Path, per_class: int = 6, size: tuple[int, int] = (12, 10), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, level in CLASSES.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(level, 20, (*size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def spec(root: Path, tmp_path: Path, **kwargs) -> dict:
+    return {"images": str(root), "image_size": [8, 8], "channels": 3, "cache": str(tmp_path / "cache"), **kwargs}
+
+
+def test_a_class_folder_becomes_uint8_pixels_decoded_as_pillow_does(tmp_path):
+    root = write_folder(tmp_path / "train")
+    data = prepare(spec(root, tmp_path, resize="stretch"), split={"val": 0.0, "test": 0.0})
+    x, y = data.train
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (18, 3, 8, 8)
+    assert data.class_names == ["cat", "dog", "fox"] and y.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    with Image.open(root / "dog" / "03.png") as image:
+        expected = np.asarray(image.convert("RGB").resize((8, 8), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    assert np.array_equal(x[9].numpy(), expected)
+    # The train split's per-channel statistics, in [0, 1] units, exactly as numpy computes them.
+    whole = x.numpy().astype(np.float64) / 255
+    assert data.normalize["mean"] == pytest.approx(whole.mean(axis=(0, 2, 3)).tolist(), abs=1e-12)
+    assert data.normalize["std"] == pytest.approx(whole.std(axis=(0, 2, 3)).tolist(), abs=1e-9)
+
+
+def test_grey_and_centre_crop(tmp_path):
+    root = write_folder(tmp_path / "train", size=(12, 20))
+    x, _ = prepare(spec(root, tmp_path, channels=1, image_size=6), split={"val": 0, "test": 0}).train
+    with Image.open(root / "cat" / "00.png") as image:
+        grey = image.convert("L").resize((10, 6), Image.Resampling.BILINEAR)  # the shorter side to 6
+        expected = np.asarray(grey.crop((2, 0, 8, 6)))
+    assert tuple(x.shape) == (18, 1, 6, 6) and np.array_equal(x[0, 0].numpy(), expected)
+
+
+def test_the_cache_is_reused_unchanged_and_decoded_again_when_a_file_changes(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "train")
+    prepare(spec(root, tmp_path), split={"val": 0, "test": 0})
+    decoded = []
+    real = images.decode
+    monkeypatch.setattr(images, "decode", lambda f, s: decoded.append(f) or real(f, s))
+    prepare(spec(root, tmp_path), split={"val": 0, "test": 0})
+    assert decoded == []  # unchanged: read from the cache
+    Image.fromarray(np.zeros((12, 10, 3), np.uint8)).save(root / "cat" / "00.png")
+    stat = (root / "cat" / "00.png").stat()
+    os.utime(root / "cat" / "00.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    x, _ = prepare(spec(root, tmp_path), split={"val": 0, "test": 0}).train
+    assert len(decoded) == 18 and int(x[0].max()) == 0  # the edit is seen
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert not list((tmp_path / "cache").glob(".*tmp*"))  # no partial cache left behind
+
+
+def test_split_folders_and_a_stratified_split(tmp_path):
+    train, val = write_folder(tmp_path / "train", per_class=10), write_folder(tmp_path / "val", per_class=2, seed=1)
+    given = {**spec(train, tmp_path), "images": {"train": str(train), "val": str(val)}}
+    data = prepare(given, split={"val": 0.3, "test": 0.2})
+    assert len(data.val[1]) == 6 and data.val[1].tolist() == [0, 0, 1, 1, 2, 2]  # as given
+    # test: 20% of the whole 36, carved from train, stratified: 7 -> 2/2/3 or so, each class present
+    test_labels = data.test[1].tolist()
+    assert len(test_labels) == 7 and set(test_labels) == {0, 1, 2}
+    assert len(data.train[1]) == 30 - 7
+
+
+def test_a_path_label_list(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    rows = ["path,label"] + [f"imgs/{c}/{i:02d}.png,{c.upper()}" for c in CLASSES for i in range(6)]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    data = prepare({**spec(root, tmp_path), "images": str(tmp_path / "list.csv")}, split={"val": 0, "test": 0})
+    assert data.class_names == ["CAT", "DOG", "FOX"] and len(data.train[1]) == 18
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("bad image", "image {root}/dog/02.png cannot be read: UnidentifiedImageError"),
+    ("empty class", "class folder {root}/emu holds no image (.png, .jpg, .jpeg, .bmp, ...)"),
+    ("one class", "{root}: a single class (cat); classification needs at least two"),
+    ("no class folders", "image folder {root}: no class subfolders (expected {root}/<class>/<image>)"),
+    ("missing", "image folder or CSV '{root}/nowhere' not found"),
+])
+def test_bad_folders_and_files_are_named_in_one_line(tmp_path, damage, message):
+    root = tmp_path / "train"
+    if damage == "one class":
+        write_folder(root)
+        for name in ("dog", "fox"):
+            for f in (root / name).iterdir():
+                f.unlink()
+            (root / name).rmdir()
+    elif damage == "no class folders":
+        root.mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "lone.png")
+    elif damage != "missing":
+        write_folder(root)
+        if damage == "bad image":
+            (root / "dog" / "02.png").write_bytes(b"not an image at all")
+        else:
+            (root / "emu").mkdir()
+    given = str(root / "nowhere") if damage == "missing" else str(root)
+    with pytest.raises(DataError) as caught:
+        prepare({**spec(root, tmp_path), "images": given}, split={"val": 0, "test": 0})
+    assert str(caught.value).startswith(message.format(root=root))
+
+
+def test_a_recipe_trains_on_an_image_folder_and_evaluates_from_its_run_folder(tmp_path):
+    root = write_folder(tmp_path / "train", per_class=12)
+    recipe = {
+        "name": "imgs", "seed": 0,
+        "data": {"dataset": spec(root, tmp_path), "split": {"val": 0.25, "test": 0.25}, "batch_size": 8,
+                 "augment": [{"name": "horizontal_flip"}]},
+        "model": "cnn", "train": {"max_epochs": 2}, "metrics": ["accuracy"],
+    }
+    trainer = tc.Trainer.from_recipe(recipe, run_dir=tmp_path / "run", progress=False)
+    trainer.fit()
+    import json
+
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    info = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert info["normalize"]["mean"] == pytest.approx(trainer.data.normalize["mean"])
+    from traincraft.cli import main
+
+    assert main(["evaluate", str(tmp_path / "run")]) == 0  # normalised as in training, from data.json
+    evaluated = trainer.evaluate(trainer.data.test)
+    assert evaluated["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
