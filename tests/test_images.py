@@ -143,3 +143,20 @@ def test_a_recipe_trains_on_an_image_folder_and_evaluates_from_its_run_folder(tm
     assert main(["evaluate", str(tmp_path / "run")]) == 0  # normalised as in training, from data.json
     evaluated = trainer.evaluate(trainer.data.test)
     assert evaluated["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
+
+
+def test_the_augmentation_preview_draws_no_number_of_the_run(tmp_path):
+    root = write_folder(tmp_path / "train", per_class=8)
+    recipe = {
+        "name": "imgs", "seed": 0,
+        "data": {"dataset": spec(root, tmp_path), "split": {"val": 0.25, "test": 0.0}, "batch_size": 8,
+                 "augment": [{"name": "random_resized_crop", "size": [8, 8], "scale": [0.5, 1.0]}]},
+        "model": "cnn", "train": {"max_epochs": 2},
+    }
+    with_folder = tc.Trainer.from_recipe(recipe, run_dir=tmp_path / "run", progress=False)
+    with_folder.fit()
+    assert (tmp_path / "run" / "plots" / "augment.png").is_file()
+    without = tc.Trainer.from_recipe(recipe, progress=False)
+    without.fit()
+    for a, b in zip(with_folder.model.state_dict().values(), without.model.state_dict().values()):
+        assert torch.equal(a, b)

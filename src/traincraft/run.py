@@ -227,6 +227,12 @@ class RunFolder(Callback):
         atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe))
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
+        transform = trainer.batch_transform
+        if transform is not None and transform.augmentation is not None and trainer.data is not None:
+            from traincraft.augment import preview
+
+            # What the augmentation makes of the first training images (its own random numbers).
+            preview(transform, trainer.data.train[0], self.folder / "plots" / "augment.png", seed=trainer.seed)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if trainer.state.stop_reason is None or trainer.run_complete:
