@@ -50,6 +50,7 @@ bench: setup  ## benchmarks (not tests): ratios against hand-written loops and p
 	$(PY) bench/quickstart.py
 	$(PY) bench/attribution.py
 	$(PY) bench/finetune.py
+	$(PY) bench/images.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench examples
