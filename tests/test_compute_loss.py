@@ -212,3 +212,20 @@ def test_a_dict_of_tensors_without_its_target_is_one_line():
         "train: a dict of tensors holds its target under 'labels', and this one has only "
         "'input_ids', 'attention_mask'; name the target's key with data={'target_key': ...}"
     )
+
+
+class InWorkers(Dicts):
+    """Refuses to load in the main process: the trainer must use worker processes."""
+
+    def __getitem__(self, i):
+        assert torch.utils.data.get_worker_info() is not None, "loaded in the main process"
+        return super().__getitem__(i)
+
+
+def test_a_dataset_given_in_python_loads_in_workers_in_the_same_order():
+    in_workers = trainer(data={"shuffle": True, "num_workers": 2})
+    in_workers.fit(InWorkers())
+    shuffled_in_main = trainer(data={"shuffle": True})
+    shuffled_in_main.fit(Dicts())
+    for a, b in zip(in_workers.model.state_dict().values(), shuffled_in_main.model.state_dict().values()):
+        assert torch.equal(a, b)  # the trainer's seeded order, whoever loads the samples

@@ -511,9 +511,12 @@ def make_batches(
     equal_steps: bool = False,
     what: str = "data",
     target_key: str = TARGET_KEY,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> Batches:
     """Turn what a user passed (see :data:`ACCEPTED`) into :class:`Batches`. A dict of tensors
-    or arrays holds its target under ``target_key``; so do the dict batches of a Dataset.
+    or arrays holds its target under ``target_key``; so do the dict batches of a Dataset. A
+    Dataset is loaded by ``num_workers`` worker processes (``pin_memory`` for CUDA).
 
     Under several processes (``world_size`` > 1) tensors and Datasets are sharded; a DataLoader
     with the default samplers is rebuilt over its dataset so that it is sharded too (see
@@ -542,7 +545,8 @@ def make_batches(
         if len(data) == 0:  # type: ignore[arg-type]
             raise DataError(f"{what}: the Dataset is empty")
         _check_shardable(len(data), world_size, what)  # type: ignore[arg-type]
-        return DatasetBatches(data, batch_size, target_key=target_key, **kwargs)
+        return DatasetBatches(data, batch_size, target_key=target_key, num_workers=num_workers,
+                              pin_memory=pin_memory, **kwargs)
     raise DataError(f"{what}: unsupported type {_type_name(data)}; accepted: {ACCEPTED}")
 
 

@@ -5,7 +5,8 @@ their owner's keyword arguments, and the owner's signature holds the defaults (n
 in the Trainer repeats them)::
 
     optimizer  {name, weight_decay, decay_exclude, param_groups, **the class's}   optim.build
-    data       {val_split, shuffle, target_key, augment, normalize}               DataOptions
+    data       {val_split, shuffle, target_key, augment, normalize, num_workers,  DataOptions
+                pin_memory}
     step       {accumulate, precision, clip_grad_norm, clip_norm_type,            step.Stepper
                 clip_grad_value}
                {compile, deterministic, gc_every}                                 Runtime
@@ -83,6 +84,9 @@ class DataOptions:
             :mod:`traincraft.augment`): ``[{"name": "horizontal_flip"}, ...]``.
         normalize: per-channel ``{"mean": [...], "std": [...]}`` (``[0, 1]`` units) or
             ``"imagenet"``. uint8 image batches become floats in ``[0, 1]`` first.
+        num_workers: worker processes loading a ``Dataset`` given to ``fit``/``evaluate`` (in
+            the trainer's seeded order; a ``DataLoader`` keeps its own).
+        pin_memory: page-locked batches of a ``Dataset``, for faster copies to a GPU.
     """
 
     val_split: float | None = None
@@ -90,6 +94,8 @@ class DataOptions:
     target_key: str = "labels"
     augment: list[Any] | None = None
     normalize: Any = None
+    num_workers: int = 0
+    pin_memory: bool = False
 
 
 @dataclass
