@@ -160,3 +160,36 @@ def test_the_augmentation_preview_draws_no_number_of_the_run(tmp_path):
     without.fit()
     for a, b in zip(with_folder.model.state_dict().values(), without.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_predict_a_folder_and_evaluate_a_new_labelled_folder_from_the_run_folder(tmp_path, capsys):
+    import csv
+    import json
+
+    from traincraft.cli import main
+
+    root = write_folder(tmp_path / "train", per_class=12)
+    recipe = {
+        "name": "imgs", "seed": 0,
+        "data": {"dataset": spec(root, tmp_path), "split": {"val": 0.25, "test": 0.0}, "batch_size": 8},
+        "model": "cnn", "train": {"max_epochs": 2},
+    }
+    trainer = tc.Trainer.from_recipe(recipe, run_dir=tmp_path / "run", progress=False)
+    trainer.fit()
+    new = write_folder(tmp_path / "new", per_class=3, seed=7)
+    for extra in ("dog", "fox"):  # one class is a fine test set
+        for f in (new / extra).iterdir():
+            f.unlink()
+        (new / extra).rmdir()
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), "--input", str(new), "--output", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert [r["path"] for r in rows] == [str(new / "cat" / f"{i:02d}.png") for i in range(3)]
+    pixels = torch.from_numpy(np.stack([images.decode(new / "cat" / f"{i:02d}.png",
+                                                      images.ImageSpec(**spec(root, tmp_path))) for i in range(3)]))
+    probs = trainer.predict(pixels).softmax(1)  # normalised by the trainer as in training
+    assert [float(r["prob_dog"]) for r in rows] == pytest.approx(probs[:, 1].tolist(), rel=1e-5)
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(new)]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["loss"] == pytest.approx(trainer.evaluate((pixels, torch.zeros(3, dtype=torch.long)))["loss"], rel=1e-6)
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "train" / "..")]) == 2

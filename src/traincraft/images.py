@@ -69,7 +69,8 @@ class ImageSpec:
             raise DataError(f"dataset.resize must be one of {', '.join(RESIZE)}, got {self.resize!r}")
 
 
-def read_images(spec: ImageSpec, base_dir: str | os.PathLike[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_images(spec: ImageSpec, base_dir: str | os.PathLike[str] | None = None, *,
+                min_classes: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The splits of an image data set: ``{"train": (pixels uint8 (N, C, H, W), labels (N,) of
     str)}``, and ``"val"``/``"test"`` when the source gives them.
 
@@ -86,7 +87,7 @@ def read_images(spec: ImageSpec, base_dir: str | os.PathLike[str] | None = None)
     else:
         listed = {"train": _listing(_path(images, base_dir))}
     classes = sorted({label for _, labels, _ in listed.values() for label in labels})
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         where = next(iter(listed.values()))[2]
         raise DataError(f"{where}: a single class ({classes[0] if classes else 'none'}); classification needs at least two")
     out = {}

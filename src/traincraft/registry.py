@@ -8,6 +8,7 @@ caller accepts as already built.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -112,6 +113,30 @@ def split_spec(spec: str | Mapping[str, Any], kind: str) -> tuple[str, dict[str,
 PURE_STDLIB = frozenset({"math", "cmath", "operator", "statistics"})
 
 
+def _user_folders() -> list[str]:
+    """The folders on the import path that are not Python's own or its installed packages'."""
+    import sysconfig
+
+    skipped = {os.path.realpath(p) for p in sysconfig.get_paths().values()}
+    folders = []
+    for entry in sys.path:
+        folder = os.path.realpath(entry or os.getcwd())
+        if folder in skipped or "site-packages" in folder or folder.endswith(".zip") or not os.path.isdir(folder):
+            continue
+        if folder not in folders:
+            folders.append(folder)
+    return folders or [os.getcwd()]
+
+
+def add_import_folder(folder: str | os.PathLike[str] | None) -> None:
+    """Make modules in ``folder`` importable (a recipe's own folder: ``mynets:TinyCNN`` next to it)."""
+    if folder is None:
+        return
+    path = os.path.realpath(os.fspath(folder))
+    if os.path.isdir(path) and path not in (os.path.realpath(p or os.getcwd()) for p in sys.path):
+        sys.path.append(path)  # after the working folder: a module there still wins
+
+
 def import_object(path: str, kind: str = "object") -> Any:
     """Import ``"package.module:attribute"`` (also ``package.module.attribute``)."""
     module_name, sep, attr = path.partition(":")
@@ -126,6 +151,13 @@ def import_object(path: str, kind: str = "object") -> Any:
                               "name a class or function of your own module")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != top:  # the module was found, and an import inside it failed
+            raise TraincraftError(f"{kind} {path!r}: cannot import module {module_name!r} ({err})") from err
+        raise TraincraftError(
+            f"{kind} {path!r}: no module {top!r} (no {top}.py or {top}/ in {', '.join(_user_folders())}, "
+            "nor among the installed packages)"
+        ) from err
     except ImportError as err:
         raise TraincraftError(f"{kind} {path!r}: cannot import module {module_name!r} ({err})") from err
     try:

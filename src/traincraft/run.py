@@ -59,6 +59,9 @@ def agreed_run_dir(recipe: Recipe, root: str | Path = "runs") -> Path:
 
 def prepare_data(recipe: Recipe) -> PreparedData:
     from traincraft import datasets
+    from traincraft.registry import add_import_folder
+
+    add_import_folder(base_dir(recipe))  # a module next to the recipe ("mydata:load") imports
 
     d = recipe.data
     return datasets.prepare(
@@ -72,7 +75,9 @@ def build_model(recipe: Recipe, info: dict[str, Any], init_weights: bool = True)
     """The recipe's model for the data described by ``info``; ``init_weights=False`` skips the
     model's own ``weights:`` file (when the caller loads other weights right after)."""
     from traincraft import models
+    from traincraft.registry import add_import_folder
 
+    add_import_folder(base_dir(recipe))  # a module next to the recipe ("mynets:TinyCNN") imports
     spec = {"name": recipe.model.name, **recipe.model.kwargs()}
     stats = info.get("target_stats")
     return models.build(

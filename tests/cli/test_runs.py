@@ -70,3 +70,33 @@ def test_a_folder_of_runs_means_its_newest_run(tmp_path, capsys):
     assert json.loads((runs / "20261206-020000-2" / "results.json").read_text())["epochs"] == 2
     assert main(["resume"]) == 2
     assert "resume needs the run folder: traincraft resume runs/NAME/TIME" in capsys.readouterr().err
+
+
+def test_a_module_next_to_the_recipe_imports_under_fit_evaluate_and_predict_from_another_folder(
+    tmp_path, monkeypatch, capsys
+):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "side_nets_of_the_recipe.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, input_shape, output_size):\n"
+        "        super().__init__()\n"
+        "        self.layer = torch.nn.Linear(input_shape[0], output_size)\n"
+        "    def forward(self, x):\n"
+        "        return self.layer(x)\n"
+    )
+    write_recipe(project, {**IRIS, "model": {"name": "side_nets_of_the_recipe:Net"}, "train": {"max_epochs": 1}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # what the run adds goes with the test
+    assert main(["fit", str(project / "recipe.yaml"), "--run-dir", "run", "--no-progress"]) == 0
+    assert main(["evaluate", "run"]) == 0
+    capsys.readouterr()
+    write_recipe(project, {**IRIS, "model": {"name": "no_such_module_here:Net"}}, name="missing.yaml")
+    assert main(["fit", str(project / "missing.yaml"), "--run-dir", "run2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'no_such_module_here:Net': no module 'no_such_module_here' (no "
+                          "no_such_module_here.py or no_such_module_here/ in ")
+    assert str(elsewhere) in err and str(project) in err and err.rstrip().endswith("nor among the installed packages)")

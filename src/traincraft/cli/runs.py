@@ -25,12 +25,16 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     evaluate = command("evaluate", cmd_evaluate, "evaluate a run's best weights on a split", EVALUATE_EXAMPLES)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
+    evaluate.add_argument("--data", metavar="FOLDER",
+                          help="for a run on images: a new labelled folder (one subfolder per class) instead of a split")
     evaluate.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
-    predict = command("predict", cmd_predict, "predict a CSV file with a run's model", PREDICT_EXAMPLES)
+    predict = command("predict", cmd_predict, "predict a CSV file (or a folder of images) with a run's model",
+                      PREDICT_EXAMPLES)
     predict.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
     predict.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
-    predict.add_argument("--input", required=True, help="CSV with the training data's input columns")
+    predict.add_argument("--input", required=True,
+                         help="CSV with the training data's input columns; for a run on images, a folder of images or one image")
     predict.add_argument("--output", required=True, help="CSV to write")
 
 
@@ -74,7 +78,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from traincraft.run import prepare_data
 
     args.run_dir = str(run_folder(args.run_dir))
-    trainer, recipe, _ = _run_trainer(args.run_dir, args.trust_code)
+    trainer, recipe, info = _run_trainer(args.run_dir, args.trust_code)
+    if args.data is not None:
+        from traincraft.predictions import labelled_images
+
+        figures = trainer.evaluate(labelled_images(recipe, info, Path(args.data)))
+        print(json.dumps({"data": args.data, **figures}, indent=2))
+        return 0
     data = prepare_data(recipe)
     split = getattr(data, args.split)
     if split is None:
@@ -86,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from traincraft.errors import TraincraftError
-    from traincraft.predict_csv import predict_csv
+    from traincraft.predictions import predict_file
 
     output = Path(args.output)
     if output.is_dir():
@@ -95,7 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise TraincraftError(f"--output {output}: the folder {output.parent} does not exist")
     args.run_dir = str(run_folder(args.run_dir))
     trainer, recipe, info = _run_trainer(args.run_dir, args.trust_code)
-    rows = predict_csv(trainer, info, recipe, Path(args.input), output)
+    rows = predict_file(trainer, info, recipe, Path(args.input), output)
     print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
     return 0
 

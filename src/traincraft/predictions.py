@@ -1,4 +1,5 @@
-"""``traincraft predict``: a CSV of inputs in, a CSV of predictions out, the run's scaling applied."""
+"""``traincraft predict``: a CSV of inputs (the run's scaling applied) or a folder of images (decoded
+as the run's were) in, a CSV of predictions out."""
 
 from __future__ import annotations
 
@@ -48,6 +49,62 @@ def _read_columns(path: Path, names: list[str]) -> torch.Tensor:
     if not rows:
         raise DataError(f"{path}: no data rows")
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def predict_file(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
+    """Predict ``source`` into the CSV ``target``: images when the run trained on images (a
+    folder of them, searched recursively, or one image file), else a CSV; returns rows written."""
+    dataset = recipe.data.dataset
+    if isinstance(dataset, dict) and "images" in dataset:
+        return predict_images(trainer, info, dataset, source, target)
+    return predict_csv(trainer, info, recipe, source, target)
+
+
+def predict_images(trainer: Any, info: dict[str, Any], dataset: dict[str, Any], source: Path, target: Path) -> int:
+    """One row per image file of ``source``: its path, the predicted class and each class's
+    probability. Images are decoded at the run's size and channels and normalised as in training."""
+    import numpy as np
+
+    from traincraft.images import SUFFIXES, ImageSpec, decode
+
+    if not source.exists():
+        raise DataError(f"input {source} not found")
+    files = [source] if source.is_file() else sorted(
+        p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise DataError(f"input folder {source} holds no image ({', '.join(SUFFIXES[:4])}, ...)")
+    spec = ImageSpec(**{k: v for k, v in dataset.items() if k in ("images", "image_size", "channels", "resize")})
+    pixels = torch.from_numpy(np.stack([decode(f, spec) for f in files]))
+    probs = trainer.predict(pixels).softmax(dim=1)
+    names = info.get("class_names") or [str(i) for i in range(probs.shape[1])]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "prediction", *[f"prob_{n}" for n in names]])
+    for file, label, row in zip(files, probs.argmax(dim=1).tolist(), probs.tolist()):
+        writer.writerow([str(file), names[label], *[f"{p:.6g}" for p in row]])
+    atomic_write_text(target, buffer.getvalue())
+    return len(files)
+
+
+def labelled_images(recipe: Any, info: dict[str, Any], folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new labelled folder of images (one subfolder per class, named as the run's classes) as
+    ``(pixels, class indices)``, decoded as the run's images were, for ``evaluate``."""
+    import numpy as np
+
+    from traincraft.images import ImageSpec, read_images
+
+    dataset = recipe.data.dataset
+    if not (isinstance(dataset, dict) and "images" in dataset):
+        raise DataError("evaluate --data reads a folder of images, for a run trained on images; this run's "
+                        "data is not images: evaluate its splits with --split")
+    spec = ImageSpec(**{**{k: v for k, v in dataset.items() if k != "images"}, "images": str(folder)})
+    pixels, labels = read_images(spec, min_classes=1)["train"]  # one class is a fine test set
+    names = list(info.get("class_names") or [])
+    unknown = sorted(set(labels.tolist()) - set(names))
+    if unknown:
+        raise DataError(f"{folder}: class folders {', '.join(unknown)} are not classes of the run ({', '.join(names)})")
+    codes = torch.tensor([names.index(label) for label in labels.tolist()])
+    return torch.from_numpy(np.ascontiguousarray(pixels)), codes
 
 
 def predict_csv(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
