@@ -264,7 +264,7 @@ class PreparedData:
     def summary(self) -> str:
         """One line: name, task, sizes of each split, input shape, outputs."""
         sizes = " / ".join(
-            f"{key} {'-' if part is None else len(part[0])}"
+            f"{key} {'-' if part is None else split_size(part)}"
             for key, part in (("train", self.train), ("val", self.val), ("test", self.test))
         )
         unit = " windows" if self.task == "forecast" else ""
@@ -480,7 +480,11 @@ def _call_function(spec: str) -> _Source:
     func = import_object(spec, kind="dataset function")
     if not callable(func):
         raise DataError(f"dataset {spec!r} is not a function but {type(func).__name__}")
-    result = func()
+    return _source_of_result(spec, func())
+
+
+def _source_of_result(spec: str, result: Any) -> _Source:
+    """What a recipe's dataset function returned: ``(X, y)`` or ``{"train": (X, y), ...}``."""
     if isinstance(result, Mapping):
         unknown = [k for k in result if k not in SPLITS]
         if unknown or "train" not in result:
@@ -764,6 +768,32 @@ def _read_image_source(spec: Mapping[str, Any], base_dir: str | os.PathLike[str]
     parts = read_images(ImageSpec(**spec), base_dir)
     name = os.fspath(spec["images"]) if not isinstance(spec["images"], Mapping) else os.fspath(spec["images"]["train"])
     return _Source(name=name, parts=dict(parts), task="classification", fixed_task=True, pixels=True)
+
+
+def _prepare_user_dataset(result: Any, name: str, task: str | None, shares: dict[str, float],
+                          seed: int) -> PreparedData:
+    """A recipe's own Dataset(s): kept as Datasets, sized from the first sample."""
+    from traincraft import user_datasets
+
+    if task is not None and task not in ("classification", "regression"):
+        raise DataError(f"dataset {name!r}: a Dataset of your own trains for classification or regression, not {task}")
+    parts = user_datasets.splits_of(result, name, shares, seed)
+    first = user_datasets.describe_first(parts["train"], name, task)
+    n_out = first["output_size"]
+    return PreparedData(
+        train=parts["train"], val=parts.get("val"), test=parts.get("test"), task=first["task"],
+        input_shape=first["input_shape"], output_size=n_out,
+        num_classes=n_out if first["task"] == "classification" else None, feature_names=[],
+        target_names=_default_names("y", 1 if first["task"] == "classification" else n_out),
+        class_names=first["class_names"], scaler=Scaler("none"), target_stats=None, name=name,
+    )
+
+
+def split_size(split: Any) -> int:
+    """Samples in a split: ``(X, y)`` tensors or a Dataset (0 for None)."""
+    if split is None:
+        return 0
+    return len(split[1]) if isinstance(split, tuple) else len(split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1263,6 +1293,7 @@ def prepare(
     seed: int = 0,
     base_dir: str | os.PathLike[str] | None = None,
     classes: Sequence[Any] | None = None,
+    args: Mapping[str, Any] | None = None,
 ) -> PreparedData:
     """Load, split, scale (and window) a data set into tensors.
 
@@ -1283,6 +1314,9 @@ def prepare(
         base_dir: relative file paths resolve against it (the recipe's folder).
         classes: classification: keep only the samples of these classes (labels as the data
             names them, e.g. ``[5, 6, 7, 8, 9]``), numbered 0..k-1 in the order given.
+        args: keyword arguments of a ``"package.module:Name"`` dataset (a function or a Dataset
+            class). A name that gives a torch ``Dataset`` keeps it (:mod:`traincraft.user_datasets`):
+            the splits are Datasets, not tensors.
 
     Returns:
         The splits as tensors with their metadata.
@@ -1301,7 +1335,20 @@ def prepare(
     shares = _check_shares(split)
     if task is not None and task not in TASKS:
         raise unknown_name("task", task, TASKS)
-    source = _load_source(dataset, task, target, features, base_dir)
+    if isinstance(dataset, str) and _FUNCTION_RE.fullmatch(dataset):
+        from traincraft import user_datasets
+
+        result = user_datasets.call(import_object(dataset, kind="dataset"), dataset, args)
+        if user_datasets.is_dataset_result(result):
+            return _prepare_user_dataset(result, dataset, task, shares, seed)
+        source = _source_of_result(dataset, result)
+        if target is not None or features is not None:
+            raise DataError(f"dataset {dataset!r}: data.target and data.features choose CSV columns; "
+                            "this source has no columns to choose from (leave them out)")
+    elif args:
+        raise DataError(f"data.args go to a dataset named 'package.module:Name', not to {dataset!r}")
+    else:
+        source = _load_source(dataset, task, target, features, base_dir)
     notes = [] if task is not None else _labels_read_as_numbers(source)
     task = _check_task(task, source)
     _check_windows(task, lookback, horizon, source.name)

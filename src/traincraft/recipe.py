@@ -56,6 +56,11 @@ class DataSection(Section):
     classes: list[int | str] | None = Field(
         None, description="classification: keep only these classes, numbered 0..k-1 in this order"
     )
+    args: dict[str, Any] | None = Field(
+        None, description="keyword arguments of a dataset named 'package.module:Name' (a function or a Dataset class)"
+    )
+    num_workers: int = Field(0, ge=0, description="worker processes loading a Dataset of your own")
+    pin_memory: bool = Field(False, description="page-locked batches of a Dataset of your own, for a GPU")
     augment: list[str | dict[str, Any]] | None = Field(
         None, description="image augmentations of training batches, on the device (kornia): [{name: horizontal_flip}, ...]"
     )

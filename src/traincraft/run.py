@@ -67,7 +67,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return datasets.prepare(
         d.dataset, task=d.task, target=d.target, features=d.features, lookback=d.lookback,
         horizon=d.horizon, split={"val": d.split.val, "test": d.split.test}, scale=d.scale,
-        seed=recipe.seed, base_dir=base_dir(recipe), classes=d.classes,
+        seed=recipe.seed, base_dir=base_dir(recipe), classes=d.classes, args=d.args,
     )
 
 
@@ -88,6 +88,8 @@ def build_model(recipe: Recipe, info: dict[str, Any], init_weights: bool = True)
 
 def data_info(data: PreparedData) -> dict[str, Any]:
     """What a model needs to be rebuilt without loading the data again."""
+    from traincraft.datasets import split_size
+
     return {
         "task": data.task,
         "input_shape": list(data.input_shape),
@@ -99,10 +101,8 @@ def data_info(data: PreparedData) -> dict[str, Any]:
         "target_stats": [list(s) for s in data.target_stats] if data.target_stats else None,
         "normalize": data.normalize,
         "scaler": data.scaler.to_dict(),
-        "sizes": {
-            split: (len(pair[1]) if pair is not None else 0)
-            for split, pair in (("train", data.train), ("val", data.val), ("test", data.test))
-        },
+        "sizes": {split: split_size(part) for split, part in (("train", data.train), ("val", data.val),
+                                                              ("test", data.test))},
     }
 
 
@@ -120,7 +120,8 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         loss=recipe.loss, optimizer=o.group(), lr=o.lr, schedule=recipe.schedule, metrics=list(recipe.metrics),
         max_epochs=t.max_epochs, max_steps=t.max_steps, batch_size=recipe.data.batch_size, callbacks=callbacks,
         seed=recipe.seed, device=t.device, checkpoint=recipe.checkpoint.model_dump(),
-        **{**t.groups(), "data": {**t.groups()["data"], "augment": recipe.data.augment}},
+        **{**t.groups(), "data": {**t.groups()["data"], "augment": recipe.data.augment,
+                                  "num_workers": recipe.data.num_workers, "pin_memory": recipe.data.pin_memory}},
         **finetune_kwargs(recipe),
     )
 
@@ -233,7 +234,8 @@ class RunFolder(Callback):
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
         transform = trainer.batch_transform
-        if transform is not None and transform.augmentation is not None and trainer.data is not None:
+        if (transform is not None and transform.augmentation is not None and trainer.data is not None
+                and isinstance(trainer.data.train, tuple)):
             from traincraft.augment import preview
 
             # What the augmentation makes of the first training images (its own random numbers).

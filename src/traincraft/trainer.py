@@ -203,7 +203,7 @@ class Trainer:
         self.state, self.history = TrainState(), History()
         self.epoch_sums = RunningMeans(self.device)  # the epoch's running sums (loss, penalty, ...)
         self._adapt_target: Callable[[Any, Any], Any] | None = None
-        self._forward_takes_target: bool | None = None
+        self._forward_params: dict[str, Any] | None = None  # the model's forward's, read once
         self.events = Events(self.callbacks)
         self.data: Any = None  # the recipe's prepared data (from_recipe), used when fit() gets none
         self.recipe: Any = None
@@ -752,7 +752,9 @@ class Trainer:
         model = self.forward_model if self.model.training else self.eval_model
         try:
             if isinstance(inputs, dict):
-                if target is not None and self._takes_target():
+                if len(inputs) == 1 and not self._takes_keywords(inputs):  # {"image": x} for forward(x)
+                    return model(*inputs.values())
+                if target is not None and self._takes_keywords({self.data_options.target_key: None}):
                     return model(**inputs, **{self.data_options.target_key: target})
                 return model(**inputs)
             if isinstance(inputs, tuple):
@@ -771,18 +773,18 @@ class Trainer:
         inputs = to_device(inputs, self.device)
         return inputs if self.batch_transform is None else self.batch_transform(inputs, training=training)
 
-    def _takes_target(self) -> bool:
-        """Whether the model's ``forward`` takes the target key (or any keyword): read once."""
-        if self._forward_takes_target is None:
+    def _takes_keywords(self, names: Any) -> bool:
+        """Whether the model's ``forward`` takes these keyword arguments (or ``**kwargs``); its
+        signature is read once."""
+        if self._forward_params is None:
             import inspect
 
             try:
-                params = inspect.signature(self.model.forward).parameters.values()
+                self._forward_params = dict(inspect.signature(self.model.forward).parameters)
             except (TypeError, ValueError):
-                params = []
-            key = self.data_options.target_key
-            self._forward_takes_target = any(p.name == key or p.kind is p.VAR_KEYWORD for p in params)
-        return self._forward_takes_target
+                self._forward_params = {}
+        params = self._forward_params
+        return any(p.kind is p.VAR_KEYWORD for p in params.values()) or all(name in params for name in names)
 
     def _loss_of(self, inputs: Any, target: Any) -> Callable[[], torch.Tensor]:
         """The micro-batch's mean loss (and penalty) at the current weights, computed anew each

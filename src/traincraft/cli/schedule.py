@@ -96,7 +96,9 @@ def _recipe_steps_per_epoch(recipe: Any) -> int:
     from traincraft.run import prepare_data
 
     data = prepare_data(recipe)
-    return durations.steps_for_samples(len(data.train[1]), batch_size=int(recipe.data.batch_size),
+    from traincraft.datasets import split_size
+
+    return durations.steps_for_samples(split_size(data.train), batch_size=int(recipe.data.batch_size),
                                        accumulate=int(recipe.train.accumulate))
 
 
