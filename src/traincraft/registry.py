@@ -121,7 +121,8 @@ def _user_folders() -> list[str]:
     folders = []
     for entry in sys.path:
         folder = os.path.realpath(entry or os.getcwd())
-        if folder in skipped or "site-packages" in folder or folder.endswith(".zip") or not os.path.isdir(folder):
+        python = any(folder.startswith(os.path.realpath(p) + os.sep) for p in (sys.base_prefix, sys.prefix))
+        if folder in skipped or python or "site-packages" in folder or not os.path.isdir(folder):
             continue
         if folder not in folders:
             folders.append(folder)
@@ -155,8 +156,8 @@ def import_object(path: str, kind: str = "object") -> Any:
         if err.name != top:  # the module was found, and an import inside it failed
             raise TraincraftError(f"{kind} {path!r}: cannot import module {module_name!r} ({err})") from err
         raise TraincraftError(
-            f"{kind} {path!r}: no module {top!r} (no {top}.py or {top}/ in {', '.join(_user_folders())}, "
-            "nor among the installed packages)"
+            f"{kind} {path!r}: cannot import module {top!r}: no {top}.py or {top}/ in "
+            f"{', '.join(_user_folders())}, nor among the installed packages"
         ) from err
     except ImportError as err:
         raise TraincraftError(f"{kind} {path!r}: cannot import module {module_name!r} ({err})") from err

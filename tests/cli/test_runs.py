@@ -97,6 +97,6 @@ def test_a_module_next_to_the_recipe_imports_under_fit_evaluate_and_predict_from
     write_recipe(project, {**IRIS, "model": {"name": "no_such_module_here:Net"}}, name="missing.yaml")
     assert main(["fit", str(project / "missing.yaml"), "--run-dir", "run2", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: model 'no_such_module_here:Net': no module 'no_such_module_here' (no "
+    assert err.startswith("error: model 'no_such_module_here:Net': cannot import module 'no_such_module_here': no "
                           "no_such_module_here.py or no_such_module_here/ in ")
-    assert str(elsewhere) in err and str(project) in err and err.rstrip().endswith("nor among the installed packages)")
+    assert str(elsewhere) in err and str(project) in err and err.rstrip().endswith("nor among the installed packages")
