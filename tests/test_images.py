@@ -193,3 +193,18 @@ def test_predict_a_folder_and_evaluate_a_new_labelled_folder_from_the_run_folder
     figures = json.loads(capsys.readouterr().out)
     assert figures["loss"] == pytest.approx(trainer.evaluate((pixels, torch.zeros(3, dtype=torch.long)))["loss"], rel=1e-6)
     assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "train" / "..")]) == 2
+
+
+def test_a_partial_cache_of_a_killed_decoder_is_removed_and_a_missing_listed_file_named(tmp_path):
+    root = write_folder(tmp_path / "train")
+    given = images.ImageSpec(**spec(root, tmp_path))
+    key = images.cache_key(images._listing(root)[0], given)
+    (tmp_path / "cache").mkdir()
+    dead = tmp_path / "cache" / f".{key}.999999999.tmp.npy"  # no such process
+    dead.write_bytes(b"half a cache")
+    prepare(spec(root, tmp_path), split={"val": 0, "test": 0})
+    assert not dead.exists() and (tmp_path / "cache" / f"{key}.npy").is_file()
+    (tmp_path / "list.csv").write_text("path,label\ntrain/cat/00.png,cat\ntrain/cat/99.png,cat\n")
+    with pytest.raises(DataError) as caught:
+        prepare({**spec(root, tmp_path), "images": str(tmp_path / "list.csv")}, split={"val": 0, "test": 0})
+    assert str(caught.value) == f"image list {tmp_path / 'list.csv'}, line 3: 'train/cat/99.png' not found"

@@ -168,6 +168,7 @@ def _decoded(files: list[Path], spec: ImageSpec) -> np.ndarray:
         except (OSError, ValueError):
             pass  # a damaged cache is decoded again
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(folder, path.stem)
     partial = folder / f".{path.stem}.{os.getpid()}.tmp.npy"
     out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
                                     shape=(len(files), spec.channels, *spec.image_size))
@@ -180,6 +181,24 @@ def _decoded(files: list[Path], spec: ImageSpec) -> np.ndarray:
     finally:
         partial.unlink(missing_ok=True)
     return np.load(path, mmap_mode="c")
+
+
+def _remove_dead_partials(folder: Path, stem: str) -> None:
+    """Partial caches that a killed process left (its pid no longer runs) are removed."""
+    for leftover in folder.glob(f".{stem}.*.tmp.npy"):
+        pid = leftover.name.split(".")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def decode(file: Path, spec: ImageSpec) -> np.ndarray:
