@@ -37,6 +37,7 @@ from traincraft.data import (
     make_batches,
     make_predict_batches,
     map_tensors,
+    num_samples,
     split_off,
     to_device,
 )
@@ -350,7 +351,10 @@ class Trainer:
             if self.batch_transform is not None:
                 inputs = self.batch_transform(inputs, training=True)
             index = state.batch_in_epoch
-            samples, counted = self._samples(shards, index, inputs, target)
+            if shards is None:  # one process: the batch's own samples
+                samples = counted = num_samples(target) if target is not None else num_samples(inputs)
+            else:
+                samples, counted = self._shard_samples(shards, index)
             pred, target, loss, penalty = self.train_micro_batch(inputs, target, samples, last_of_epoch=index == last)
             self._record(sums, pred, target, loss, penalty, samples)
             state.batch_in_epoch += 1
@@ -497,12 +501,9 @@ class Trainer:
         if step >= self.next_unfreeze:
             self.next_unfreeze = unfreeze_due(self)
 
-    def _samples(self, shards: Any, index: int, inputs: Any, target: Any) -> tuple[int, int]:
-        """A micro-batch's samples on this process and over all processes (a stand-in batch of a
-        shorter shard has 0); the first of a window also sets the window's total."""
-        if shards is None:
-            samples = batch_samples(inputs, target)
-            return samples, samples
+    def _shard_samples(self, shards: Any, index: int) -> tuple[int, int]:
+        """Several processes: a micro-batch's samples on this process and over all (a stand-in
+        batch of a shorter shard has 0); the first of a window also sets the window's total."""
         if not self.stepper.pending:
             self.stepper.window_total = shards.window_total(index, self.stepper.accumulate)
         return shards.local[index], shards.total[index]
@@ -861,7 +862,8 @@ class Trainer:
             self.stop_vote.settle(self.state)
 
     def _emit(self, event: str) -> None:
-        self.events.emit(event, self)
+        for handler in self.events.handlers(event):
+            handler(self)
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:

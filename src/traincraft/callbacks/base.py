@@ -100,7 +100,11 @@ class Events:
             return [c for c in self.callbacks if c not in saving] + saving
         return list(self.callbacks)
 
+    def handlers(self, event: str) -> list[Any]:
+        """The bound methods that ``event`` calls, in order (the per-step ones looked up once)."""
+        found = self._handlers.get(event)
+        return found if found is not None else [getattr(c, event) for c in self.order(event)]
+
     def emit(self, event: str, trainer: Trainer) -> None:
-        handlers = self._handlers.get(event)
-        for handler in handlers if handlers is not None else [getattr(c, event) for c in self.order(event)]:
+        for handler in self.handlers(event):
             handler(trainer)
