@@ -529,6 +529,8 @@ def make_batches(
         if world_size == 1:
             return LoaderBatches(data, target_key)
         return sharded_loader(data, what=what, target_key=target_key, **kwargs)
+    if hasattr(data, "as_batches"):  # data that makes its own batches (a memory-mapped split)
+        return data.as_batches(batch_size, **kwargs)
     if isinstance(data, Mapping):
         data = _dict_as_pair(data, target_key, what)
     if isinstance(data, TensorDataset):

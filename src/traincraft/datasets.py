@@ -789,6 +789,55 @@ def _prepare_user_dataset(result: Any, name: str, task: str | None, shares: dict
     )
 
 
+def _prepare_mapped(spec: Mapping[str, Any], task: str | None, shares: dict[str, float], seed: int,
+                    base_dir: str | os.PathLike[str] | None, classes: Sequence[Any] | None) -> PreparedData:
+    """``{inputs: x.npy, targets: y.npy}``: the inputs memory-mapped, the splits lists of rows."""
+    from traincraft.errors import check_keys
+    from traincraft.mapped import MappedSplit, open_inputs
+
+    check_keys("dataset", spec, ["inputs", "targets"])
+    if "targets" not in spec:
+        raise DataError("dataset: a memory-mapped data set needs {inputs: x.npy, targets: y.npy}")
+    inputs_path, targets_path = (_resolve_path(str(spec[k]), base_dir) for k in ("inputs", "targets"))
+    inputs = open_inputs(inputs_path)
+    try:
+        y = np.load(targets_path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"targets {targets_path}: not a readable .npy file ({err})") from None
+    name = str(spec["inputs"])
+    if len(y) != len(inputs):
+        raise DataError(f"dataset {name!r}: {len(inputs)} inputs but {len(y)} targets in {targets_path}")
+    if classes is not None:
+        raise DataError("data.classes filters the samples of in-memory data; a memory-mapped set is used whole")
+    task = task or _infer_task(y)
+    class_names = None
+    if task == "classification":
+        codes, class_names = _encode_labels({"train": y}, None, name)
+        y = codes["train"]
+        targets = torch.from_numpy(y)
+    else:
+        targets = torch.from_numpy(_regression_targets({"train": y}, name)["train"])
+    sizes = _split_sizes(len(y), {k: shares.get(k, 0.0) for k in ("val", "test")}, name)
+    if sizes["val"] + sizes["test"] >= len(y):
+        raise DataError(f"dataset {name!r}: the split leaves no training samples; lower data.split")
+    rng = np.random.default_rng(seed)
+    index = _stratified_split(y, sizes, rng) if task == "classification" else _random_split(len(y), sizes, rng)
+    splits = {}
+    for key in SPLITS:
+        if key == "train" or sizes.get(key, 0) > 0:
+            rows = np.sort(index[key]).astype(np.int64)
+            splits[key] = MappedSplit(inputs, targets[torch.from_numpy(rows)], rows)
+    n_out = len(class_names) if class_names is not None else int(targets[0].numel())
+    return PreparedData(
+        train=splits["train"], val=splits.get("val"), test=splits.get("test"), task=task,
+        input_shape=tuple(inputs.shape[1:]), output_size=n_out,
+        num_classes=n_out if class_names is not None else None,
+        feature_names=_default_names("x", int(np.prod(inputs.shape[1:]))),
+        target_names=_default_names("y", 1 if class_names is not None else n_out), class_names=class_names,
+        scaler=Scaler("none"), target_stats=None, name=name,
+    )
+
+
 def split_size(split: Any) -> int:
     """Samples in a split: ``(X, y)`` tensors or a Dataset (0 for None)."""
     if split is None:
@@ -1347,6 +1396,11 @@ def prepare(
                             "this source has no columns to choose from (leave them out)")
     elif args:
         raise DataError(f"data.args go to a dataset named 'package.module:Name', not to {dataset!r}")
+    elif isinstance(dataset, Mapping) and "inputs" in dataset:
+        if scaler.kind != "none":
+            raise DataError("a memory-mapped data set is used as stored: set data.scale: none (scale the "
+                            "arrays before saving them)")
+        return _prepare_mapped(dataset, task, shares, seed, base_dir, classes)
     else:
         source = _load_source(dataset, task, target, features, base_dir)
     notes = [] if task is not None else _labels_read_as_numbers(source)

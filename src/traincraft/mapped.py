@@ -1,0 +1,119 @@
+"""Data larger than memory: ``.npy`` inputs kept on disk and read batch by batch.
+
+``dataset: {inputs: x.npy, targets: y.npy}`` keeps the inputs on disk: each batch reads its rows
+with ``os.preadv`` (sorted, so the reads go forward through the file) into the batch's own
+buffer. Nothing of the file is mapped into the process: reading a memory map instead makes each
+page fault map a whole page-cache folio (up to 2 MiB), so one batch of 512 random rows of 4 KiB
+took 425 MiB of resident memory on this machine. The operating system's page cache keeps what
+fits, outside the process. The file's header is read through a read-only map (its shape, dtype,
+offset). The targets (one value or a few per sample) are read into memory; splits are lists of
+rows, never copies of the inputs.
+
+The inputs are used as they are stored (``data.scale`` must be ``none``): scale them before
+saving them, as a data set of this size is usually prepared once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from traincraft.data import (
+    Batch,
+    Batches,
+    ShardSizes,
+    _local_sizes,
+    _shard_sizes,
+    epoch_order,
+    shard_batches,
+)
+from traincraft.errors import DataError
+
+
+@dataclass
+class MappedSplit:
+    """A split of a memory-mapped data set: the map, the rows of this split, their targets."""
+
+    inputs: np.ndarray  # np.memmap (N, ...) of the whole file
+    targets: torch.Tensor  # (len(rows), ...) in memory
+    rows: np.ndarray  # int64, sorted: which rows of the map
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def as_batches(self, batch_size: int, **kwargs: Any) -> MappedBatches:
+        """What :func:`traincraft.data.make_batches` makes of it."""
+        return MappedBatches(self, batch_size, **kwargs)
+
+
+def open_inputs(path: Path) -> np.ndarray:
+    """The ``.npy`` file as a read-only memory map, with a clear error for anything else."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise DataError(f"inputs {path}: not a readable .npy file ({err})") from None
+    if not isinstance(array, np.memmap) or array.dtype.kind not in "biuf" or array.ndim < 2:
+        raise DataError(f"inputs {path}: need a numeric array of shape (samples, ...), got {array.dtype} {array.shape}")
+    return array
+
+
+class MappedBatches(Batches):
+    """Batches gathered from a :class:`MappedSplit`, in the seeded order of each epoch (sharded
+    like in-memory tensors under several processes)."""
+
+    def __init__(self, split: MappedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, equal_steps: bool = False):
+        self.split, self.batch_size = split, batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
+        self._n = len(split)
+        self._sizes = _local_sizes(self._n, batch_size, rank, world_size, equal_steps, drop_last)
+
+    @property
+    def num_samples(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def batch_sizes(self, epoch: int) -> list[int]:
+        return list(self._sizes)
+
+    def shard_sizes(self) -> ShardSizes | None:
+        return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
+        batches = shard_batches(order, self.batch_size, self.rank, self.world_size,
+                                equal_steps=self.equal_steps, drop_last=self.drop_last)
+        return self._gathered(batches[start:])
+
+    def _gathered(self, batches: list[torch.Tensor]) -> Iterator[Batch]:
+        split = self.split
+        fd = os.open(split.inputs.filename, os.O_RDONLY)
+        try:
+            for index in batches:
+                rows = split.rows[index.numpy()]
+                yield torch.from_numpy(read_rows(fd, split.inputs, rows)), split.targets.index_select(0, index)
+        finally:
+            os.close(fd)
+
+
+def read_rows(fd: int, inputs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``inputs[rows]`` read from the file (``fd``) with one ``preadv`` per row, in file order."""
+    shape, dtype = inputs.shape[1:], inputs.dtype
+    size = int(np.prod(shape)) * dtype.itemsize
+    out = np.empty((len(rows), *shape), dtype=dtype)
+    flat = memoryview(out).cast("B")  # the rows' bytes, one after another
+    for position in np.argsort(rows, kind="stable"):  # forward through the file
+        offset = inputs.offset + int(rows[position]) * size
+        start = int(position) * size
+        if os.preadv(fd, [flat[start:start + size]], offset) != size:
+            raise OSError(f"{inputs.filename}: short read at row {int(rows[position])} (the file was truncated?)")
+    return out
