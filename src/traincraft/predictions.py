@@ -107,6 +107,49 @@ def labelled_images(recipe: Any, info: dict[str, Any], folder: Path) -> tuple[to
     return torch.from_numpy(np.ascontiguousarray(pixels)), codes
 
 
+def labelled_data(recipe: Any, info: dict[str, Any], path: Path) -> tuple[Any, torch.Tensor]:
+    """New labelled data for ``evaluate --data``: a folder of images for a run on images, else a
+    file read as the run's data was (a CSV with its feature and target columns, ``.npz``,
+    ``.pt``), scaled with the run's scaler and labelled with the run's classes."""
+    dataset = recipe.data.dataset
+    if isinstance(dataset, dict) and "images" in dataset:
+        return labelled_images(recipe, info, path)
+    import numpy as np
+
+    from traincraft.datasets import Scaler, _label_name, _load_source
+
+    if info["task"] == "forecast":
+        raise DataError("evaluate --data takes samples, not series: a forecast run is evaluated on its splits")
+    if not path.is_file():
+        raise DataError(f"evaluate --data {path}: not found")
+    d = recipe.data
+    target, features = d.target, d.features
+    if path.suffix.lower() == ".csv":
+        features = list(info["feature_names"])  # the run's inputs, by name
+        if target is None:  # a built-in's data: the one column that is not an input
+            with path.open(encoding="utf-8", newline="") as handle:
+                header = next(csv.reader(handle), [])
+            extra = [c for c in header if c not in features]
+            if len(extra) != 1:
+                raise DataError(f"{path}: give the run's input columns and one target column; the columns "
+                                f"besides the inputs are {extra or 'none'}")
+            target = extra[0]
+    source = _load_source(str(path), info["task"], target, features, None)
+    x, y = source.parts["train"]
+    if x is None:
+        raise DataError(f"{path}: holds no inputs")
+    inputs = Scaler.from_dict(info["scaler"]).transform(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    inputs = inputs.reshape(len(inputs), *info["input_shape"])
+    if info["task"] == "classification":
+        names = list(info.get("class_names") or [])
+        labels = [_label_name(v) for v in np.asarray(y).reshape(len(y)).tolist()]
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise DataError(f"{path}: labels {', '.join(unknown[:5])} are not classes of the run ({', '.join(names)})")
+        return inputs, torch.tensor([names.index(label) for label in labels])
+    return inputs, torch.from_numpy(np.asarray(y, dtype=np.float32).reshape(len(y), -1))
+
+
 def predict_csv(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
     """Predict every row (or, for forecasts, every window) of ``source``; returns rows written."""
     from traincraft.datasets import Scaler

@@ -100,3 +100,30 @@ def test_a_module_next_to_the_recipe_imports_under_fit_evaluate_and_predict_from
     assert err.startswith("error: model 'no_such_module_here:Net': cannot import module 'no_such_module_here': no "
                           "no_such_module_here.py or no_such_module_here/ in ")
     assert str(elsewhere) in err and str(project) in err and err.rstrip().endswith("nor among the installed packages")
+
+
+def test_evaluate_a_new_labelled_csv_as_the_run_read_its_data(tmp_path, capsys):
+    from sklearn.datasets import load_iris
+
+    from traincraft.recipe import load_recipe
+    from traincraft.run import prepare_data
+
+    _, run_dir = fit(tmp_path)
+    info = json.loads((run_dir / "data.json").read_text())
+    rows = prepare_data(load_recipe(IRIS)).indices["test"].tolist()  # the run's test split, as raw rows
+    iris = load_iris()
+    source = tmp_path / "labelled.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*info["feature_names"], "species"])
+        for row in rows:
+            writer.writerow([*iris.data[row], info["class_names"][iris.target[row]]])
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--data", str(source)]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert figures["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
+    assert figures["accuracy"] == results["test"]["accuracy"]
+    source.write_text(source.read_text().replace(info["class_names"][0], "tulip"))
+    assert main(["evaluate", str(run_dir), "--data", str(source)]) == 2
+    assert "labels tulip are not classes of the run" in capsys.readouterr().err

@@ -25,8 +25,9 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     evaluate = command("evaluate", cmd_evaluate, "evaluate a run's best weights on a split", EVALUATE_EXAMPLES)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
     evaluate.add_argument("--split", choices=["train", "val", "test"], default="test")
-    evaluate.add_argument("--data", metavar="FOLDER",
-                          help="for a run on images: a new labelled folder (one subfolder per class) instead of a split")
+    evaluate.add_argument("--data", metavar="FILE|FOLDER",
+                          help="new labelled data instead of a split: a file read as the run's data was (CSV with "
+                          "its columns, .npz, .pt), or for a run on images a folder with one subfolder per class")
     evaluate.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
     predict = command("predict", cmd_predict, "predict a CSV file (or a folder of images) with a run's model",
@@ -80,9 +81,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.run_dir = str(run_folder(args.run_dir))
     trainer, recipe, info = _run_trainer(args.run_dir, args.trust_code)
     if args.data is not None:
-        from traincraft.predictions import labelled_images
+        from traincraft.predictions import labelled_data
 
-        figures = trainer.evaluate(labelled_images(recipe, info, Path(args.data)))
+        figures = trainer.evaluate(labelled_data(recipe, info, Path(args.data)))
         print(json.dumps({"data": args.data, **figures}, indent=2))
         return 0
     data = prepare_data(recipe)
