@@ -462,3 +462,17 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a writer whose leftovers are still its own). Where there is
+    no cheap check (not POSIX), True: nothing is taken for abandoned."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from traincraft.errors import DataError
+from traincraft.files import process_running
 
 #: File suffixes read as images (Pillow decodes them all).
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -187,18 +188,8 @@ def _remove_dead_partials(folder: Path, stem: str) -> None:
     """Partial caches that a killed process left (its pid no longer runs) are removed."""
     for leftover in folder.glob(f".{stem}.*.tmp.npy"):
         pid = leftover.name.split(".")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def decode(file: Path, spec: ImageSpec) -> np.ndarray:

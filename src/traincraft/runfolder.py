@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from traincraft.errors import TraincraftError
+from traincraft.files import process_running
 
 if TYPE_CHECKING:
     from traincraft.state import TrainState
@@ -112,7 +113,9 @@ def clean_leftovers(folder: str | Path, *, everyone: bool = False) -> list[Path]
             continue
         for path in where.glob(".*.tmp"):
             match = _TEMPORARY.match(path.name)
-            if match and not everyone and _alive(int(match.group(1))):
+            pid = int(match.group(1)) if match else None
+            # This process writes nothing while it cleans: its own leftovers go too.
+            if pid is not None and not everyone and pid != os.getpid() and process_running(pid):
                 continue
             try:
                 path.unlink()
@@ -120,18 +123,6 @@ def clean_leftovers(folder: str | Path, *, everyone: bool = False) -> list[Path]
             except OSError:
                 pass
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # nothing of this process is being written when it cleans
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone else's process
-    return True
 
 
 def mark_complete(folder: str | Path, state: TrainState) -> None:

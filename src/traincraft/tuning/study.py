@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from traincraft.callbacks.monitor import format_value
 from traincraft.errors import TraincraftError
+from traincraft.files import process_running
 from traincraft.recipe import Recipe, RecipeError, read_raw
 from traincraft.registry import split_spec
 from traincraft.tuning.outputs import (
@@ -199,23 +200,11 @@ def _fail_abandoned(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTri
         trial_host, pid, token = worker.rsplit(":", 2)
         if trial_host != host:
             continue
-        gone = token not in _LIVE_TOKENS if int(pid) == os.getpid() else not _alive(int(pid))
+        gone = token not in _LIVE_TOKENS if int(pid) == os.getpid() else not process_running(int(pid))
         if gone:
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             closed = True
     return closed
-
-
-def _alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap check: a worker's trials are never taken for abandoned
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
