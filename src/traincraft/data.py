@@ -237,7 +237,43 @@ class Batches:
         return None
 
 
-class TensorBatches(Batches):
+class IndexedBatches(Batches):
+    """Batches of a source whose samples are numbered 0..n-1: each epoch's seeded order,
+    sharded across processes (under several, ``equal_steps`` gives every process the same number
+    of batches, see :class:`ShardSizes`). Subclasses say how a batch of indices becomes a batch."""
+
+    def _index(self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool, rank: int,
+               world_size: int, equal_steps: bool) -> None:
+        self.batch_size = batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
+        self._n = n
+        self._sizes = _local_sizes(n, batch_size, rank, world_size, equal_steps, drop_last)
+
+    @property
+    def num_samples(self) -> int:
+        return self._n
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def batch_sizes(self, epoch: int) -> list[int]:
+        """This process's real samples in each batch (0 for a stand-in batch)."""
+        return list(self._sizes)
+
+    def shard_sizes(self) -> ShardSizes | None:
+        return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
+
+    def index_batches(self, epoch: int, device: torch.device | None = None) -> list[torch.Tensor]:
+        """This process's batches of sample indices in ``epoch``."""
+        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
+        if device is not None:
+            order = order.to(device)
+        return shard_batches(order, self.batch_size, self.rank, self.world_size, equal_steps=self.equal_steps,
+                             drop_last=self.drop_last)
+
+
+class TensorBatches(IndexedBatches):
     """Batches sliced out of in-memory tensors (moved once to the training device).
 
     Under several processes (``world_size`` > 1) each process takes its shard of every epoch's
@@ -263,30 +299,14 @@ class TensorBatches(Batches):
         equal_steps: bool = False,
     ):
         self.inputs, self.target = inputs, target
-        self.batch_size = batch_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
-        self._n = num_samples(target) if target is not None else num_samples(inputs)
-        self._sizes = _local_sizes(self._n, batch_size, rank, world_size, equal_steps, drop_last)
-
-    @property
-    def num_samples(self) -> int:
-        return self._n
+        n = num_samples(target) if target is not None else num_samples(inputs)
+        self._index(n, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
+                    world_size=world_size, equal_steps=equal_steps)
 
     def to(self, device: torch.device) -> TensorBatches:
         self.inputs = to_device(self.inputs, device)
         self.target = to_device(self.target, device)
         return self
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def batch_sizes(self, epoch: int) -> list[int]:
-        """This process's real samples in each batch (0 for a stand-in batch)."""
-        return list(self._sizes)
-
-    def shard_sizes(self) -> ShardSizes | None:
-        return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         bs = self.batch_size
@@ -296,10 +316,7 @@ class TensorBatches(Batches):
                 take = lambda t, piece=piece: t[piece]  # noqa: E731
                 yield map_tensors(take, self.inputs), map_tensors(take, self.target)
             return
-        device = first_tensor(self.inputs).device  # type: ignore[union-attr]
-        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed).to(device)
-        batches = shard_batches(order, bs, self.rank, self.world_size, equal_steps=self.equal_steps,
-                                drop_last=self.drop_last)
+        batches = self.index_batches(epoch, first_tensor(self.inputs).device)  # type: ignore[union-attr]
         inputs, target = self.inputs, self.target
         if isinstance(inputs, torch.Tensor) and isinstance(target, torch.Tensor):  # the usual case
             for index in batches[start:]:
@@ -339,7 +356,7 @@ class _OrderSampler(torch.utils.data.Sampler):
         return iter(self.batches)
 
 
-class DatasetBatches(Batches):
+class DatasetBatches(IndexedBatches):
     """A map-style ``Dataset`` batched by a ``DataLoader`` that follows our epoch order (sharded
     like :class:`TensorBatches` under several processes)."""
 
@@ -360,36 +377,14 @@ class DatasetBatches(Batches):
         worker_init_fn: Any = None,
         target_key: str = TARGET_KEY,
     ):
-        self.dataset, self.batch_size, self.target_key = dataset, batch_size, target_key
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
+        self.dataset, self.target_key = dataset, target_key
+        self._index(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,  # type: ignore[arg-type]
+                    rank=rank, world_size=world_size, equal_steps=equal_steps)
         self.loader_kwargs: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
         if collate_fn is not None:
             self.loader_kwargs["collate_fn"] = collate_fn
         if num_workers:
             self.loader_kwargs["worker_init_fn"] = WorkerIgnoringSignals(worker_init_fn)
-        self._n = len(dataset)  # type: ignore[arg-type]
-        self._sizes = _local_sizes(self._n, batch_size, rank, world_size, equal_steps, drop_last)
-
-    @property
-    def num_samples(self) -> int:
-        return self._n
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def batch_sizes(self, epoch: int) -> list[int]:
-        """This process's real samples in each batch (0 for a stand-in batch)."""
-        return list(self._sizes)
-
-    def shard_sizes(self) -> ShardSizes | None:
-        return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
-
-    def _index_batches(self, epoch: int) -> list[list[int]]:
-        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
-        batches = shard_batches(order, self.batch_size, self.rank, self.world_size,
-                                equal_steps=self.equal_steps, drop_last=self.drop_last)
-        return [batch.tolist() for batch in batches]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         # The loader's seeds (its workers') come from (seed, epoch), not from torch's global
@@ -397,7 +392,7 @@ class DatasetBatches(Batches):
         # resume replays the epoch's first batches through them (exact augmentation); without
         # workers the draws are the main process's, restored with the checkpoint.
         replay = start if self.loader_kwargs["num_workers"] else 0
-        batches = self._index_batches(epoch)[start - replay :]
+        batches = [batch.tolist() for batch in self.index_batches(epoch)[start - replay :]]
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
         loader = DataLoader(self.dataset, batch_sampler=_OrderSampler(batches), generator=generator,
                             **self.loader_kwargs)

@@ -24,15 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from traincraft.data import (
-    Batch,
-    Batches,
-    ShardSizes,
-    _local_sizes,
-    _shard_sizes,
-    epoch_order,
-    shard_batches,
-)
+from traincraft.data import Batch, IndexedBatches
 from traincraft.errors import DataError
 
 
@@ -63,36 +55,18 @@ def open_inputs(path: Path) -> np.ndarray:
     return array
 
 
-class MappedBatches(Batches):
-    """Batches gathered from a :class:`MappedSplit`, in the seeded order of each epoch (sharded
-    like in-memory tensors under several processes)."""
+class MappedBatches(IndexedBatches):
+    """Batches read from a :class:`MappedSplit`, in the seeded order of each epoch (sharded like
+    in-memory tensors under several processes)."""
 
     def __init__(self, split: MappedSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, equal_steps: bool = False):
-        self.split, self.batch_size = split, batch_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
-        self._n = len(split)
-        self._sizes = _local_sizes(self._n, batch_size, rank, world_size, equal_steps, drop_last)
-
-    @property
-    def num_samples(self) -> int:
-        return self._n
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def batch_sizes(self, epoch: int) -> list[int]:
-        return list(self._sizes)
-
-    def shard_sizes(self) -> ShardSizes | None:
-        return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
+        self.split = split
+        self._index(len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
+                    world_size=world_size, equal_steps=equal_steps)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
-        batches = shard_batches(order, self.batch_size, self.rank, self.world_size,
-                                equal_steps=self.equal_steps, drop_last=self.drop_last)
-        return self._gathered(batches[start:])
+        return self._gathered(self.index_batches(epoch)[start:])
 
     def _gathered(self, batches: list[torch.Tensor]) -> Iterator[Batch]:
         split = self.split
