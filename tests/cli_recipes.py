@@ -17,6 +17,17 @@ IRIS = {
     "metrics": ["accuracy"],
 }
 
+# A module of the user's own with one model class, for the tests of imports next to a recipe.
+NET_MODULE = (
+    "import torch\n"
+    "class Net(torch.nn.Module):\n"
+    "    def __init__(self, input_shape, output_size):\n"
+    "        super().__init__()\n"
+    "        self.layer = torch.nn.Linear(input_shape[0], output_size)\n"
+    "    def forward(self, x):\n"
+    "        return self.layer(x)\n"
+)
+
 
 def write_recipe(folder: Path, recipe=IRIS, name="recipe.yaml") -> Path:
     path = folder / name

@@ -12,7 +12,7 @@ import pytest
 from traincraft.cli import main
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cli_recipes import IRIS, write_recipe  # noqa: E402
+from cli_recipes import IRIS, NET_MODULE, write_recipe  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -101,15 +101,7 @@ def test_hostile_paths_and_files_get_one_line(tmp_path, capsys):
 
 
 def test_the_installed_command_imports_modules_of_the_current_folder(tmp_path):
-    (tmp_path / "mynets.py").write_text(
-        "import torch\n"
-        "class Net(torch.nn.Module):\n"
-        "    def __init__(self, input_shape, output_size):\n"
-        "        super().__init__()\n"
-        "        self.layer = torch.nn.Linear(input_shape[0], output_size)\n"
-        "    def forward(self, x):\n"
-        "        return self.layer(x)\n"
-    )
+    (tmp_path / "mynets.py").write_text(NET_MODULE)
     write_recipe(tmp_path, {**IRIS, "model": {"name": "mynets:Net"}, "train": {"max_epochs": 1}})
     command = Path(sys.executable).with_name("traincraft")
     if not command.is_file():

@@ -12,7 +12,7 @@ import torch
 from traincraft.cli import main
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cli_recipes import IRIS, fit, write_recipe  # noqa: E402
+from cli_recipes import IRIS, NET_MODULE, fit, write_recipe  # noqa: E402
 
 
 def test_evaluate_and_predict_use_the_saved_model(tmp_path, capsys):
@@ -77,15 +77,7 @@ def test_a_module_next_to_the_recipe_imports_under_fit_evaluate_and_predict_from
 ):
     project = tmp_path / "project"
     project.mkdir()
-    (project / "side_nets_of_the_recipe.py").write_text(
-        "import torch\n"
-        "class Net(torch.nn.Module):\n"
-        "    def __init__(self, input_shape, output_size):\n"
-        "        super().__init__()\n"
-        "        self.layer = torch.nn.Linear(input_shape[0], output_size)\n"
-        "    def forward(self, x):\n"
-        "        return self.layer(x)\n"
-    )
+    (project / "side_nets_of_the_recipe.py").write_text(NET_MODULE)
     write_recipe(project, {**IRIS, "model": {"name": "side_nets_of_the_recipe:Net"}, "train": {"max_epochs": 1}})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
