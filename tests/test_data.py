@@ -154,3 +154,48 @@ def test_split_off_is_seeded_disjoint_and_complete():
     assert len(train_ds) + len(val_ds) == 11 and len(val_ds) == 3
     with pytest.raises(DataError, match="cannot split a DataLoader"):
         split_off(DataLoader(Squares()), 0.2, seed=0)
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Each sample draws from random, numpy and torch in its worker and notes the worker's pid."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.x = torch.arange(24, dtype=torch.float32).view(12, 2)
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        import os
+        import random
+
+        import numpy as np
+
+        with open(self.folder / f"{os.getpid()}.pid", "a") as handle:
+            handle.write(".")
+        noise = random.random() + float(np.random.rand()) + torch.rand(()).item()
+        return self.x[i] + noise, torch.tensor(i % 2)
+
+
+def _worker_epochs(tmp_path, persistent, epochs=3, start_epoch=0, start=0):
+    folder = tmp_path / f"p{persistent}{start_epoch}{start}"
+    folder.mkdir()
+    batches = DatasetBatches(_Noisy(folder), 3, shuffle=True, seed=5, num_workers=2,
+                             persistent_workers=persistent)
+    seen = [[x.clone() for x, _ in batches.epoch(e, start if e == start_epoch else 0)]
+            for e in range(start_epoch, epochs)]
+    return seen, sorted(p.stem for p in folder.glob("*.pid"))
+
+
+def test_persistent_workers_draw_what_fresh_workers_draw_each_epoch_and_live_across_epochs(tmp_path):
+    fresh, fresh_pids = _worker_epochs(tmp_path, persistent=False)
+    kept, kept_pids = _worker_epochs(tmp_path, persistent=True)
+    assert len(fresh_pids) == 6 and len(kept_pids) == 2  # two workers an epoch, or two for the fit
+    for a, b in zip(fresh, kept):
+        assert len(a) == len(b) == 4 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(torch.cat(kept[0]), torch.cat(kept[1]))  # each epoch draws anew
+    # Resumed in the middle of epoch 1 (a fresh process: new workers), the rest is the same.
+    resumed, _ = _worker_epochs(tmp_path, persistent=True, start_epoch=1, start=2)
+    assert all(torch.equal(x, y) for x, y in zip(resumed[0], kept[1][2:]))
+    assert all(torch.equal(x, y) for x, y in zip(resumed[1], kept[2]))

@@ -208,3 +208,83 @@ def test_a_partial_cache_of_a_killed_decoder_is_removed_and_a_missing_listed_fil
     with pytest.raises(DataError) as caught:
         prepare({**spec(root, tmp_path), "images": str(tmp_path / "list.csv")}, split={"val": 0, "test": 0})
     assert str(caught.value) == f"image list {tmp_path / 'list.csv'}, line 3: 'train/cat/99.png' not found"
+
+
+def fit_weights(train, val, *, augment=None, max_epochs=2):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    trainer = tc.Trainer(model, loss="cross_entropy", batch_size=5, max_epochs=max_epochs, seed=0, progress=False,
+                         metrics=["accuracy"], data={"augment": augment, "normalize": {"mean": [0.5] * 3,
+                                                                                       "std": [0.25] * 3}})
+    history = trainer.fit(train, val=val)
+    return trainer.model.state_dict(), [{k: v for k, v in r.items() if k != "seconds"} for r in history.epochs]
+
+
+def test_a_cache_kept_on_disk_trains_exactly_as_the_same_pixels_in_memory(tmp_path):
+    from traincraft.mapped import MappedSplit
+
+    root = write_folder(tmp_path / "train", per_class=10)
+    kwargs = dict(split={"val": 0.2, "test": 0.1}, seed=4, classes=["fox", "cat"])
+    held = prepare(spec(root, tmp_path, in_memory=True), **kwargs)
+    disk = prepare(spec(root, tmp_path, in_memory=False), **kwargs)
+    assert isinstance(held.train, tuple) and isinstance(disk.train, MappedSplit)
+    assert disk.class_names == held.class_names == ["fox", "cat"]
+    for key in ("train", "val", "test"):  # the same samples, carved and filtered by rows only
+        ours, theirs = getattr(disk, key), getattr(held, key)
+        assert torch.equal(torch.from_numpy(np.asarray(disk.train.inputs)[ours.rows]), theirs[0])
+        assert torch.equal(ours.targets, theirs[1])
+    assert disk.normalize == held.normalize and disk.input_shape == held.input_shape
+    flip = [{"name": "horizontal_flip"}]
+    ours_w, ours_h = fit_weights(disk.train, disk.val, augment=flip)
+    theirs_w, theirs_h = fit_weights(held.train, held.val, augment=flip)
+    assert ours_h == theirs_h
+    for a, b in zip(ours_w.values(), theirs_w.values()):
+        assert torch.equal(a, b)
+
+
+def test_auto_keeps_a_cache_on_disk_when_it_exceeds_a_quarter_of_the_memory_available(tmp_path, monkeypatch):
+    from traincraft.mapped import MappedSplit
+
+    root = write_folder(tmp_path / "train")  # 18 images of 3x8x8: 3456 bytes
+    monkeypatch.setattr(images, "memory_available", lambda: 4 * 3456)
+    assert isinstance(prepare(spec(root, tmp_path), split={"val": 0.2}).train, tuple)
+    monkeypatch.setattr(images, "memory_available", lambda: 4 * 3456 - 1)
+    assert isinstance(prepare(spec(root, tmp_path), split={"val": 0.2}).train, MappedSplit)
+    with pytest.raises(DataError, match="dataset.in_memory must be auto, true or false, got 'yes'"):
+        prepare(spec(root, tmp_path, in_memory="yes"))
+
+
+def test_a_recipe_on_a_cache_on_disk_previews_trains_and_predicts_from_its_run_folder(tmp_path, capsys):
+    import json
+
+    from traincraft.cli import main
+
+    root = write_folder(tmp_path / "train", per_class=8)
+    recipe = {
+        "name": "imgs", "seed": 0,
+        "data": {"dataset": spec(root, tmp_path, in_memory=False), "split": {"val": 0.25, "test": 0.25},
+                 "batch_size": 8, "augment": [{"name": "horizontal_flip"}]},
+        "model": "cnn", "train": {"max_epochs": 1},
+    }
+    trainer = tc.Trainer.from_recipe(recipe, run_dir=tmp_path / "run", progress=False)
+    trainer.fit()
+    with Image.open(tmp_path / "run" / "plots" / "augment.png") as grid:
+        assert grid.width > 64
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
+
+
+def test_the_threads_decode_every_file_in_order_and_name_the_first_bad_one(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "train", per_class=9)
+    monkeypatch.setattr(images, "decoding_threads", lambda: 4)
+    given = images.ImageSpec(**spec(root, tmp_path, resize="stretch"))
+    pixels, labels = images.read_images(given)["train"]
+    files = sorted(root.rglob("*.png"))
+    assert np.array_equal(pixels, np.stack([images.decode(f, given) for f in files]))
+    (root / "dog" / "04.png").write_bytes(b"not a png")
+    (root / "fox" / "07.png").write_bytes(b"not a png either")
+    with pytest.raises(DataError, match=f"image {root / 'dog' / '04.png'} cannot be read"):
+        images.read_images(given)
+    assert not list((tmp_path / "cache").glob(".*.tmp.npy"))  # no partial cache left behind

@@ -135,17 +135,28 @@ def build(augment: Any, normalize: Any) -> BatchTransform | None:
     return BatchTransform(augment, normalize)
 
 
-def preview(transform: BatchTransform, pixels: torch.Tensor, path: Any, *, count: int = 16, seed: int = 0) -> Any:
-    """A PNG grid of ``count`` training images as the augmentation makes them (before
+def previewable(split: Any) -> bool:
+    """Whether :func:`preview` can draw ``split``: pixels in memory or on disk (not a Dataset)."""
+    from traincraft.mapped import MappedSplit
+
+    return isinstance(split, (tuple, MappedSplit))
+
+
+def preview(transform: BatchTransform, split: Any, path: Any, *, count: int = 16, seed: int = 0) -> Any:
+    """A PNG grid of ``count`` images of ``split`` (``(pixels, targets)`` in memory or a split on
+    disk), spread across it (and so across the classes), as the augmentation makes them (before
     normalisation), drawn from a generator of its own: the run's random numbers are untouched."""
     import io
 
     import numpy as np
     from PIL import Image
 
+    from traincraft.datasets import split_size
     from traincraft.files import atomic_write
+    from traincraft.mapped import inputs_at
 
-    picked = pixels[torch.linspace(0, len(pixels) - 1, min(count, len(pixels))).long()]  # across the classes
+    size = split_size(split)
+    picked = inputs_at(split, torch.linspace(0, size - 1, min(count, size)).long().numpy())
     x = picked.float() / 255.0 if picked.dtype == torch.uint8 else picked.float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -376,6 +376,7 @@ class DatasetBatches(IndexedBatches):
         pin_memory: bool = False,
         worker_init_fn: Any = None,
         target_key: str = TARGET_KEY,
+        persistent_workers: bool = False,
     ):
         self.dataset, self.target_key = dataset, target_key
         self._index(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,  # type: ignore[arg-type]
@@ -385,6 +386,8 @@ class DatasetBatches(IndexedBatches):
             self.loader_kwargs["collate_fn"] = collate_fn
         if num_workers:
             self.loader_kwargs["worker_init_fn"] = WorkerIgnoringSignals(worker_init_fn)
+        self.persistent = bool(num_workers and persistent_workers)
+        self._kept: tuple[DataLoader, _OrderSampler] | None = None  # the persistent workers' loader
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         # The loader's seeds (its workers') come from (seed, epoch), not from torch's global
@@ -393,10 +396,74 @@ class DatasetBatches(IndexedBatches):
         # workers the draws are the main process's, restored with the checkpoint.
         replay = start if self.loader_kwargs["num_workers"] else 0
         batches = [batch.tolist() for batch in self.index_batches(epoch)[start - replay :]]
+        if self.persistent:
+            return _started(self._persistent_loader(batches, _mix(self.seed, epoch)), replay, self.target_key)
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
         loader = DataLoader(self.dataset, batch_sampler=_OrderSampler(batches), generator=generator,
                             **self.loader_kwargs)
         return _started(loader, replay, self.target_key)
+
+    def _persistent_loader(self, batches: list[list[int]], seed: int) -> DataLoader:
+        """One loader whose workers live across epochs. Each epoch's batches carry the seed
+        torch would have drawn for fresh workers, and a worker reseeds itself (and runs the
+        ``worker_init_fn`` again) when the seed changes: the draws are those of fresh workers."""
+        drawn = torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(seed))
+        keyed = [[(int(drawn.item()), i) for i in batch] for batch in batches]
+        if self._kept is None:
+            sampler = _OrderSampler(keyed)
+            loader = DataLoader(_EpochSeeded(self.dataset, self.loader_kwargs["worker_init_fn"]),  # type: ignore[arg-type]
+                                batch_sampler=sampler, generator=torch.Generator().manual_seed(seed),
+                                persistent_workers=True, **self.loader_kwargs)
+            self._kept = (loader, sampler)
+        loader, sampler = self._kept
+        sampler.batches = keyed
+        return loader
+
+
+class _EpochSeeded(Dataset):
+    """A Dataset read with ``(epoch seed, index)`` keys by persistent workers: at a key of a new
+    epoch, the worker seeds ``random``, torch and numpy as torch seeds a fresh worker
+    (``base_seed + worker id``) and runs the ``worker_init_fn`` again."""
+
+    def __init__(self, dataset: Dataset, worker_init_fn: Any):
+        self.dataset, self.worker_init_fn = dataset, worker_init_fn
+        self.seeded: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        base_seed = keys[0][0]
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            if self.seeded is None:
+                self.seeded = info.seed - info.id  # torch seeded this worker for the first epoch
+            if base_seed != self.seeded:
+                _seed_worker(base_seed, info.id)
+                self.worker_init_fn(info.id)
+                self.seeded = base_seed
+        indices = [index for _, index in keys]
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return list(getitems(indices)) if getitems is not None else [self.dataset[i] for i in indices]
+
+
+def _seed_worker(base_seed: int, worker_id: int) -> None:
+    """What torch's worker loop does first: ``random``, torch and numpy seeded from the base seed."""
+    import random
+
+    from torch.utils.data._utils.worker import _generate_state
+
+    seed = base_seed + worker_id
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(_generate_state(base_seed, worker_id))
 
 
 class LoaderBatches(Batches):
@@ -508,10 +575,12 @@ def make_batches(
     target_key: str = TARGET_KEY,
     num_workers: int = 0,
     pin_memory: bool = False,
+    persistent_workers: bool = False,
 ) -> Batches:
     """Turn what a user passed (see :data:`ACCEPTED`) into :class:`Batches`. A dict of tensors
     or arrays holds its target under ``target_key``; so do the dict batches of a Dataset. A
-    Dataset is loaded by ``num_workers`` worker processes (``pin_memory`` for CUDA).
+    Dataset is loaded by ``num_workers`` worker processes (``pin_memory`` for CUDA), kept
+    across epochs when ``persistent_workers``.
 
     Under several processes (``world_size`` > 1) tensors and Datasets are sharded; a DataLoader
     with the default samplers is rebuilt over its dataset so that it is sharded too (see
@@ -543,7 +612,7 @@ def make_batches(
             raise DataError(f"{what}: the Dataset is empty")
         _check_shardable(len(data), world_size, what)  # type: ignore[arg-type]
         return DatasetBatches(data, batch_size, target_key=target_key, num_workers=num_workers,
-                              pin_memory=pin_memory, **kwargs)
+                              pin_memory=pin_memory, persistent_workers=persistent_workers, **kwargs)
     raise DataError(f"{what}: unsupported type {_type_name(data)}; accepted: {ACCEPTED}")
 
 

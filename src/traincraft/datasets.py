@@ -762,7 +762,7 @@ def _read_image_source(spec: Mapping[str, Any], base_dir: str | os.PathLike[str]
     from traincraft.errors import check_keys
     from traincraft.images import ImageSpec, read_images
 
-    check_keys("dataset", spec, ["images", "image_size", "channels", "resize", "cache"])
+    check_keys("dataset", spec, ["images", "image_size", "channels", "resize", "cache", "in_memory"])
     if "images" not in spec:
         raise DataError("dataset: a dict names image files: {images: folder | {train, val, test} | list.csv, ...}")
     parts = read_images(ImageSpec(**spec), base_dir)
@@ -1158,23 +1158,23 @@ def _prepare_samples(
     train_codes = targets["train"] if task == "classification" else None
     carved = _carve(parts, shares, train_codes, seed, name)
 
-    tensors = {
-        k: (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
-        for k, (x, y, _) in carved.items()
-    }
     normalize = None
     if source.pixels:  # uint8 as they are: converted, augmented and normalised per batch
         from traincraft.images import channel_stats
 
-        scaler, splits = Scaler("none"), tensors
+        scaler, splits = Scaler("none"), {k: _pixel_split(x, y) for k, (x, y, _) in carved.items()}
         normalize = channel_stats(carved["train"][0])
     else:
+        tensors = {
+            k: (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
+            for k, (x, y, _) in carved.items()
+        }
         scaler.fit(tensors["train"][0])  # the training split only: val/test stay unseen
         splits = {
             k: (scaler.transform(x).to(torch.float32).contiguous(), y) for k, (x, y) in tensors.items()
         }
-    x_train, y_train = splits["train"]
-    input_shape = tuple(x_train.shape[1:])
+    input_shape = tuple(carved["train"][0].shape[1:])
+    y_train = torch.from_numpy(np.ascontiguousarray(carved["train"][1]))
     n_targets = 1 if task == "classification" else y_train.shape[1]
     feature_names = source.feature_names
     if feature_names is None:
@@ -1197,6 +1197,17 @@ def _prepare_samples(
         indices={k: torch.from_numpy(rows) for k, (_, _, rows) in carved.items()},
         normalize=normalize,
     )
+
+
+def _pixel_split(x: Any, y: np.ndarray) -> Any:
+    """A split of uint8 images: tensors when the pixels are in memory, a
+    :class:`~traincraft.mapped.MappedSplit` (batches read from the cache) when they are on disk."""
+    from traincraft.mapped import MappedSplit, OnDisk
+
+    targets = torch.from_numpy(np.ascontiguousarray(y))
+    if isinstance(x, OnDisk):
+        return MappedSplit(x.inputs, targets, x.rows)
+    return torch.from_numpy(np.ascontiguousarray(x)), targets
 
 
 # --------------------------------------------------------------------------------------------

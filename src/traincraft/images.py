@@ -10,10 +10,14 @@ Where the images are (``dataset: {images: ...}`` in a recipe, :func:`read_images
 Each image is decoded once with Pillow into ``channels`` channels (1: grey, 3: RGB) at
 ``image_size`` (``resize``: ``"crop"`` scales the shorter side then takes the centre,
 ``"stretch"`` scales each side), and the pixels of a source are cached as one uint8 ``.npy``
-array ``(N, C, H, W)``, read memory-mapped. The cache's name is a hash of the files' names,
-sizes and modification times and of the decoding settings: an edited folder is decoded again,
-an unchanged one is not. Conversion to float, augmentation and normalisation happen per batch on
-the device (:mod:`traincraft.augment`).
+array ``(N, C, H, W)``, decoded by one thread per core (Pillow releases the GIL while it
+decodes and resizes). The cache's name is a hash of the files' names, sizes and modification
+times and of the decoding settings: an edited folder is decoded again, an unchanged one is not.
+
+A cache that fits in memory (``in_memory: auto``: at most a quarter of the memory available) is
+read into it, and batches are slices; a larger one stays on disk (:class:`traincraft.mapped.OnDisk`)
+and each batch reads its rows. Conversion to float, augmentation and normalisation happen per
+batch on the device (:mod:`traincraft.augment`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import csv
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,8 @@ class ImageSpec:
         resize: ``"crop"`` (the shorter side to size, then the centre) or ``"stretch"``.
         cache: the folder of the decoded caches (default ``$TRAINCRAFT_CACHE``, else
             ``~/.cache/traincraft/images``).
+        in_memory: ``"auto"`` (a cache of at most a quarter of the available memory is read
+            into memory, a larger one stays on disk), ``True`` or ``False``.
     """
 
     images: Any
@@ -57,6 +64,7 @@ class ImageSpec:
     channels: int = 3
     resize: str = "crop"
     cache: str | None = None
+    in_memory: Any = "auto"
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -68,12 +76,15 @@ class ImageSpec:
             raise DataError(f"dataset.channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
         if self.resize not in RESIZE:
             raise DataError(f"dataset.resize must be one of {', '.join(RESIZE)}, got {self.resize!r}")
+        if self.in_memory not in ("auto", True, False):
+            raise DataError(f"dataset.in_memory must be auto, true or false, got {self.in_memory!r}")
 
 
 def read_images(spec: ImageSpec, base_dir: str | os.PathLike[str] | None = None, *,
-                min_classes: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                min_classes: int = 2) -> dict[str, tuple[Any, np.ndarray]]:
     """The splits of an image data set: ``{"train": (pixels uint8 (N, C, H, W), labels (N,) of
-    str)}``, and ``"val"``/``"test"`` when the source gives them.
+    str)}``, and ``"val"``/``"test"`` when the source gives them. The pixels are an array in
+    memory, or :class:`~traincraft.mapped.OnDisk` rows of the cache (``spec.in_memory``).
 
     Raises:
         DataError: a missing folder or file, an empty or lone class, an unreadable image (each
@@ -91,10 +102,30 @@ def read_images(spec: ImageSpec, base_dir: str | os.PathLike[str] | None = None,
     if len(classes) < min_classes:
         where = next(iter(listed.values()))[2]
         raise DataError(f"{where}: a single class ({classes[0] if classes else 'none'}); classification needs at least two")
-    out = {}
-    for key, (files, labels, _) in listed.items():
-        out[key] = (_decoded(files, spec), np.array(labels, dtype=str))
-    return out
+    caches = {key: _decoded(files, spec) for key, (files, _, _) in listed.items()}
+    in_memory = spec.in_memory
+    if in_memory == "auto":
+        in_memory = sum(c.nbytes for c in caches.values()) <= memory_available() // 4
+    if not in_memory:
+        from traincraft.mapped import OnDisk
+
+        return {key: (OnDisk(caches[key]), np.array(labels, dtype=str)) for key, (_, labels, _) in listed.items()}
+    return {key: (np.array(caches[key]), np.array(labels, dtype=str)) for key, (_, labels, _) in listed.items()}
+
+
+def memory_available() -> int:
+    """Bytes of memory available to new data (``MemAvailable`` on Linux, else the physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 def _path(text: Any, base_dir: str | os.PathLike[str] | None) -> Path:
@@ -174,14 +205,33 @@ def _decoded(files: list[Path], spec: ImageSpec) -> np.ndarray:
     out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
                                     shape=(len(files), spec.channels, *spec.image_size))
     try:
-        for i, file in enumerate(files):
-            out[i] = decode(file, spec)
+        _decode_into(out, files, spec)
         out.flush()
         del out
         os.replace(partial, path)  # a reader sees the whole cache or none
     finally:
         partial.unlink(missing_ok=True)
     return np.load(path, mmap_mode="c")
+
+
+def _decode_into(out: np.ndarray, files: list[Path], spec: ImageSpec) -> None:
+    """``out[i]`` = the decoded ``files[i]``, by :func:`decoding_threads` threads; the first
+    file (in order) that cannot be read is the error raised."""
+
+    def one(i: int) -> None:
+        out[i] = decode(files[i], spec)
+
+    with ThreadPoolExecutor(max_workers=decoding_threads()) as pool:
+        for _ in pool.map(one, range(len(files))):
+            pass
+
+
+def decoding_threads() -> int:
+    """One decoding thread per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _remove_dead_partials(folder: Path, stem: str) -> None:

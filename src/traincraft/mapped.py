@@ -1,5 +1,8 @@
 """Data larger than memory: ``.npy`` inputs kept on disk and read batch by batch.
 
+The same holds for a cache of decoded images too large to hold in memory
+(:mod:`traincraft.images`): its splits are :class:`OnDisk` rows until they are batched.
+
 ``dataset: {inputs: x.npy, targets: y.npy}`` keeps the inputs on disk: each batch reads its rows
 with ``os.preadv`` (sorted, so the reads go forward through the file) into the batch's own
 buffer. Nothing of the file is mapped into the process: reading a memory map instead makes each
@@ -28,6 +31,39 @@ from traincraft.data import Batch, IndexedBatches
 from traincraft.errors import DataError
 
 
+class OnDisk:
+    """Rows of a ``.npy`` file kept on disk: indexing selects rows (nothing is read); reading
+    happens in ``np.asarray`` (with :func:`read_rows`) or batch by batch once it is a split.
+    Splitting and filtering code written for arrays (``x[rows]``, ``x[mask]``, ``len``,
+    ``x.shape``) works on it unchanged."""
+
+    def __init__(self, inputs: np.ndarray, rows: np.ndarray | None = None):
+        self.inputs = inputs  # np.memmap of the whole file
+        self.rows = np.arange(len(inputs), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.inputs.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.inputs.dtype
+
+    def __getitem__(self, index: Any) -> OnDisk:
+        return OnDisk(self.inputs, self.rows[index])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        fd = os.open(self.inputs.filename, os.O_RDONLY)
+        try:
+            out = read_rows(fd, self.inputs, self.rows)
+        finally:
+            os.close(fd)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 @dataclass
 class MappedSplit:
     """A split of a memory-mapped data set: the map, the rows of this split, their targets."""
@@ -42,6 +78,17 @@ class MappedSplit:
     def as_batches(self, batch_size: int, **kwargs: Any) -> MappedBatches:
         """What :func:`traincraft.data.make_batches` makes of it."""
         return MappedBatches(self, batch_size, **kwargs)
+
+    def inputs_at(self, index: Any) -> torch.Tensor:
+        """The inputs of the split's samples at ``index`` (positions in the split), read now."""
+        return torch.from_numpy(np.asarray(OnDisk(self.inputs, self.rows[index])))
+
+
+def inputs_at(split: Any, index: Any) -> torch.Tensor:
+    """The inputs at ``index`` of a split held in memory (``(inputs, targets)``) or on disk."""
+    if isinstance(split, MappedSplit):
+        return split.inputs_at(np.asarray(index))
+    return split[0][torch.as_tensor(index)]
 
 
 def open_inputs(path: Path) -> np.ndarray:

@@ -87,6 +87,8 @@ class DataOptions:
         num_workers: worker processes loading a ``Dataset`` given to ``fit``/``evaluate`` (in
             the trainer's seeded order; a ``DataLoader`` keeps its own).
         pin_memory: page-locked batches of a ``Dataset``, for faster copies to a GPU.
+        persistent_workers: keep the worker processes from one epoch to the next (no start-up
+            per epoch); each epoch's draws are still those of fresh workers (exact resume).
     """
 
     val_split: float | None = None
@@ -96,6 +98,7 @@ class DataOptions:
     normalize: Any = None
     num_workers: int = 0
     pin_memory: bool = False
+    persistent_workers: bool = True
 
 
 @dataclass

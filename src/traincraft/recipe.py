@@ -61,6 +61,7 @@ class DataSection(Section):
     )
     num_workers: int = Field(0, ge=0, description="worker processes loading a Dataset of your own")
     pin_memory: bool = Field(False, description="page-locked batches of a Dataset of your own, for a GPU")
+    persistent_workers: bool = Field(True, description="keep the workers from one epoch to the next")
     augment: list[str | dict[str, Any]] | None = Field(
         None, description="image augmentations of training batches, on the device (kornia): [{name: horizontal_flip}, ...]"
     )

@@ -121,7 +121,8 @@ def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
         max_epochs=t.max_epochs, max_steps=t.max_steps, batch_size=recipe.data.batch_size, callbacks=callbacks,
         seed=recipe.seed, device=t.device, checkpoint=recipe.checkpoint.model_dump(),
         **{**t.groups(), "data": {**t.groups()["data"], "augment": recipe.data.augment,
-                                  "num_workers": recipe.data.num_workers, "pin_memory": recipe.data.pin_memory}},
+                                  "num_workers": recipe.data.num_workers, "pin_memory": recipe.data.pin_memory,
+                                  "persistent_workers": recipe.data.persistent_workers}},
         **finetune_kwargs(recipe),
     )
 
@@ -234,12 +235,14 @@ class RunFolder(Callback):
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
         transform = trainer.batch_transform
-        if (transform is not None and transform.augmentation is not None and trainer.data is not None
-                and isinstance(trainer.data.train, tuple)):
-            from traincraft.augment import preview
+        if transform is not None and transform.augmentation is not None and trainer.data is not None:
+            from traincraft.augment import preview, previewable
 
-            # What the augmentation makes of the first training images (its own random numbers).
-            preview(transform, trainer.data.train[0], self.folder / "plots" / "augment.png", seed=trainer.seed)
+            if not previewable(trainer.data.train):
+                return
+
+            # What the augmentation makes of training images (its own random numbers).
+            preview(transform, trainer.data.train, self.folder / "plots" / "augment.png", seed=trainer.seed)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if trainer.state.stop_reason is None or trainer.run_complete:

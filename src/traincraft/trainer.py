@@ -820,7 +820,7 @@ class Trainer:
             data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
             rank=self.rank, world_size=self.world_size, equal_steps=training, what=what,
             target_key=self.data_options.target_key, num_workers=self.data_options.num_workers,
-            pin_memory=self.data_options.pin_memory,
+            pin_memory=self.data_options.pin_memory, persistent_workers=self.data_options.persistent_workers,
         )
         if isinstance(batches, TensorBatches):
             batches.to(self.device)  # once: every batch is then a slice on the device
