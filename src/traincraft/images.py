@@ -221,9 +221,12 @@ def _decode_into(out: np.ndarray, files: list[Path], spec: ImageSpec) -> None:
     def one(i: int) -> None:
         out[i] = decode(files[i], spec)
 
-    with ThreadPoolExecutor(max_workers=decoding_threads()) as pool:
+    pool = ThreadPoolExecutor(max_workers=decoding_threads())
+    try:
         for _ in pool.map(one, range(len(files))):
             pass
+    finally:  # a bad file or Ctrl-C: the files not yet begun are not decoded
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def decoding_threads() -> int:
