@@ -288,3 +288,29 @@ def test_the_threads_decode_every_file_in_order_and_name_the_first_bad_one(tmp_p
     with pytest.raises(DataError, match=f"image {root / 'dog' / '04.png'} cannot be read"):
         images.read_images(given)
     assert not list((tmp_path / "cache").glob(".*.tmp.npy"))  # no partial cache left behind
+
+
+def test_show_batch_draws_the_augmented_training_images_of_a_recipe_without_training(tmp_path, capsys):
+    import yaml
+
+    from traincraft.cli import main
+
+    root = write_folder(tmp_path / "train", per_class=8)
+    recipe = {"name": "imgs", "seed": 0, "model": "cnn",
+              "data": {"dataset": spec(root, tmp_path), "split": {"val": 0.25, "test": 0.25},
+                       "augment": [{"name": "random_resized_crop", "size": [8, 8], "scale": [0.3, 0.6]}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "grid.png"
+    assert main(["show-batch", str(tmp_path / "r.yaml"), "--count", "5", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"5 train images as data.augment makes them: {out}"
+    plain = tmp_path / "plain.png"
+    assert main(["show-batch", str(tmp_path / "r.yaml"), "data.augment=null", "--count", "5", "-o", str(plain)]) == 0
+    with Image.open(out) as drawn, Image.open(plain) as unaugmented:
+        assert drawn.size == unaugmented.size and drawn.size[0] > drawn.size[1] > 0
+        assert not np.array_equal(np.asarray(drawn), np.asarray(unaugmented))  # the crops differ
+    again = tmp_path / "again.png"
+    assert main(["show-batch", str(tmp_path / "r.yaml"), "--count", "5", "-o", str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()  # seeded
+    assert main(["show-batch", "quickstart", "-o", str(tmp_path / "x.png")]) == 2
+    assert "show-batch draws images read from files (dataset: {images: ...}); the data 'digits'" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

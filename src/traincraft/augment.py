@@ -171,7 +171,7 @@ def preview(transform: BatchTransform, split: Any, path: Any, *, count: int = 16
         r, c = divmod(i, columns)
         grid[r * (height + 2) + 1:r * (height + 2) + 1 + height, c * (width + 2) + 1:c * (width + 2) + 1 + width] = image.transpose(1, 2, 0)
     picture = Image.fromarray(grid[..., 0] if channels == 1 else grid)
-    scale = max(1, 256 // max(grid.shape[:2]))
+    scale = max(1, 640 // max(grid.shape[:2]))  # small images drawn large enough to see
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")

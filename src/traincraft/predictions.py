@@ -1,5 +1,5 @@
-"""``traincraft predict``: a CSV of inputs (the run's scaling applied) or a folder of images (decoded
-as the run's were) in, a CSV of predictions out."""
+"""``traincraft predict``: a CSV of inputs or a ``.npy``/``.npz`` array (the run's scaling applied),
+or a folder of images (decoded as the run's were) in, a CSV of predictions out."""
 
 from __future__ import annotations
 
@@ -52,12 +52,49 @@ def _read_columns(path: Path, names: list[str]) -> torch.Tensor:
 
 
 def predict_file(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
-    """Predict ``source`` into the CSV ``target``: images when the run trained on images (a
-    folder of them, searched recursively, or one image file), else a CSV; returns rows written."""
+    """Predict ``source`` into the CSV ``target``: a ``.npy``/``.npz`` array of inputs; for a
+    run on images, a folder of them (searched recursively) or one image file; else a CSV;
+    returns rows written."""
+    if source.suffix.lower() in (".npy", ".npz"):
+        return predict_rows(trainer, info, read_array(source, info), target)
     dataset = recipe.data.dataset
     if isinstance(dataset, dict) and "images" in dataset:
         return predict_images(trainer, info, dataset, source, target)
     return predict_csv(trainer, info, recipe, source, target)
+
+
+def read_array(path: Path, info: dict[str, Any]) -> torch.Tensor:
+    """The inputs held by a ``.npy`` file, or by a ``.npz`` under ``X``/``x``/``inputs``: one
+    row per sample, shaped as the run's inputs (or flat), or for a forecast the series (time,
+    series)."""
+    import numpy as np
+
+    if not path.is_file():
+        raise DataError(f"input file {path} not found")
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                key = next((k for k in ("X", "x", "inputs") if k in archive.files), None)
+                if key is None:
+                    raise DataError(f"{path}: holds no array X (or x, inputs); found: {', '.join(archive.files) or 'nothing'}")
+                array = archive[key]
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable {path.suffix} file of plain arrays ({err})") from None
+    if array.dtype.kind not in "biuf" or array.ndim < 1:
+        raise DataError(f"{path}: need a numeric array, got {array.dtype} {array.shape}")
+    shape = tuple(info["input_shape"])
+    if info["task"] == "forecast":
+        array = array.reshape(len(array), -1) if array.ndim != 2 else array
+        if array.shape[1] != len(info["feature_names"]):
+            raise DataError(f"{path}: a forecast reads the series (time, {len(info['feature_names'])}); "
+                            f"got {tuple(array.shape)}")
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if tuple(array.shape[1:]) != shape and (array.ndim < 2 or int(np.prod(array.shape[1:])) != int(np.prod(shape))):
+        raise DataError(f"{path}: inputs of shape {tuple(array.shape)}; the model takes (samples, "
+                        f"{', '.join(map(str, shape))})")
+    return torch.from_numpy(np.ascontiguousarray(array)).reshape(len(array), *shape)
 
 
 def predict_images(trainer: Any, info: dict[str, Any], dataset: dict[str, Any], source: Path, target: Path) -> int:
@@ -152,20 +189,28 @@ def labelled_data(recipe: Any, info: dict[str, Any], path: Path) -> tuple[Any, t
 
 def predict_csv(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
     """Predict every row (or, for forecasts, every window) of ``source``; returns rows written."""
+    raw = read_columns(source, list(info["feature_names"]))
+    if info["task"] != "forecast":
+        raw = raw.reshape(len(raw), *info["input_shape"])
+    return predict_rows(trainer, info, raw, target, source=source)
+
+
+def predict_rows(trainer: Any, info: dict[str, Any], raw: torch.Tensor, target: Path, *, source: Any = "input") -> int:
+    """Predict each sample of ``raw`` (unscaled inputs; a forecast: the series, every window of
+    ``lookback`` rows) into the CSV ``target``; returns rows written."""
     from traincraft.datasets import Scaler
 
     scaler = Scaler.from_dict(info["scaler"])
     task, shape = info["task"], tuple(info["input_shape"])
     if task == "forecast":
-        series_names = list(info["feature_names"])
-        series = scaler.transform(read_columns(source, series_names))
+        series = scaler.transform(raw)
         lookback = shape[0]
         if len(series) < lookback:
             raise DataError(f"{source}: {len(series)} rows, but a forecast needs at least lookback={lookback}")
         inputs = series.unfold(0, lookback, 1).transpose(1, 2).contiguous()
     else:
-        raw = read_columns(source, list(info["feature_names"]))
-        inputs = scaler.transform(raw.reshape(len(raw), *shape))
+        pixels = raw.dtype == torch.uint8 and scaler.kind == "none"  # images: normalised per batch
+        inputs = raw if pixels else scaler.transform(raw)
     outputs = trainer.predict(inputs)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -119,3 +119,41 @@ def test_evaluate_a_new_labelled_csv_as_the_run_read_its_data(tmp_path, capsys):
     source.write_text(source.read_text().replace(info["class_names"][0], "tulip"))
     assert main(["evaluate", str(run_dir), "--data", str(source)]) == 2
     assert "labels tulip are not classes of the run" in capsys.readouterr().err
+
+
+def test_predict_and_evaluate_arrays_as_the_run_read_its_data(tmp_path, capsys):
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    _, run_dir = fit(tmp_path)
+    iris = load_iris()
+    rows = [3, 77, 140]
+    np.save(tmp_path / "x.npy", iris.data[rows])
+    np.savez(tmp_path / "xy.npz", X=iris.data[rows], y=iris.target[rows])
+    csv_in = tmp_path / "in.csv"
+    info = json.loads((run_dir / "data.json").read_text())
+    with csv_in.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(info["feature_names"])
+        writer.writerows(iris.data[rows].tolist())
+    outputs = {}
+    for name in ("x.npy", "xy.npz", "in.csv"):
+        out = tmp_path / f"{name}.out.csv"
+        assert main(["predict", str(run_dir), "--input", str(tmp_path / name), "--output", str(out)]) == 0
+        outputs[name] = out.read_text()
+    assert outputs["x.npy"] == outputs["xy.npz"] == outputs["in.csv"]  # scaled as the CSV is
+    assert len(outputs["x.npy"].splitlines()) == 4
+    np.savez(tmp_path / "xy.npz", X=iris.data[rows], y=np.array(info["class_names"])[iris.target[rows]])
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "xy.npz")]) == 0
+    predicted = [row["prediction"] for row in csv.DictReader(outputs["in.csv"].splitlines())]
+    right = sum(p == info["class_names"][t] for p, t in zip(predicted, iris.target[rows]))
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(right / 3)
+    for bad, message in ((np.zeros((3, 5)), "inputs of shape (3, 5); the model takes (samples, 4)"),
+                         (np.array(["a", "b"]), "need a numeric array, got <U1 (2,)")):
+        np.save(tmp_path / "bad.npy", bad)
+        assert main(["predict", str(run_dir), "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "o.csv")]) == 2
+        assert f"error: {tmp_path / 'bad.npy'}: {message}" in capsys.readouterr().err
+    np.savez(tmp_path / "nokey.npz", features=iris.data[rows])
+    assert main(["predict", str(run_dir), "--input", str(tmp_path / "nokey.npz"), "--output", str(tmp_path / "o.csv")]) == 2
+    assert "holds no array X (or x, inputs); found: features" in capsys.readouterr().err

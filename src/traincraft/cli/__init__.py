@@ -3,7 +3,7 @@
 One module per family of commands: :mod:`~traincraft.cli.fit` (fit, resume),
 :mod:`~traincraft.cli.runs` (evaluate, predict), :mod:`~traincraft.cli.info` (init, list,
 schema), :mod:`~traincraft.cli.report` and :mod:`~traincraft.cli.lr_find`, :mod:`~traincraft.cli.schedule` and
-:mod:`~traincraft.cli.tune`.
+:mod:`~traincraft.cli.tune`, :mod:`~traincraft.cli.show_batch`.
 :func:`main` runs every one of them under the one error policy, :func:`run_reporting_errors`.
 """
 
@@ -27,6 +27,7 @@ PASSTHROUGH = {
     "tune": "traincraft.cli.tune:tune_main",
     "report": "traincraft.cli.report:report_main",
     "lr-find": "traincraft.cli.lr_find:lr_find_main",
+    "show-batch": "traincraft.cli.show_batch:show_batch_main",
 }
 
 
@@ -92,4 +93,5 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("tune", help="search hyperparameters with Optuna (the recipe's tune: section)")
     commands.add_parser("report", help="rebuild a run's plots and report.html")
     commands.add_parser("lr-find", help="find a learning rate with the range test")
+    commands.add_parser("show-batch", help="draw a recipe's training images as the augmentation makes them")
     return parser
