@@ -1,0 +1,157 @@
+"""The metric names: the registry, and building a metric from a name, a dict or an object."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from traincraft.errors import TraincraftError
+from traincraft.metrics.classification import (
+    Accuracy,
+    F1Macro,
+    PrecisionMacro,
+    RecallMacro,
+    TopKAccuracy,
+)
+from traincraft.metrics.regression import (
+    MeanAbsoluteError,
+    MeanSquaredError,
+    R2Score,
+    RootMeanSquaredError,
+)
+from traincraft.registry import Registry, import_object, split_spec
+
+#: Metric names -> classes. ``REGISTRY.add("name", factory)`` registers a metric of your own.
+REGISTRY = Registry("metric")
+REGISTRY.add(
+    "accuracy",
+    Accuracy,
+    aliases=["acc", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy"],
+    doc="correct / samples",
+)
+REGISTRY.add(
+    "top5_accuracy",
+    TopKAccuracy,
+    aliases=["top_5_accuracy", "top5"],
+    doc="target among the 5 highest scores",
+    k=5,
+)
+REGISTRY.add(
+    "top_k_accuracy",
+    TopKAccuracy,
+    aliases=["topk_accuracy", "top_k"],
+    doc="target among the k highest scores (k required)",
+)
+REGISTRY.add("f1_macro", F1Macro, aliases=["macro_f1", "f1_score_macro"], doc="macro-averaged F1")
+REGISTRY.add(
+    "precision_macro",
+    PrecisionMacro,
+    aliases=["macro_precision"],
+    doc="macro-averaged precision",
+)
+REGISTRY.add("recall_macro", RecallMacro, aliases=["macro_recall"], doc="macro-averaged recall")
+REGISTRY.add(
+    "mae", MeanAbsoluteError, aliases=["mean_absolute_error", "l1"], doc="mean absolute error"
+)
+REGISTRY.add(
+    "mse", MeanSquaredError, aliases=["mean_squared_error", "l2"], doc="mean squared error"
+)
+REGISTRY.add(
+    "rmse", RootMeanSquaredError, aliases=["root_mean_squared_error"], doc="√ of the epoch's mse"
+)
+REGISTRY.add(
+    "r2", R2Score, aliases=["r2_score", "r_squared", "rsquared"], doc="R², uniform average"
+)
+
+
+def names() -> list[str]:
+    """The registered metric names (aliases left out), sorted.
+
+    Example:
+        >>> "accuracy" in names()
+        True
+    """
+    return REGISTRY.names()
+
+
+def is_metric_like(obj: object) -> bool:
+    """Whether ``obj`` has callable ``update``, ``compute`` and ``reset`` (e.g. torchmetrics)."""
+    return all(callable(getattr(obj, attr, None)) for attr in ("update", "compute", "reset"))
+
+
+def metric_name(metric: object) -> str:
+    """``metric.name`` when it is a string, else the lowercase class name."""
+    name = getattr(metric, "name", None)
+    return name if isinstance(name, str) and name else type(metric).__name__.lower()
+
+
+def _accepts(factory: Callable[..., Any], keyword: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    # Only an explicit parameter: a **kwargs factory may pass it on to something that rejects it.
+    return any(p.name == keyword for p in params)
+
+
+def _call(factory: Callable[..., Any], name: str, kwargs: Mapping[str, Any]) -> Any:
+    try:
+        return factory(**kwargs)
+    except TypeError as err:
+        raise TraincraftError(f"metric {name!r}: {err}") from err
+
+
+def build(spec: str | Mapping[str, Any] | Any, *, probabilities: bool = False) -> Any:
+    """Build one metric from a name, a ``{"name": ..., **kwargs}`` dict, or a metric object.
+
+    A name with a colon (``"package.module:Class"``) is imported and called with the dict's other
+    keys. An object with ``update``/``compute``/``reset`` is returned as it is.
+
+    Args:
+        spec: ``"accuracy"``, ``{"name": "top_k_accuracy", "k": 3}``,
+            ``{"name": "torchmetrics.classification:MulticlassAUROC", "num_classes": 10}``,
+            or an object.
+        probabilities: binary predictions are probabilities (threshold 0.5), not logits (0).
+            Given to the metrics that take it; a ``probabilities`` key in the spec wins.
+
+    Example:
+        >>> build({"name": "top_k_accuracy", "k": 3}).name
+        'top3_accuracy'
+    """
+    if isinstance(spec, type) and is_metric_like(spec):
+        # A metric class rather than an instance: build it with the trainer's flag.
+        kwargs = {"probabilities": probabilities} if _accepts(spec, "probabilities") else {}
+        return _call(spec, spec.__name__, kwargs)
+    if not isinstance(spec, (str, Mapping)):
+        if is_metric_like(spec):
+            return spec
+        raise TraincraftError(
+            "metric spec must be a name, a dict with 'name', or an object with update/compute/"
+            f"reset; got {type(spec).__name__}"
+        )
+    name, kwargs = split_spec(spec, "metric")
+    if ":" in name:
+        obj = import_object(name, "metric")
+        if isinstance(obj, type) or not is_metric_like(obj):
+            metric = _call(obj, name, kwargs) if callable(obj) else obj
+        elif kwargs:
+            raise TraincraftError(f"metric {name!r} is an object already built; it takes no keys")
+        else:
+            metric = obj
+    else:
+        name = REGISTRY.canonical(name)
+        entry = REGISTRY.entry(name)
+        merged = {**entry.defaults, **kwargs}
+        if name == "top_k_accuracy" and "k" not in merged:
+            raise TraincraftError(
+                "metric 'top_k_accuracy' needs k: write {name: top_k_accuracy, k: 3}"
+            )
+        if _accepts(entry.factory, "probabilities"):
+            merged = {"probabilities": probabilities, **merged}
+        metric = _call(entry.factory, name, merged)
+    if not is_metric_like(metric):
+        raise TraincraftError(
+            f"metric {name!r} gave a {type(metric).__name__}, which has no update/compute/reset"
+        )
+    return metric
