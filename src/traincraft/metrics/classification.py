@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -261,3 +262,66 @@ class RecallMacro(_MacroMetric):
 
     def _ratio(self, tp: Tensor, predicted: Tensor, actual: Tensor) -> tuple[Tensor, Tensor]:
         return tp, actual
+
+
+class BalancedAccuracy(_MacroMetric):
+    """Mean over the classes that occur in the targets of recall = TP / actual.
+
+    As scikit-learn's ``balanced_accuracy_score``: a class that is only ever predicted (never a
+    target) is left out; plain accuracy when every class is equally frequent.
+
+    Args:
+        probabilities, threshold, ignore_index: as for :class:`Accuracy`.
+
+    Example:
+        >>> ba = BalancedAccuracy()
+        >>> ba.update(torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1, 1]))
+        >>> ba.compute()
+        0.75
+    """
+
+    name = "balanced_accuracy"
+
+    def finalize(self, sums: list[Tensor]) -> float:
+        true_pos, _, actual, invalid = sums
+        self._check_invalid(invalid)
+        present = actual > 0
+        if not bool(present.any()):
+            return float("nan")
+        return float((true_pos[present].double() / actual[present].double()).mean())
+
+
+class MatthewsCorrelation(_MacroMetric):
+    """Matthews correlation coefficient, the multi-class form (Gorodkin's R_K) that
+    scikit-learn's ``matthews_corrcoef`` computes; two classes give the binary MCC.
+
+    From per-class TP, predicted and actual counts (computed with Python integers, so exact at
+    any sample count): (c·s − t·p) / √((s² − p·p)(s² − t·t)), with c correct, s samples, t and p
+    the actual and predicted counts per class. 0 when a factor under the root is 0 (every target
+    or every prediction one class), as scikit-learn.
+
+    Args:
+        probabilities, threshold, ignore_index: as for :class:`Accuracy`.
+
+    Example:
+        >>> mcc = MatthewsCorrelation()
+        >>> mcc.update(torch.tensor([1.0, -1.0, 1.0, -1.0]), torch.tensor([1, 0, 0, 0]))
+        >>> round(mcc.compute(), 4)
+        0.5774
+    """
+
+    name = "mcc"
+
+    def finalize(self, sums: list[Tensor]) -> float:
+        true_pos, predicted, actual, invalid = sums
+        self._check_invalid(invalid)
+        t, p = actual.tolist(), predicted.tolist()
+        s, c = sum(t), int(true_pos.sum())
+        if s == 0:
+            return float("nan")
+        cov_tp = c * s - sum(a * b for a, b in zip(t, p))
+        cov_pp = s * s - sum(b * b for b in p)
+        cov_tt = s * s - sum(a * a for a in t)
+        if cov_pp == 0 or cov_tt == 0:
+            return 0.0
+        return cov_tp / math.sqrt(cov_pp * cov_tt)

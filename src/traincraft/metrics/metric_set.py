@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from traincraft.errors import TraincraftError
 from traincraft.metrics.base import _shape
-from traincraft.metrics.catalogue import build, is_metric_like, metric_name
+from traincraft.metrics.catalogue import build_named, is_metric_like
 
 
 def _spec_list(specs: Any) -> list[Any]:
@@ -39,6 +40,11 @@ def _as_float(value: Any, name: str) -> float:
             f"metric {name!r}: compute() returned a {type(value).__name__}, not a number; "
             "add each of its metrics on its own"
         ) from err
+
+
+def _is_scalar(metric: Any) -> bool:
+    """Whether a metric's value is one number (a history column), not a table."""
+    return getattr(metric, "scalar", True) is not False
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -75,10 +81,15 @@ class MetricSet:
     GROUP_BYTES = 4 << 20
 
     def __init__(self, specs: Any = None, *, probabilities: bool = False) -> None:
-        self.metrics: list[Any] = [build(s, probabilities=probabilities) for s in _spec_list(specs)]
+        built = [build_named(s, probabilities=probabilities) for s in _spec_list(specs)]
+        self.metrics: list[Any] = [metric for _, metric in built]
+        self.probabilities = probabilities
         self._held: list[tuple[Tensor, Tensor]] = []
         self._held_bytes = 0
-        self._names = [metric_name(m) for m in self.metrics]
+        self._names = [name for name, _ in built]
+        self._check_names()
+
+    def _check_names(self) -> None:
         duplicates = sorted({n for n in self._names if self._names.count(n) > 1})
         if duplicates:
             raise TraincraftError(
@@ -88,8 +99,36 @@ class MetricSet:
 
     @property
     def names(self) -> list[str]:
-        """Each metric's name, in the order given."""
+        """Each metric's name, in the order given (tables too)."""
         return list(self._names)
+
+    @property
+    def table_names(self) -> list[str]:
+        """The names of the metrics whose value is a table (``confusion_matrix``, ``per_class``):
+        not in ``compute()`` nor the history's columns, but in ``tables()``."""
+        return [n for n, m in zip(self._names, self.metrics) if not _is_scalar(m)]
+
+    @contextmanager
+    def extra(self, specs: Any) -> Iterator[MetricSet]:
+        """Add metrics for a while (an evaluation that also wants tables); the ones already
+        held by name are not added twice. Yields this set; the added metrics leave on exit.
+
+        Example:
+            >>> with trainer.metrics.extra(["confusion_matrix"]) as ms:
+            ...     trainer.evaluate(test)
+            ...     tables = ms.tables()
+        """
+        added = [(n, m) for n, m in (build_named(s, probabilities=self.probabilities) for s in _spec_list(specs))
+                 if n not in self._names]
+        self.flush()
+        count = len(self.metrics)
+        self.metrics += [m for _, m in added]
+        self._names += [n for n, _ in added]
+        try:
+            yield self
+        finally:
+            self.flush()
+            del self.metrics[count:], self._names[count:]
 
     def __len__(self) -> int:
         return len(self.metrics)
@@ -131,23 +170,50 @@ class MetricSet:
                     metric.update(pred, target)
 
     def compute(self) -> dict[str, float]:
-        """``{name: value}`` over every sample since the last ``reset()``. Reads the device."""
+        """``{name: value}`` over every sample since the last ``reset()``. Reads the device.
+        Metrics whose value is a table are left out: see :meth:`tables`."""
         self.flush()
-        return {name: _as_float(m.compute(), name) for name, m in zip(self._names, self.metrics)}
+        return {
+            name: _as_float(m.compute(), name)
+            for name, m in zip(self._names, self.metrics)
+            if _is_scalar(m)
+        }
+
+    def tables(self) -> dict[str, Any]:
+        """``{name: value}`` of the metrics whose value is a table (plain lists and dicts, ready
+        for JSON), over the same samples as :meth:`compute`."""
+        self.flush()
+        return {name: m.compute() for name, m in zip(self._names, self.metrics) if not _is_scalar(m)}
 
     def reset(self) -> None:
         self._held, self._held_bytes = [], 0
         for metric in self.metrics:
             metric.reset()
 
-    def sync(self, reduce_fn: Callable[[list[Tensor]], Any]) -> None:
+    def sync(
+        self,
+        reduce_fn: Callable[[list[Tensor]], Any],
+        gather_fn: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    ) -> None:
         """All-reduce every accumulator with SUM, in place, once, right before ``compute()``.
 
         ``reduce_fn`` receives all the tensors in one list (so it can reduce them in one call).
-        Metrics without ``sums()`` (e.g. torchmetrics, which syncs in its own ``compute()``) and
-        metrics not updated yet are left out. Every process must have updated every metric.
+        ``gather_fn`` receives a list of tensors and returns each concatenated (along dim 0) over
+        every process, in rank order: the ranking metrics (``auroc``, ``average_precision``),
+        which keep every score, need it. Metrics without ``sums()`` (e.g. torchmetrics, which
+        syncs in its own ``compute()``) and metrics not updated yet are left out. Every process
+        must have updated every metric.
         """
         self.flush()
+        gathering = [(n, m) for n, m in zip(self._names, self.metrics)
+                     if callable(getattr(m, "gather", None)) and getattr(m, "_sums", None)]
+        if gathering and gather_fn is None:
+            raise TraincraftError(
+                f"MetricSet.sync: metric {gathering[0][0]!r} keeps every score and needs "
+                "gather_fn as well (traincraft.distributed.all_gather_cat)"
+            )
+        for _, metric in gathering:
+            metric.gather(gather_fn)
         for metric in self.metrics:  # a metric whose sums need aligning first (R2's shift)
             if callable(getattr(metric, "before_sync", None)) and getattr(metric, "_sums", None):
                 metric.before_sync(reduce_fn)
