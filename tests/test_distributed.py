@@ -316,6 +316,28 @@ def test_two_processes_of_16_train_like_one_of_32(two_processes) -> None:
     assert "global batch 32 = 16 per process × 2 processes × accumulate 1" in two_processes.stderr
 
 
+def test_metrics_over_two_uneven_shards_equal_scikit_learn_on_the_whole_set(two_processes) -> None:
+    from sklearn import metrics as skm
+
+    logits, target, pred, y = worker.metric_data()
+    probs, predicted = logits.softmax(1).numpy(), logits.argmax(1).numpy()
+    expected = {
+        "auroc": skm.roc_auc_score(target, probs, multi_class="ovr"),
+        "average_precision": skm.average_precision_score(target, probs, average="macro"),
+        "mcc": skm.matthews_corrcoef(target, predicted),
+        "balanced_accuracy": skm.balanced_accuracy_score(target, predicted),
+        "mape": skm.mean_absolute_percentage_error(y, pred),
+        "explained_variance": skm.explained_variance_score(y, pred),
+        "r2": skm.r2_score(y, pred),
+    }
+    confusion = skm.confusion_matrix(target, predicted).tolist()
+    for seen in two_processes.ranks:
+        figures = {**seen["metrics"]["classification"]["figures"], **seen["metrics"]["regression"]["figures"]}
+        assert {k: figures[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+        assert seen["metrics"]["classification"]["tables"]["confusion_matrix"] == confusion
+        assert [r["support"] for r in seen["metrics"]["classification"]["tables"]["per_class"]] == [sum(r) for r in confusion]
+
+
 def test_every_process_holds_the_same_weights_and_figures_after_every_step(two_processes) -> None:
     first, second = (seen["equivalence"]["tensors"] for seen in two_processes.ranks)
     assert len(first["hashes"]) == worker.EPOCHS * 4  # ceil(ceil(101 / 2) / 16) = 4 steps per epoch

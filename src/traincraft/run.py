@@ -7,7 +7,8 @@ Run folder (``runs/<name>/<YYYYmmdd-HHMMSS>/`` unless given)::
     data.json          task, shapes, class names, the input scaler (for predict and load_model)
     metrics.csv        one row per epoch, rewritten at each epoch end
     best.safetensors   the final weights (the best ones when early stopping restores them)
-    results.json       the test split evaluated with those weights, when there is a test split
+    results.json       the test split evaluated with those weights, when there is a test split; for
+                       classification the confusion matrix and per-class table of val and test
     checkpoints/       last.ckpt and the kept ones (exact resume); best.json says which epoch was best
     steps.csv, summary.json, plots/, report.html    the LR per step, the summary, the plots, the page
     tensorboard/, mlruns/                           when those loggers are on
@@ -20,6 +21,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,33 +256,72 @@ class RunFolder(Callback):
             "steps": trainer.state.step,
             "best": trainer.best,
         }
-        data = getattr(trainer, "data", None)
-        if data is not None and data.test is not None:
-            results["test"] = self._evaluate_best(trainer, data.test)  # every process takes part
+        results.update(self._evaluate_best(trainer))  # every process takes part
         if not trainer.is_main_process:
             return
         atomic_write_text(self.folder / "results.json", json.dumps(results, indent=2))
         self.results = results
 
+    def _evaluate_best(self, trainer: Trainer) -> dict[str, Any]:
+        """With the weights of best.safetensors: the test split's figures (``"test"``), and the
+        tables (``"confusion_matrix"``, ``"per_class"``, and any other the recipe lists) of the
+        validation and test splits (``{"confusion_matrix": {"val": ..., "test": ...}}``).
+        Classification runs always get the confusion matrix and the per-class table."""
+        data = getattr(trainer, "data", None)
+        evaluations: dict[str, Any] = {}
+        if data is not None and data.test is not None:
+            evaluations["test"] = lambda: trainer.evaluate(data.test)
+        extra = table_metrics(data)
+        if (extra or trainer.metrics.table_names) and trainer.has_validation_data:
+            evaluations = {"val": trainer.validate, **evaluations}
+        if not evaluations:
+            return {}
+        results: dict[str, Any] = {}
+        with self._best_weights(trainer), trainer.metrics.extra(extra) as metrics:
+            names = getattr(data, "class_names", None)
+            per_class = metrics["per_class"] if "per_class" in metrics.names else None
+            if names and getattr(per_class, "class_names", 0) is None and len(names) == data.num_classes:
+                per_class.class_names = list(names)
+            for split, evaluate in evaluations.items():
+                figures = evaluate()
+                if split == "test":
+                    results["test"] = figures
+                for name, table in metrics.tables().items():
+                    results.setdefault(name if name not in RESULT_KEYS else f"table_{name}", {})[split] = table
+        return results
 
-    def _evaluate_best(self, trainer: Trainer, split: Any) -> dict[str, float]:
-        """The split evaluated with the weights of best.safetensors; the model keeps its own."""
+    @contextmanager
+    def _best_weights(self, trainer: Trainer) -> Iterator[None]:
+        """The model holds the weights of best.safetensors for a while, then its own again."""
         from traincraft.checkpoint import load_weights
         from traincraft.distributed import broadcast_object, broadcast_weights
 
         best = self.folder / "best.safetensors"
         several = trainer.world_size > 1
         if not (broadcast_object(best.is_file()) if several else best.is_file()):  # rank 0's file decides
-            return trainer.evaluate(split)
+            yield
+            return
         current = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         if trainer.is_main_process:
             trainer.model.load_state_dict(load_weights(best))
         if several:  # rank 0 read the file: no file system shared by the machines needed
             broadcast_weights(trainer.model)
         try:
-            return trainer.evaluate(split)
+            yield
         finally:
             trainer.model.load_state_dict(current)
+
+
+#: results.json's own keys; a table metric of the same name is written as ``table_<name>``.
+RESULT_KEYS = ("stop_reason", "epochs", "steps", "best", "test")
+
+
+def table_metrics(data: PreparedData | None) -> list[Any]:
+    """The tables every run of this data gets in results.json: for classification, the confusion
+    matrix and the per-class precision/recall/F1/support."""
+    if data is None or getattr(data, "task", None) != "classification":
+        return []
+    return ["confusion_matrix", "per_class"]
 
 
 def run_recipe_text(recipe: Recipe) -> str:
