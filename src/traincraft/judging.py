@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,7 +164,7 @@ def load_predictions(folder: str | Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as saved:
             return {key: saved[key] for key in saved.files}
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise TraincraftError(f"{path} is damaged ({err}); fit the run again to write it") from None
 
 
