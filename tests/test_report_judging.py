@@ -254,9 +254,13 @@ def test_figures_are_formatted_for_people():
 ])
 def test_the_loss_gets_a_log_axis_when_its_range_calls_for_it(values, log):
     assert wants_log_axis(values) is log
-    columns = {"epoch": [float(i + 1) for i in range(len(values))], "train_loss": values}
-    fig = epoch_figure(columns, ["train_loss"], title="loss")
+    # Beside a validation curve that starts lower: each curve's own first epochs are left out.
+    val = [v * 0.9 for v in values]
+    assert wants_log_axis(values, val) is log
+    columns = {"epoch": [float(i + 1) for i in range(len(values))], "train_loss": values, "val_loss": val}
+    fig = epoch_figure(columns, ["train_loss", "val_loss"], title="loss")
     assert fig.axes[0].get_yscale() == ("log" if log else "linear")
+    assert fig.axes[0].get_title() == ("loss (log scale)" if log else "loss")
 
 
 def test_hostile_class_names_and_recipe_strings_are_escaped(tmp_path):

@@ -309,22 +309,43 @@ def _new_figure(width: float, height: float) -> Figure:
     return new_figure(width, height)
 
 
-def wants_log_axis(values: Sequence[float]) -> bool:
-    """Whether a curve reads better on a log axis: its values are positive and either span more
-    than a decade, or the epochs after the first quarter would take less than a quarter of a
-    linear axis and at least half as much again on a log one (a first epoch far above the rest)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < 3 or min(finite) <= 0:
+def wants_log_axis(*curves: Sequence[float]) -> bool:
+    """Whether curves (one value per epoch each) read better on a log axis: their values are
+    positive and either span more than a decade, or the epochs after each curve's first quarter
+    would take less than a quarter of a linear axis and at least half as much again on a log
+    one (first epochs far above the rest)."""
+    values = [v for curve in curves for v in curve if math.isfinite(v)]
+    tails = [v for curve in curves for v in list(curve)[max(1, len(curve) // 4):] if math.isfinite(v)]
+    if len(values) < 3 or not tails or min(values) <= 0:
         return False
-    low, high = min(finite), max(finite)
+    low, high = min(values), max(values)
     if high / low >= 10:
         return True
     if high == low:
         return False
-    tail = finite[max(1, len(finite) // 4):]
-    linear = (max(tail) - min(tail)) / (high - low)
-    log = math.log(max(tail) / min(tail)) / math.log(high / low)
+    linear = (max(tails) - min(tails)) / (high - low)
+    log = math.log(max(tails) / min(tails)) / math.log(high / low)
     return linear < 0.25 and log >= 1.5 * linear
+
+
+def _log_axis(ax: Axes, values: list[float]) -> None:
+    """A log y axis labelled with plain numbers (0.6, 0.8, 1, 2), not powers of ten: every
+    minor tick within a decade or so, only the 2s and 5s over a wider range."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    decades = math.log10(max(values) / min(values))
+
+    def plain(value: float, _: Any = None) -> str:
+        text = f"{value:.3g}"
+        return f"{value:,.0f}" if "e+" in text else text  # 2,000 rather than 2e+03
+
+    def minor(value: float, _: Any) -> str:
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return plain(value) if decades < 1.2 or mantissa in (2, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(plain))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _epoch_axes(
@@ -339,11 +360,11 @@ def _epoch_axes(
     from traincraft.report_format import is_rate
 
     epochs = columns.get("epoch") or list(range(1, len(next(iter(columns.values()), [])) + 1))
-    drawn: list[float] = []
+    drawn: list[list[float]] = []
     for name in names:
         if name in columns:
             ax.plot(epochs, columns[name], label=name, linewidth=1.6, marker="." if len(epochs) < 30 else None)
-            drawn += columns[name]
+            drawn.append(columns[name])
     if best and best.get("epoch") is not None:
         ax.axvline(best["epoch"], color="tab:green", linestyle=":", linewidth=1.5,
                    label=f"best epoch {best['epoch']}")
@@ -357,8 +378,8 @@ def _epoch_axes(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if any(is_rate(n) for n in names):
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
-    elif wants_log_axis(drawn):
-        ax.set_yscale("log")
+    elif wants_log_axis(*drawn):
+        _log_axis(ax, [v for curve in drawn for v in curve if math.isfinite(v)])
         title += " (log scale)"
     ax.set_xlabel("epoch")
     ax.set_title(title)
