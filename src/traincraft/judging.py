@@ -81,8 +81,10 @@ def split_outputs(trainer: Trainer, split: Any) -> tuple[Any, torch.Tensor]:
 
     from traincraft.data import make_batches
 
+    options = trainer.data_options  # a Dataset is loaded as the run loads it (its worker processes)
     batches = make_batches(split, batch_size=trainer.batch_size, shuffle=False, seed=0, what="the judged split",
-                           target_key=trainer.data_options.target_key)
+                           target_key=options.target_key, num_workers=options.num_workers,
+                           pin_memory=options.pin_memory)
     outputs: list[Any] = []
     targets: list[torch.Tensor] = []
     model, was_training = trainer.model, trainer.model.training
