@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from traincraft import distributed
+from traincraft import distributed, judging
 from traincraft.checkpoint import CheckpointError, load_checkpoint
 from traincraft.data import (
     DatasetBatches,
@@ -363,6 +363,10 @@ def test_under_torchrun_the_command_line_agrees_on_the_folder_and_only_rank_0_wr
     assert state["world_size"] == 2 and len(state["processes"]) == 2
     results = json.loads((folder / "results.json").read_text())
     assert results["stop_reason"] == "max_epochs" and set(results["test"]) == {"loss", "mae"}
+    # Rank 0 alone predicts the whole test split for the report (not its shard of it).
+    predictions = judging.load_predictions(folder)
+    sizes = json.loads((folder / "data.json").read_text())["sizes"]
+    assert predictions is not None and len(predictions["target"]) == sizes["test"]
 
 
 def test_a_stop_asked_on_one_process_stops_both_after_the_same_step(two_processes) -> None:
