@@ -266,7 +266,7 @@ class Recipe(Section):
     seed: int = Field(0, ge=0, lt=2**63)
     data: DataSection
     model: ModelSection
-    loss: str | dict[str, Any] | list[dict[str, Any]] | None = Field(
+    loss: str | dict[str, Any] | list[str | dict[str, Any]] | None = Field(
         "cross_entropy", description="a loss name, {name, ...}, weighted terms; null: the loss the model returns"
     )
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
