@@ -2,6 +2,7 @@
 allowed), and best.yaml is the recipe the best trial trained with."""
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -127,6 +128,8 @@ def test_the_command_refuses_in_one_line_and_continues_with_allow_changes(tmp_pa
     assert not (folder / "trial-2").exists()
 
     assert main(["tune", *common, "train.max_epochs=1", "--trials", "3", "--allow-changes"]) == 0
+    err = capsys.readouterr().err
+    assert "continued with another base recipe (train.max_epochs: 3 -> 1), as allowed" in err
     study = optuna.load_study(study_name="iris-tune-test", storage=sqlite(tmp_path))
     assert [t.user_attrs["epochs"] for t in study.trials] == [3, 3, 1]
     best = study.best_trial
@@ -141,8 +144,6 @@ def test_the_command_refuses_in_one_line_and_continues_with_allow_changes(tmp_pa
     # best.yaml trains the best trial again, to the same figure.
     again = tmp_path / "again"
     assert main(["fit", str(folder / "best.yaml"), "--run-dir", str(again), "--no-progress"]) == 0
-    import json
-
     value = json.loads((again / "results.json").read_text())["best"]["value"]
     assert value == pytest.approx(best.value, abs=1e-9, rel=0)
 

@@ -530,11 +530,11 @@ def search(
         the_study = _open_study(plan, worker=0, parallel=workers > 1)
         with _study_lock(folder):
             changes = check_base(the_study, raw, list(dims), allow_changes=allow_changes)
+        changed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
         if changes and progress:
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
             print(
-                f"continuing study {name!r} with another base recipe ({listed}); best.yaml is "
-                "the recipe the best trial trained with",
+                f"continuing study {name!r} with another base recipe ({changed}); best.yaml "
+                "is the recipe the best trial trained with",
                 file=sys.stderr,
                 flush=True,
             )
@@ -559,6 +559,8 @@ def search(
     if plots:
         write_plots(the_study, folder, keys)
     summary = summarize(the_study, folder)
+    if changes:
+        summary += f"\ncontinued with another base recipe ({changed}), as allowed"
     if interrupted:
         summary += "\ninterrupted: running the same command again continues the study"
     if problems:
