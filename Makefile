@@ -51,6 +51,7 @@ bench: setup  ## benchmarks (not tests): ratios against hand-written loops and p
 	$(PY) bench/attribution.py
 	$(PY) bench/finetune.py
 	$(PY) bench/images.py
+	$(PY) bench/diabetes.py
 	$(PY) bench/mapped_memory.py
 
 lint: setup
