@@ -21,7 +21,6 @@ are over every process. Figures are read from the device only at refreshes (at m
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -199,6 +198,7 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.update(self._unshown)
             self._unshown = 0
+            self.bar.refresh()  # the epoch's last step shown, however short the epoch was
             self.bar.close()
             self.bar = None
 
@@ -221,11 +221,13 @@ def in_notebook() -> bool:
 
 def notebook_bar(*, total: int | None, initial: int, desc: str) -> Any:
     """tqdm's notebook bar (a widget) when ipywidgets is installed, else :class:`HTMLBar`."""
-    if importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.notebook import tqdm
+    try:
+        import ipywidgets  # noqa: F401  (tqdm's widget needs it)
+    except ImportError:
+        return HTMLBar(total=total, initial=initial, desc=desc)
+    from tqdm.notebook import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, leave=False, unit="step")
-    return HTMLBar(total=total, initial=initial, desc=desc)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, unit="step")
 
 
 class HTMLBar:
@@ -254,7 +256,10 @@ class HTMLBar:
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
         self.postfix = text
         if refresh:
-            self.handle.update(self._html(self.html()))
+            self.refresh()
+
+    def refresh(self) -> None:
+        self.handle.update(self._html(self.html()))
 
     def write(self, message: str, file: Any = None) -> None:
         print(message, file=file or sys.stdout, flush=True)
