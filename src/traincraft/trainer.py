@@ -710,7 +710,8 @@ class Trainer:
         return self.history.best_by(monitor, "min")
 
     def log(self, message: str) -> None:
-        """Print one line on stderr (main process only) without breaking the progress bar."""
+        """Print one line (main process only) where the progress goes (stderr; stdout in a notebook),
+        without breaking a live bar, after the epoch's line when one is due."""
         if not self.is_main_process:
             return
         if self.progress is not None:
