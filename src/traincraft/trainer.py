@@ -91,7 +91,9 @@ class Trainer:
         seed: seeds python, numpy, torch and the data order; None draws one (``trainer.seed``).
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
         run_dir: a folder for ``metrics.csv``, checkpoints and the best weights; None writes no files.
-        progress: a progress bar (a line per epoch when output is not a terminal).
+        progress: True: a live bar on a terminal or in a notebook, then a line per epoch (a line
+            per epoch alone when output is neither); ``"lines"``: the epoch lines, never a bar;
+            False: nothing per epoch (:class:`~traincraft.callbacks.progress.ProgressBar`).
         data: ``{"val_split", "shuffle"}`` (:class:`~traincraft.options.DataOptions`).
         step: ``{"accumulate", "precision", "clip_grad_norm", "clip_norm_type", "clip_grad_value"}``
             (:class:`~traincraft.step.Stepper`) and ``{"compile", "deterministic", "gc_every"}``
@@ -136,7 +138,7 @@ class Trainer:
         seed: int | None = None,
         device: str | torch.device = "auto",
         run_dir: str | Path | None = None,
-        progress: bool = True,
+        progress: bool | str = True,
         data: dict[str, Any] | None = None,
         step: dict[str, Any] | None = None,
         nonfinite: str | dict[str, Any] = "raise",
@@ -198,7 +200,7 @@ class Trainer:
         self.max_epochs, self.max_steps, self.batch_size = int(max_epochs), max_steps, int(batch_size)
         self.seed = new_seed() if seed is None else int(seed)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress = ProgressBar() if progress else None
+        self.progress = progress_callback(progress)
         self.callbacks = trainer_callbacks(self, callbacks, checkpoint=checkpoint, ema=ema, swa=swa,
                                            loggers=given.loggers, report=given.report)
         self.state, self.history = TrainState(), History()
@@ -227,7 +229,7 @@ class Trainer:
 
     @classmethod
     def from_recipe(
-        cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool = True,
+        cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool | str = True,
         callbacks: Sequence[Callback] = (), checkpoint: bool = True, resuming: bool = False,
     ) -> Trainer:
         """Build data, model and trainer from a recipe (a path, a template name, a dict or a
@@ -708,7 +710,8 @@ class Trainer:
         return self.history.best_by(monitor, "min")
 
     def log(self, message: str) -> None:
-        """Print one line on stderr (main process only) without breaking the progress bar."""
+        """Print one line (main process only) where the progress goes (stderr; stdout in a notebook),
+        without breaking a live bar, after the epoch's line when one is due."""
         if not self.is_main_process:
             return
         if self.progress is not None:
@@ -874,6 +877,13 @@ class Trainer:
                 yield
         finally:
             self.model.train(was_training)
+
+
+def progress_callback(progress: bool | str) -> ProgressBar | None:
+    """The ``progress`` argument as a callback: True, ``"auto"``, ``"lines"`` or False."""
+    if progress is False or progress is None:
+        return None
+    return ProgressBar(mode="auto" if progress is True else str(progress))
 
 
 def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.MetricSet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
                      help="recipe files or template names (later ones win), then overrides read as YAML: "
                      "key=value sets, +key=value adds, ~key deletes")
     fit.add_argument("--run-dir", help="the run folder (default runs/<name>/<YYYYmmdd-HHMMSS>)")
-    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
     fit.add_argument("--resume", metavar="RUN_DIR|auto",
                      help="continue an interrupted run exactly; auto: continue --run-dir's run if it "
                      "has a checkpoint, else start it (for jobs that a scheduler restarts)")
@@ -60,7 +61,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
                         help="e.g. train.max_epochs=50 to train longer")
     resume.add_argument("--allow-changes", action="store_true",
                         help="allow overrides other than train.max_epochs / train.max_steps")
-    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
     add_process_options(resume)
     resume.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
@@ -242,12 +243,14 @@ def train(recipe: Any, run_dir: Path, args: argparse.Namespace, resume: bool = F
     if resume:
         check_recipe_changes(recipe, run_dir, args.allow_changes)
     started = time.perf_counter()
-    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress, resuming=resume)
+    # --no-progress: no bar, but still a line per epoch (a CI log keeps its figures).
+    progress = "lines" if args.no_progress else True
+    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=progress, resuming=resume)
     trainer.resume_hint = f"traincraft resume {run_dir}"
     freeze_startup_objects()  # the data, the model and the later imports: set-up that stays
     main = trainer.is_main_process  # several processes: rank 0 speaks for all
     if main:
-        print(trainer.data.summary(), file=sys.stderr)
+        trainer.log(trainer.data.summary())  # through the progress output: wrapped on a terminal
     history = trainer.fit(resume=run_dir if resume else None, overwrite=getattr(args, "overwrite", False),
                           allow_changes=getattr(args, "allow_changes", False))
     if main:
@@ -260,14 +263,26 @@ def train(recipe: Any, run_dir: Path, args: argparse.Namespace, resume: bool = F
 
 
 def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> None:
+    """The lines said when ``fit`` ends: why it stopped, the best epoch, the test figures, the
+    report to open and the run folder."""
+    from traincraft.callbacks.epoch_line import wrap
+    from traincraft.numbers import format_figure
+
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     lines = [f"stopped: {history.stop_reason} after {trainer.state.epoch} epochs, {trainer.state.step} steps, {seconds:.1f} s"]
     if history.best:
         best = history.best
-        lines.append(f"best:    epoch {best['epoch']}, {best['monitor']} {best['value']:.4f}")
-    if results.get("test"):
-        lines.append("test:    " + "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
+        averaged = any(type(c).__name__ == "SWA" for c in trainer.callbacks)  # SWA's average goes first
+        held = " (the model holds its weights)" if trainer.keeps_best and not averaged else ""
+        lines.append(f"best:    epoch {best['epoch']}, {best['monitor']} "
+                     f"{format_figure(best['monitor'], best['value'])}{held}")
+    test = {k: v for k, v in (results.get("test") or {}).items() if isinstance(v, (int, float))}  # scalars
+    if test:
+        width = shutil.get_terminal_size().columns if sys.stderr.isatty() else None
+        lines.extend(wrap(["test:  ", *(f"{k} {format_figure(k, v)}" for k, v in test.items())], width))
+    report = run_dir / "report.html"
+    if report.is_file():
+        lines.append(f"report:  {report}")
     lines.append(f"files:   {run_dir}")
     print("\n".join(lines), file=sys.stderr)
-
