@@ -62,8 +62,8 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
 
 
-def trainer(**kwargs) -> tc.Trainer:
-    return tc.Trainer(model(), loss="mse", optimizer="sgd", lr=0.05, batch_size=BATCH, max_epochs=2,
+def trainer(max_epochs: int = 2, **kwargs) -> tc.Trainer:
+    return tc.Trainer(model(), loss="mse", optimizer="sgd", lr=0.05, batch_size=BATCH, max_epochs=max_epochs,
                       metrics=[Count()], seed=0, progress=False, **kwargs)
 
 

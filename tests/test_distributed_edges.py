@@ -277,7 +277,8 @@ def test_two_machines_train_and_a_resume_without_a_shared_folder_stops_both_at_o
     assert load_checkpoint(tmp_path / "shared-run" / "checkpoints" / "last.ckpt")["world_size"] == 2
     for seen in (first, second):  # both at once, not after dist_timeout, and not blaming the addresses
         assert seen["resume"].startswith("CheckpointError: rank 1 (on "), seen["resume"]
-        assert "cannot resume: resume: " in seen["resume"] and "holds no checkpoint" in seen["resume"]
+        assert "cannot resume: resume: " in seen["resume"] and "empty-folder-of-node-1 is neither a checkpoint " \
+            "file nor a run folder" in seen["resume"]
         assert "keep the run folder on a file system they share" in seen["resume"]
 
 

@@ -174,7 +174,10 @@ class ShardSizes:
 
     @classmethod
     def of(cls, n: int, batch_size: int, rank: int, world_size: int, drop_last: bool = False) -> ShardSizes:
-        return cls.of_counts(shard_counts(n, world_size), batch_size, rank, drop_last)
+        counts = shard_counts(n, world_size)
+        # drop_last drops the batches the largest shard cannot fill; a shard one sample shorter
+        # keeps its last, one sample shorter batch (see shard_batches).
+        return cls._of(counts, batch_size, rank, _num_batches(counts[0], batch_size, drop_last))
 
     @classmethod
     def of_counts(cls, counts: Sequence[int], batch_size: int, rank: int, drop_last: bool = False) -> ShardSizes:
@@ -186,7 +189,12 @@ class ShardSizes:
             >>> ShardSizes.of_counts([40, 25], batch_size=16, rank=1).local   # 3 steps for both
             [16, 9, 0]
         """
-        batches = max(_num_batches(count, batch_size, drop_last) for count in counts)
+        if drop_last:  # each process drops its own last, partial batch
+            counts = [count - count % batch_size for count in counts]
+        return cls._of(counts, batch_size, rank, max(_num_batches(count, batch_size, False) for count in counts))
+
+    @classmethod
+    def _of(cls, counts: Sequence[int], batch_size: int, rank: int, batches: int) -> ShardSizes:
         per_batch = [_batch_sizes(count, batch_size, batches=batches) for count in counts]
         return cls(per_batch[rank], [sum(sizes) for sizes in zip(*per_batch)], len(counts))
 
