@@ -409,7 +409,7 @@ class Trainer:
         self._emit("on_epoch_end")
         self._agree_on_stop()
 
-    def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
+    def _evaluate(self, batches: Batches, prefix: str, reduce: bool = True) -> dict[str, float]:
         sums = RunningMeans(self.device)
         self.metrics.reset()
         with self._eval_mode(), self.stepper.autocast():
@@ -417,7 +417,7 @@ class Trainer:
                 inputs, target = self.on_device(inputs), to_device(target, self.device)
                 loss, pred, target = self.compute_loss(inputs, target)
                 self._record(sums, pred, target, loss, None, batch_samples(inputs, target))
-        if self.world_size > 1:  # each process evaluated its own samples: sum them up
+        if reduce and self.world_size > 1:  # each process evaluated its own samples: sum them up
             distributed.reduce_figures(sums, self.metrics)
         return {**sums.means(prefix=prefix), **_prefixed(self.metrics.compute(), prefix)}
 
@@ -554,6 +554,9 @@ class Trainer:
             train, val = split_off(train, self.data_options.val_split, seed=self.seed)
         train_batches = self.batches(train, shuffle=self.data_options.shuffle, what="train", training=True)
         val_batches = self.batches(val, shuffle=False, what="val") if val is not None else None
+        if self.world_size > 1:  # the same data everywhere, or (sharded) each its own, counted
+            distributed.agree_on_data(self.world, train_batches, {"val": val_batches},
+                                      sharded=self.data_options.sharded)
         return train_batches, val_batches
 
     def _start_run(self, train_batches: Batches, val_batches: Batches | None) -> None:
@@ -639,9 +642,27 @@ class Trainer:
     def is_main_process(self) -> bool:
         return self.rank == 0
 
-    def evaluate(self, data: Any) -> dict[str, float]:
-        """Loss and metrics over ``data``, exact over its samples: ``{"loss": ..., "accuracy": ...}``."""
-        return self._evaluate(self.batches(data, shuffle=False, what="evaluate data"), prefix="")
+    def evaluate(self, data: Any, *, local: bool = False) -> dict[str, float]:
+        """Loss and metrics over ``data``, exact over its samples: ``{"loss": ..., "accuracy": ...}``.
+
+        Under several processes it is collective: every process calls it with the same data
+        (or, with ``data={"sharded": True}``, its own share), evaluates its share, and all get
+        the figures over all of it. ``local=True``: this process alone evaluates all of ``data``
+        (e.g. on rank 0 only, after ``fit``); no other process takes part.
+
+        Example:
+            >>> if trainer.is_main_process:
+            ...     print(trainer.evaluate((X_test, y_test), local=True))
+        """
+        if local or self.world_size == 1:
+            return self._evaluate(self.batches(data, shuffle=False, what="evaluate data", local=True), prefix="",
+                                  reduce=False)
+        batches = self.batches(data, shuffle=False, what="evaluate data")
+        with distributed.collective_call(self.world, self.processes.timeout, "evaluate()",
+                                        alone="evaluate(data, local=True)"):
+            distributed.agree_on_data(self.world, None, {"evaluate data": batches},
+                                      sharded=self.data_options.sharded)
+            return self._evaluate(batches, prefix="")
 
     def predict(self, data: Any) -> Any:
         """The model's outputs for ``data`` (inputs alone, a Dataset or a DataLoader), on the CPU."""
@@ -817,11 +838,14 @@ class Trainer:
                 f"{type(err).__name__}: {err}"
             ) from err
 
-    def batches(self, data: Any, *, shuffle: bool, what: str, training: bool = False) -> Batches:
-        """``data`` as this trainer's batches (in-memory tensors moved to the device once)."""
+    def batches(self, data: Any, *, shuffle: bool, what: str, training: bool = False, local: bool = False) -> Batches:
+        """``data`` as this trainer's batches (in-memory tensors moved to the device once).
+        Under several processes each takes its shard, unless ``local`` or ``data.sharded``
+        (the data is this process's own)."""
+        own = local or self.data_options.sharded
         batches = make_batches(
             data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
-            rank=self.rank, world_size=self.world_size, equal_steps=training, what=what,
+            rank=0 if own else self.rank, world_size=1 if own else self.world_size, equal_steps=training, what=what,
             target_key=self.data_options.target_key, num_workers=self.data_options.num_workers,
             pin_memory=self.data_options.pin_memory, persistent_workers=self.data_options.persistent_workers,
         )
