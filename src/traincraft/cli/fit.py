@@ -308,7 +308,7 @@ def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> 
     """The lines said when ``fit`` ends: why it stopped, the best epoch, the test figures, the
     report to open and the run folder."""
     from traincraft.callbacks.epoch_line import wrap
-    from traincraft.numbers import format_figure
+    from traincraft.formatting import format_figure
 
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
