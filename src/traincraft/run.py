@@ -7,9 +7,11 @@ Run folder (``runs/<name>/<YYYYmmdd-HHMMSS>/`` unless given)::
     data.json          task, shapes, class names, the input scaler (for predict and load_model)
     metrics.csv        one row per epoch, rewritten at each epoch end
     best.safetensors   the final weights (the best ones when early stopping restores them)
-    results.json       the test split evaluated with those weights, when there is a test split
-    checkpoints/       last.ckpt and the kept ones (exact resume); best.json says which epoch was best
-    steps.csv, summary.json, plots/, report.html    the LR per step, the summary, the plots, the page
+    best.json          which epoch those weights are (epoch, step, monitor, value): the one file of "the best"
+    results.json       how the run ended (stop_reason, epochs, steps) and the test split evaluated
+                       with those weights, when there is a test split
+    checkpoints/       last.ckpt and the kept ones (exact resume)
+    steps.csv, summary.json, plots/, report.html    the LR per step, time and speed, the plots, the page
     tensorboard/, mlruns/                           when those loggers are on
 """
 
@@ -223,7 +225,8 @@ def trainer_from_recipe(
 
 
 class RunFolder(Callback):
-    """Writes recipe.yaml, env.json and data.json at the start, results.json at the end."""
+    """Writes recipe.yaml, env.json and data.json at the start, results.json at the end (the best
+    epoch is best.json's, written with the best weights: results.json does not repeat it)."""
 
     def __init__(self, folder: str | Path, recipe: Recipe, info: dict[str, Any]):
         self.folder, self.recipe, self.info = Path(folder), recipe, info
@@ -231,7 +234,7 @@ class RunFolder(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if not trainer.is_main_process or trainer.run_complete:
             return
-        atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe))
+        atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe, self.folder))
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
         transform = trainer.batch_transform
@@ -251,7 +254,6 @@ class RunFolder(Callback):
             "stop_reason": trainer.state.stop_reason,
             "epochs": trainer.state.epoch,
             "steps": trainer.state.step,
-            "best": trainer.best,
         }
         data = getattr(trainer, "data", None)
         if data is not None and data.test is not None:
@@ -282,16 +284,19 @@ class RunFolder(Callback):
             trainer.model.load_state_dict(current)
 
 
-def run_recipe_text(recipe: Recipe) -> str:
-    """The resolved recipe for the run folder. Relative paths in it (a CSV, init_from) keep
-    resolving against the original recipe's folder, so that ``traincraft resume`` and
-    ``traincraft fit RUN/recipe.yaml`` find them (``_base_dir`` is not part of the recipe's
-    fingerprint)."""
+def run_recipe_text(recipe: Recipe, run_dir: str | Path | None = None) -> str:
+    """The resolved recipe for the run folder ``run_dir``. Relative paths in it (a CSV, an image
+    folder) keep resolving against the original recipe's folder, recorded relative to the run
+    folder and as it was (:mod:`traincraft.run_paths`), so that ``traincraft resume`` and
+    ``traincraft fit RUN/recipe.yaml`` find them, also after the run folder moved (``_base_dir``
+    is not part of the recipe's fingerprint)."""
+    from traincraft.run_paths import base_dir_line
+
     folder = base_dir(recipe)
     text = recipe.to_yaml()
     if folder is None:
         return text
-    return f"_base_dir: {json.dumps(str(folder.resolve()))}  # where relative paths resolve\n{text}"
+    return base_dir_line(folder, run_dir if run_dir is not None else folder) + text
 
 
 def environment(trainer: Trainer) -> dict[str, Any]:
