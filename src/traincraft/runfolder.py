@@ -70,9 +70,18 @@ def _has(folder: Path, need: str) -> bool:
     return (folder / "best.safetensors").is_file() or bool(checkpoint_candidates(folder))
 
 
+#: Files that make a folder a run's for commands that read runs (a recipe.yaml alone may be the
+#: user's own recipe, next to the runs).
+RUN_MARKS = ("data.json", *(name for name in RUN_FILES if name != "recipe.yaml"))
+
+
+def is_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_MARKS)
+
+
 def _runs_in(folder: Path) -> list[Path]:
     try:
-        return [p for p in folder.iterdir() if p.is_dir() and holds_run(p)]
+        return [p for p in folder.iterdir() if p.is_dir() and is_run(p)]
     except OSError:
         return []
 
@@ -93,11 +102,11 @@ def find_run(given: str | Path, *, needs: str = "weights") -> tuple[Path, str | 
         raise TraincraftError(f"run folder {folder} does not exist{hint}")
     if not folder.is_dir():
         raise TraincraftError(f"{folder} is a file, not a run folder")
-    if holds_run(folder):
+    if is_run(folder):
         return folder, None
     runs = _runs_in(folder)
     if not runs:
-        raise TraincraftError(f"{folder} is not a run folder (no recipe.yaml, metrics.csv or checkpoints/) "
+        raise TraincraftError(f"{folder} is not a run folder (no data.json, metrics.csv or checkpoints/) "
                               "and holds no runs")
     usable = [p for p in runs if _has(p, needs)]
     if not usable:

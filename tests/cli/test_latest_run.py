@@ -11,6 +11,7 @@ from traincraft.runfolder import find_run
 def make_run(folder, *files):
     folder.mkdir(parents=True)
     (folder / "recipe.yaml").write_text("name: x\n")
+    (folder / "data.json").write_text("{}")
     for name in files:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text("")
@@ -56,7 +57,7 @@ def test_runs_ordered_by_start_time_in_their_names(tmp_path):
 @pytest.mark.parametrize("what, make, message", [
     ("missing", None, "run folder {p} does not exist"),
     ("a file", "file", "{p} is a file, not a run folder"),
-    ("empty", "dir", "{p} is not a run folder (no recipe.yaml, metrics.csv or checkpoints/) and holds no runs"),
+    ("empty", "dir", "{p} is not a run folder (no data.json, metrics.csv or checkpoints/) and holds no runs"),
     ("no weights", "runs", "{p} holds 2 runs, none with saved weights (best.safetensors or a checkpoint)"),
 ])
 def test_unhappy_run_folders_get_one_line(tmp_path, what, make, message):
@@ -71,6 +72,12 @@ def test_unhappy_run_folders_get_one_line(tmp_path, what, make, message):
     with pytest.raises(TraincraftError) as caught:
         find_run(path)
     assert str(caught.value) == message.format(p=path)
+
+
+def test_a_recipe_next_to_the_runs_does_not_make_a_run(tmp_path):
+    make_run(tmp_path / "runs" / "20261206-010000", "best.safetensors")
+    (tmp_path / "runs" / "recipe.yaml").write_text("name: x\n")  # the user's recipe, beside its runs
+    assert find_run(tmp_path / "runs")[0] == tmp_path / "runs" / "20261206-010000"
 
 
 def test_an_override_in_place_of_the_run_folder_is_explained(tmp_path, monkeypatch, capsys):

@@ -23,7 +23,7 @@ from cli_recipes import IRIS, NET_MODULE, write_recipe  # noqa: E402
         (["fit", "quickstart", "optimzer.lr=1"], "error: recipe error at optimzer: unknown key (did you mean 'optimizer'?)"),
         (["fit", "quickstart", "loss=cross_entropi", "--run-dir", "{tmp}/r"], "error: unknown loss 'cross_entropi' (did you mean 'cross_entropy'"),
         (["fit", "quickstart", "data.dataset=digts", "--run-dir", "{tmp}/r"], "error: unknown dataset 'digts' (did you mean 'digits'"),
-        (["evaluate", "{tmp}"], "is not a run folder (no recipe.yaml, metrics.csv or checkpoints/) and holds no runs"),
+        (["evaluate", "{tmp}"], "is not a run folder (no data.json, metrics.csv or checkpoints/) and holds no runs"),
         (["evaluate", "{tmp}/nowhere"], "error: run folder {tmp}/nowhere does not exist"),
     ],
 )

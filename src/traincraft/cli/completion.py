@@ -73,7 +73,8 @@ def complete(build_parser: Callable[[], argparse.ArgumentParser]) -> None:
     parser = build_parser()
     add_own_parsers(parser)
     attach_completers(parser)
-    argcomplete.autocomplete(parser, default_completer=FilesCompleter())
+    # Options are offered once a word starts with "-"; an empty word gets commands, names, keys.
+    argcomplete.autocomplete(parser, always_complete_options=False, default_completer=FilesCompleter())
 
 
 def add_own_parsers(parser: argparse.ArgumentParser) -> None:
@@ -230,17 +231,19 @@ def recipe_keys(model: Any, prefix: str = "") -> tuple[list[str], dict[str, list
         path = f"{prefix}{name}"
         keys.append(path)
         sections, values = [], []
-        pending = [field.annotation]
+        pending = [(field.annotation, False)]
         while pending:
-            kind = pending.pop()
+            kind, listed = pending.pop()  # listed: an item of a list (written [value])
             if isinstance(kind, type) and issubclass(kind, BaseModel):
                 sections.append(kind)
             elif kind is bool:
                 values += ["true", "false"]
             elif typing.get_origin(kind) is typing.Literal:
-                values += [str(v).lower() if isinstance(v, bool) else str(v) for v in typing.get_args(kind)]
+                words = [str(v).lower() if isinstance(v, bool) else str(v) for v in typing.get_args(kind)]
+                values += [f"[{w}]" for w in words] if listed else words
             else:
-                pending.extend(a for a in typing.get_args(kind) if a is not type(None))
+                inner = listed or typing.get_origin(kind) in (list, tuple)
+                pending.extend((a, inner) for a in typing.get_args(kind) if a is not type(None))
         if values:
             choices[path] = sorted(set(values), key=values.index)
         for section in sections:
