@@ -167,3 +167,10 @@ def test_recipe_keys_follow_the_schema():
     assert choices["train.precision"] == ["32", "bf16", "fp16"]
     assert choices["early_stopping.restore_best"] == ["true", "false"]
     assert choices["logging"] == ["[csv]", "[tensorboard]", "[mlflow]"]  # a list's items
+
+
+def test_every_command_with_a_parser_of_its_own_is_completed():
+    from traincraft.cli import PASSTHROUGH
+    from traincraft.cli.completion import OWN_PARSERS
+
+    assert set(OWN_PARSERS) == set(PASSTHROUGH)

@@ -80,3 +80,13 @@ def test_export_of_a_run_without_weights(tmp_path, capsys):
         "and no checkpoint to rebuild them from")
     assert main(["export", str(run), "--weights", "last"]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_the_documented_way_to_unpack_a_checkpoint_without_traincraft(run_dir, monkeypatch):
+    docs = (Path(__file__).parents[2] / "docs" / "checkpoints.md").read_text()
+    after = docs[docs.index("Without traincraft at all"):]
+    code = after[after.index("```python\n") + len("```python\n"):after.index("```\n", after.index("```python\n") + 3)]
+    monkeypatch.chdir(run_dir)
+    scope = {}
+    exec(code, scope)  # noqa: S102  (the docs' own snippet, on this run's checkpoint)
+    assert equal(scope["weights"], load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["model"])
