@@ -410,18 +410,6 @@ def template_names() -> list[str]:
     return sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
 
 
-#: Template names under the name of their copy in examples/ (examples/diabetes.yaml is the
-#: regression template).
-TEMPLATE_ALIASES = {"diabetes": "regression"}
-
-
-def template_file(name: str) -> Path | None:
-    """The built-in template called ``name`` (or one of :data:`TEMPLATE_ALIASES`); None if none."""
-    name = TEMPLATE_ALIASES.get(name, name)
-    path = TEMPLATES / f"{name}.yaml"
-    return path if "/" not in name and "\\" not in name and path.is_file() else None
-
-
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Set ``raw[a][b] = value`` for ``"a.b=value"`` (value read as YAML)."""
     key, sep, text = override.partition("=")
@@ -469,6 +457,18 @@ def base_dir(recipe: Recipe) -> Path | None:
     """The folder of the recipe file (relative data paths resolve against it)."""
     value = recipe._base_dir
     return Path(value) if value else None
+
+
+#: Template names under the name of their copy in examples/ (examples/diabetes.yaml is the
+#: regression template).
+TEMPLATE_ALIASES = {"diabetes": "regression"}
+
+
+def template_file(name: str) -> Path | None:
+    """The built-in template called ``name`` (or one of :data:`TEMPLATE_ALIASES`); None if none."""
+    name = TEMPLATE_ALIASES.get(name, name)
+    path = TEMPLATES / f"{name}.yaml"
+    return path if "/" not in name and "\\" not in name and path.is_file() else None
 
 
 def _first_error(err: ValidationError, raw: dict[str, Any], origin: str) -> str:

@@ -208,7 +208,7 @@ class RunFiles:
     steps: dict[str, list[float]] = field(default_factory=dict)  # steps.csv
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json
     results: dict[str, Any] = field(default_factory=dict)  # results.json
-    best: dict[str, Any] | None = None  # best.json (an older run's summary or results)
+    best: dict[str, Any] | None = None  # summary's best, else results', else best.json
     recipe: str | None = None  # recipe.yaml, as written
     env: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)

@@ -7,11 +7,9 @@ Run folder (``runs/<name>/<YYYYmmdd-HHMMSS>/`` unless given)::
     data.json          task, shapes, class names, the input scaler (for predict and load_model)
     metrics.csv        one row per epoch, rewritten at each epoch end
     best.safetensors   the final weights (the best ones when early stopping restores them)
-    best.json          which epoch those weights are (epoch, step, monitor, value): the one file of "the best"
-    results.json       how the run ended (stop_reason, epochs, steps) and the test split evaluated
-                       with those weights, when there is a test split
-    checkpoints/       last.ckpt and the kept ones (exact resume)
-    steps.csv, summary.json, plots/, report.html    the LR per step, time and speed, the plots, the page
+    results.json       the test split evaluated with those weights, when there is a test split
+    checkpoints/       last.ckpt and the kept ones (exact resume); best.json says which epoch was best
+    steps.csv, summary.json, plots/, report.html    the LR per step, the summary, the plots, the page
     tensorboard/, mlruns/                           when those loggers are on
 """
 
