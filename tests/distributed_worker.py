@@ -9,6 +9,7 @@ the equivalence runs (``OUT/<case>.pt``). The suite's phases, in one process gro
 1. equivalence: 2 processes × batch 16 (tensors, then a Dataset) and 2 × batch 8 × accumulate 2,
    each compared by the test with 1 process × batch 32. A callback hashes the parameters after
    every step; a metric counts the samples; a DDP comm hook counts the gradient all-reduces.
+   Then the metrics over each process's uneven shard, reduced (and gathered) as the trainer does.
 2. the command line under torchrun: ``traincraft fit RECIPE`` (no --run-dir: rank 0 names the
    folder) counting the files each process writes, then the same recipe with
    ``STOP_AT_FORWARD`` set, which sends SIGINT to rank 0 alone in the middle of an epoch.
@@ -171,6 +172,43 @@ def equivalence(out: Path, rank: int) -> dict:
     return seen
 
 
+#: The metrics whose figures over two processes' uneven shards are checked against scikit-learn.
+CLASS_METRICS = ["auroc", "average_precision", "mcc", "balanced_accuracy", "confusion_matrix", "per_class"]
+REGRESSION_METRICS = ["mape", "smape", "explained_variance", "r2"]
+
+
+def metric_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """203 samples of 4-class logits (with tied scores) and labels; of 2-column regression."""
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(203, 4, generator=g, dtype=torch.float64) * 2).round() / 2
+    target = torch.randint(0, 4, (203,), generator=g)
+    y = torch.randn(203, 2, generator=g, dtype=torch.float64) + 40.0
+    return logits, target, y + torch.randn(203, 2, generator=g, dtype=torch.float64) + 0.5, y
+
+
+def metric_shards(rank: int) -> dict:
+    """Each process its own uneven shard (90 and 113 samples) in uneven batches; the figures and
+    tables after the trainer's reduction (SUM for sums, a gather for the ranking metrics)."""
+    from traincraft import distributed
+    from traincraft.metrics import MetricSet, RunningMeans
+
+    logits, target, pred, y = metric_data()
+    rows = torch.arange(90) if rank == 0 else torch.arange(90, 203)
+    seen = {}
+    for kind, specs, p, t in (("classification", CLASS_METRICS, logits, target),
+                              ("regression", REGRESSION_METRICS, pred, y)):
+        ms = MetricSet(specs)
+        start = 0
+        for size in [1, 7, 13, 2, 29, 5] * 10:
+            batch = rows[start:start + size]
+            if len(batch):
+                ms.update(p[batch], t[batch])
+            start += size
+        distributed.reduce_figures(RunningMeans(torch.device("cpu")), ms)
+        seen[kind] = {"figures": ms.compute(), "tables": ms.tables()}
+    return seen
+
+
 def command_line(out: Path, recipe: str, rank: int) -> dict:
     os.chdir(out)
     made: list[str] = []
@@ -236,7 +274,8 @@ def main() -> None:
     rank = int(os.environ["RANK"])
     if mode == "suite":
         recipe = str(Path(sys.argv[3]).resolve())
-        seen = {"rank": rank, "equivalence": equivalence(out, rank), "cli": command_line(out, recipe, rank)}
+        seen = {"rank": rank, "equivalence": equivalence(out, rank), "metrics": metric_shards(rank),
+                "cli": command_line(out, recipe, rank)}
     elif mode == "hang-end":
         seen = {"rank": rank, "hang": hang(timeout=2.0, sleeper=SleepAtEnd(2.0 + 3))}  # after the last collective
     else:

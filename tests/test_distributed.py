@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from traincraft import distributed
+from traincraft import distributed, judging
 from traincraft.checkpoint import CheckpointError, load_checkpoint
 from traincraft.data import (
     DatasetBatches,
@@ -316,6 +316,28 @@ def test_two_processes_of_16_train_like_one_of_32(two_processes) -> None:
     assert "global batch 32 = 16 per process × 2 processes × accumulate 1" in two_processes.stderr
 
 
+def test_metrics_over_two_uneven_shards_equal_scikit_learn_on_the_whole_set(two_processes) -> None:
+    from sklearn import metrics as skm
+
+    logits, target, pred, y = worker.metric_data()
+    probs, predicted = logits.softmax(1).numpy(), logits.argmax(1).numpy()
+    expected = {
+        "auroc": skm.roc_auc_score(target, probs, multi_class="ovr"),
+        "average_precision": skm.average_precision_score(target, probs, average="macro"),
+        "mcc": skm.matthews_corrcoef(target, predicted),
+        "balanced_accuracy": skm.balanced_accuracy_score(target, predicted),
+        "mape": skm.mean_absolute_percentage_error(y, pred),
+        "explained_variance": skm.explained_variance_score(y, pred),
+        "r2": skm.r2_score(y, pred),
+    }
+    confusion = skm.confusion_matrix(target, predicted).tolist()
+    for seen in two_processes.ranks:
+        figures = {**seen["metrics"]["classification"]["figures"], **seen["metrics"]["regression"]["figures"]}
+        assert {k: figures[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+        assert seen["metrics"]["classification"]["tables"]["confusion_matrix"] == confusion
+        assert [r["support"] for r in seen["metrics"]["classification"]["tables"]["per_class"]] == [sum(r) for r in confusion]
+
+
 def test_every_process_holds_the_same_weights_and_figures_after_every_step(two_processes) -> None:
     first, second = (seen["equivalence"]["tensors"] for seen in two_processes.ranks)
     assert len(first["hashes"]) == worker.EPOCHS * 4  # ceil(ceil(101 / 2) / 16) = 4 steps per epoch
@@ -341,6 +363,10 @@ def test_under_torchrun_the_command_line_agrees_on_the_folder_and_only_rank_0_wr
     assert state["world_size"] == 2 and len(state["processes"]) == 2
     results = json.loads((folder / "results.json").read_text())
     assert results["stop_reason"] == "max_epochs" and set(results["test"]) == {"loss", "mae"}
+    # Rank 0 alone predicts the whole test split for the report (not its shard of it).
+    predictions = judging.load_predictions(folder)
+    sizes = json.loads((folder / "data.json").read_text())["sizes"]
+    assert predictions is not None and len(predictions["target"]) == sizes["test"]
 
 
 def test_a_stop_asked_on_one_process_stops_both_after_the_same_step(two_processes) -> None:

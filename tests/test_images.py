@@ -276,9 +276,10 @@ def test_a_recipe_on_a_cache_on_disk_previews_trains_and_predicts_from_its_run_f
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(results["test"]["loss"], rel=1e-6)
 
 
-def test_the_threads_decode_every_file_in_order_and_name_the_first_bad_one(tmp_path, monkeypatch):
+def test_worker_processes_decode_every_file_in_order_and_name_the_first_bad_one(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "train", per_class=9)
-    monkeypatch.setattr(images, "decoding_threads", lambda: 4)
+    monkeypatch.setattr(images, "decoding_workers", lambda: 3)
+    monkeypatch.setattr(images, "_WORKERS_FROM", 2)
     given = images.ImageSpec(**spec(root, tmp_path, resize="stretch"))
     pixels, labels = images.read_images(given)["train"]
     files = sorted(root.rglob("*.png"))

@@ -177,3 +177,36 @@ def test_numbers_read_as_yaml_1_2_and_python_read_them(tmp_path):
     assert recipe.schedule["eta_min"] == 1e-6 and recipe.optimizer.weight_decay == 0.01
     assert recipe.train.clip_grad_norm == 5.0
     assert load_recipe(path, ["name=run1e5"]).name == "run1e5"  # not a number: stays text
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_epochs=abc", "recipe error at train.max_epochs: must be a valid integer, got 'abc'"),
+    ("train.max_epochs='3'", "recipe error at train.max_epochs: must be a valid integer, got '3'"),
+    ("train.max_epochs=2.5", "recipe error at train.max_epochs: must be a valid integer, got 2.5"),
+    ("optimizer.lr='1e-3'", "recipe error at optimizer.lr: must be a valid number, got '1e-3'"),
+    ("data.split.val=true", "recipe error at data.split.val: must be a valid number, got True"),
+    ("train.compile=1", "recipe error at train.compile: must be a valid boolean, got 1"),
+    ("early_stopping.patience=ten", "recipe error at early_stopping.patience: must be a valid integer, got 'ten'"),
+    ("tune.trials='20'", "recipe error at tune.trials: must be a valid integer, got '20'"),
+])
+def test_a_value_that_is_no_number_where_one_belongs_is_one_line(override, message):
+    with pytest.raises(RecipeError) as caught:
+        load_recipe({**MINIMAL, "tune": {"space": {"seed": {"int": [0, 3]}}}}, [override])
+    assert str(caught.value) == message
+
+
+def test_numbers_in_every_form_reach_the_recipe():
+    recipe = load_recipe(MINIMAL, ["train.max_epochs=1e3", "data.batch_size=1_024", "optimizer.lr=.5",
+                                   "loss={name: focal, gamma: 2e0}", "train.precision=32", "tune.timeout=30m",
+                                   "+tune.space={seed: {int: [0, 3]}}"])
+    assert recipe.train.max_epochs == 1000 and type(recipe.train.max_epochs) is int
+    assert recipe.data.batch_size == 1024 and recipe.optimizer.lr == 0.5
+    assert recipe.loss == {"name": "focal", "gamma": 2.0} and recipe.train.precision == "32"
+    assert recipe.tune.timeout == 1800.0
+
+
+def test_a_run_folder_recipe_with_text_that_looks_numeric_reads_back(tmp_path):
+    recipe = load_recipe({**MINIMAL, "name": "1e5", "metrics": ["accuracy"]})
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.to_yaml())
+    assert load_recipe(path).name == "1e5"

@@ -134,7 +134,7 @@ def test_the_report_is_one_self_contained_page(stopped_run):
     assert embedded == sorted((run_dir / "plots" / p).read_bytes() for p in plots)
     assert no_external_reference(page)
     assert "early_stopping" in page and "best epoch" in page
-    assert f"{history[0]['val_loss']:.6g}" in page
+    assert f"{history[0]['val_loss']:.4g}" in page  # four significant digits
 
 
 class StrictHTML(HTMLParser):
@@ -195,7 +195,7 @@ def test_a_recipe_run_report_has_the_recipe_environment_and_test_metrics(tmp_pat
     page = (run_dir / "report.html").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     assert "<h1>iris-report</h1>" in page
-    assert "<h2>Test metrics</h2>" in page and f"{results['test']['accuracy']:.6g}" in page
+    assert f"{100 * results['test']['accuracy']:.2f}%" in page  # a rate, as a percentage
     assert "dataset: iris" in page  # the recipe, as written
     assert torch.__version__ in page  # the environment
     assert no_external_reference(page)
@@ -301,8 +301,15 @@ def test_the_report_renders_in_headless_chromium_with_its_plots(stopped_run, tmp
     assert blue > 50, blue  # curves drawn (a page without plots has none)
 
 
-def test_recording_the_steps_reads_nothing_from_the_device(tmp_path):
+def test_recording_the_steps_reads_nothing_from_the_device(tmp_path, monkeypatch):
     """As many host reads with RunReport (whose report is written at the end) as without it."""
+    import types
+
+    from traincraft import step
+
+    # The non-finite check reads the sums every 0.5 s of wall time: a clock that stands still
+    # keeps its reads the same in both runs however loaded the machine is.
+    monkeypatch.setattr(step, "time", types.SimpleNamespace(monotonic=lambda: 0.0))
     counts = {}
     originals = {name: getattr(torch.Tensor, name) for name in ("item", "__float__", "tolist", "cpu")}
 
@@ -326,5 +333,6 @@ def test_recording_the_steps_reads_nothing_from_the_device(tmp_path):
                 setattr(torch.Tensor, name, original)
         return dict(counts)
 
-    assert reads([RunReport(tmp_path / "b")], tmp_path / "b") == reads([], tmp_path / "a")
+    with_report, without = reads([RunReport(tmp_path / "b")], tmp_path / "b"), reads([], tmp_path / "a")
+    assert with_report == without
     assert len(read_csv(tmp_path / "b" / "steps.csv")) == 16

@@ -146,13 +146,9 @@ def preview(transform: BatchTransform, split: Any, path: Any, *, count: int = 16
     """A PNG grid of ``count`` images of ``split`` (``(pixels, targets)`` in memory or a split on
     disk), spread across it (and so across the classes), as the augmentation makes them (before
     normalisation), drawn from a generator of its own: the run's random numbers are untouched."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     from traincraft.datasets import split_size
     from traincraft.files import atomic_write
+    from traincraft.image_grid import displayable, png, tile
     from traincraft.mapped import inputs_at
 
     size = split_size(split)
@@ -162,17 +158,5 @@ def preview(transform: BatchTransform, split: Any, path: Any, *, count: int = 16
         torch.manual_seed(seed)
         if transform.augmentation is not None:
             x = transform.augmentation(x.cpu())
-    x = x.clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()  # (n, C, H, W)
-    n, channels, height, width = x.shape
-    columns = min(8, n)
-    rows = -(-n // columns)
-    grid = np.full((rows * (height + 2), columns * (width + 2), channels), 255, dtype=np.uint8)
-    for i, image in enumerate(x):
-        r, c = divmod(i, columns)
-        grid[r * (height + 2) + 1:r * (height + 2) + 1 + height, c * (width + 2) + 1:c * (width + 2) + 1 + width] = image.transpose(1, 2, 0)
-    picture = Image.fromarray(grid[..., 0] if channels == 1 else grid)
-    scale = max(1, 640 // max(grid.shape[:2]))  # small images drawn large enough to see
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    data = png(tile(displayable(x)), min_side=640)  # small images drawn large enough to see
+    return atomic_write(path, lambda handle: handle.write(data))

@@ -296,11 +296,34 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
                 offset += tensor.numel()
 
 
+def all_gather_cat(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor concatenated along dim 0 over every process, in rank order; the processes'
+    lengths may differ (every sample's scores for AUROC). One read of the lengths, then one
+    all-gather per tensor, padded to the longest."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    with torch.inference_mode(any(t.is_inference() for t in tensors)), torch.no_grad():
+        lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.int64, device=tensors[0].device)
+        every = [torch.empty_like(lengths) for _ in range(world)]
+        dist.all_gather(every, lengths)
+        table = torch.stack(every).tolist()  # [rank][tensor]
+        gathered = []
+        for i, tensor in enumerate(tensors):
+            longest = max(row[i] for row in table)
+            pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+            parts = [tensor.new_empty((longest, *tensor.shape[1:])) for _ in range(world)]
+            dist.all_gather(parts, torch.cat([tensor.detach(), pad]).contiguous())
+            gathered.append(torch.cat([part[: row[i]] for part, row in zip(parts, table)]))
+    return gathered
+
+
 def reduce_figures(means: RunningMeans, metrics: MetricSet) -> None:
     """Sum an epoch's loss sums, counts and metric accumulators over every process, in place,
-    once, right before they are read: every process then computes the same figures."""
+    once, right before they are read: every process then computes the same figures (the ranking
+    metrics gather every process's scores instead)."""
     means.sync(all_reduce_sum)
-    metrics.sync(all_reduce_sum)
+    metrics.sync(all_reduce_sum, all_gather_cat)
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -68,15 +68,29 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameErr
 def expect_number(value: Any, what: str) -> float:
     """``value`` as a float, or an error naming ``what``.
 
-    YAML reads ``1e-3`` (no dot) as a string: say so instead of failing deep inside a formula.
+    Text is not a number, even text that reads as one (``"1e-3"`` in quotes): say so instead of
+    failing deep inside a formula.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        hint = ""
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", value.strip()):
-            fixed = re.sub(r"[eE]", ".0e", value.strip(), count=1)
-            hint = f"; YAML reads {value} without a dot as text: write {fixed}"
-        raise TraincraftError(f"{what} must be a number, got {value!r} ({type(value).__name__}){hint}")
+    if not is_number(value):
+        raise TraincraftError(f"{what} must be a number, got {value!r} ({type(value).__name__}){number_hint(value)}")
     return float(value)
+
+
+def is_number(value: Any) -> bool:
+    """A real number, not a bool (YAML's ``true`` is no 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def number_hint(value: Any) -> str:
+    """For a value that is not a number: how to write it as one, when it is text that reads as
+    a number (``"1e-3"`` in quotes), else nothing."""
+    if isinstance(value, str):
+        try:
+            float(value.strip())
+        except ValueError:
+            return ""
+        return f"; a number in quotes is text: write {value.strip()} without quotes"
+    return ""
 
 
 def expect_choice(what: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -10,8 +10,7 @@ Where the images are (``dataset: {images: ...}`` in a recipe, :func:`read_images
 Each image is decoded once with Pillow into ``channels`` channels (1: grey, 3: RGB) at
 ``image_size`` (``resize``: ``"crop"`` scales the shorter side then takes the centre,
 ``"stretch"`` scales each side), and the pixels of a source are cached as one uint8 ``.npy``
-array ``(N, C, H, W)``, decoded by one thread per core (Pillow releases the GIL while it
-decodes and resizes). The cache's name is a hash of the files' names, sizes and modification
+array ``(N, C, H, W)``, decoded by one process per core for a large folder. The cache's name is a hash of the files' names, sizes and modification
 times and of the decoding settings: an edited folder is decoded again, an unchanged one is not.
 
 A cache that fits in memory (``in_memory: auto``: at most a quarter of the memory available) is
@@ -26,7 +25,6 @@ import csv
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from traincraft.files import process_running
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 RESIZE = ("crop", "stretch")
 SPLITS = ("train", "val", "test")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass
@@ -102,15 +100,19 @@ def read_images(spec: ImageSpec, base_dir: str | os.PathLike[str] | None = None,
     if len(classes) < min_classes:
         where = next(iter(listed.values()))[2]
         raise DataError(f"{where}: a single class ({classes[0] if classes else 'none'}); classification needs at least two")
-    caches = {key: _decoded(files, spec) for key, (files, _, _) in listed.items()}
+    shapes = {key: (len(files), spec.channels, *spec.image_size) for key, (files, _, _) in listed.items()}
     in_memory = spec.in_memory
     if in_memory == "auto":
-        in_memory = sum(c.nbytes for c in caches.values()) <= memory_available() // 4
-    if not in_memory:
-        from traincraft.mapped import OnDisk
+        in_memory = sum(int(np.prod(shape)) for shape in shapes.values()) <= memory_available() // 4
+    out: dict[str, tuple[Any, np.ndarray]] = {}
+    for key, (files, labels, _) in listed.items():
+        pixels = _decoded(files, spec, in_memory=bool(in_memory))
+        if not in_memory:
+            from traincraft.mapped import OnDisk
 
-        return {key: (OnDisk(caches[key]), np.array(labels, dtype=str)) for key, (_, labels, _) in listed.items()}
-    return {key: (np.array(caches[key]), np.array(labels, dtype=str)) for key, (_, labels, _) in listed.items()}
+            pixels = OnDisk(pixels)
+        out[key] = (pixels, np.array(labels, dtype=str))
+    return out
 
 
 def memory_available() -> int:
@@ -147,12 +149,27 @@ def _listing(path: Path) -> tuple[list[Path], list[str], str]:
     files: list[Path] = []
     labels: list[str] = []
     for folder in folders:
-        found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        found = _image_files(folder)
         if not found:
             raise DataError(f"class folder {folder} holds no image ({', '.join(SUFFIXES[:4])}, ...)")
         files += found
         labels += [folder.name] * len(found)
     return files, labels, str(path)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (subfolders too), sorted by path. ``os.scandir``'s
+    entries know whether they are files without a ``stat`` each."""
+    found = []
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):  # as rglob: links to folders are not followed
+                    pending.append(Path(entry.path))
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in SUFFIXES:
+                    found.append(Path(entry.path))
+    return sorted(found)
 
 
 def _csv_listing(path: Path) -> tuple[list[Path], list[str]]:
@@ -183,54 +200,79 @@ def cache_key(files: list[Path], spec: ImageSpec) -> str:
     digest = hashlib.sha256(json.dumps(
         [_CACHE_VERSION, list(spec.image_size), spec.channels, spec.resize]).encode())
     for file in files:
-        stat = file.stat()
-        digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        stat = os.stat(file)
+        digest.update(f"{os.path.abspath(file)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def _decoded(files: list[Path], spec: ImageSpec) -> np.ndarray:
-    """The pixels of ``files``, from the cache when it is current, else decoded into it."""
+def _decoded(files: list[Path], spec: ImageSpec, *, in_memory: bool = True) -> np.ndarray:
+    """The pixels of ``files``, from the cache when it is current, else decoded into it: read
+    into memory, or (``in_memory=False``) the cache's read-only memory map."""
     folder = cache_folder(spec)
     path = folder / f"{cache_key(files, spec)}.npy"
+    shape = (len(files), spec.channels, *spec.image_size)
     if path.is_file():
         try:
-            pixels = np.load(path, mmap_mode="c")  # copy-on-write: writable for torch, the file untouched
-            if pixels.shape == (len(files), spec.channels, *spec.image_size) and pixels.dtype == np.uint8:
-                return pixels
+            return _read_cache(path, shape, in_memory)
         except (OSError, ValueError):
             pass  # a damaged cache is decoded again
     folder.mkdir(parents=True, exist_ok=True)
     _remove_dead_partials(folder, path.stem)
     partial = folder / f".{path.stem}.{os.getpid()}.tmp.npy"
-    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
-                                    shape=(len(files), spec.channels, *spec.image_size))
+    np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()  # header and size
     try:
-        _decode_into(out, files, spec)
-        out.flush()
-        del out
+        _decode_into(partial, files, spec)
         os.replace(partial, path)  # a reader sees the whole cache or none
     finally:
         partial.unlink(missing_ok=True)
-    return np.load(path, mmap_mode="c")
+    return _read_cache(path, shape, in_memory)
 
 
-def _decode_into(out: np.ndarray, files: list[Path], spec: ImageSpec) -> None:
-    """``out[i]`` = the decoded ``files[i]``, by :func:`decoding_threads` threads; the first
-    file (in order) that cannot be read is the error raised."""
+def _read_cache(path: Path, shape: tuple[int, ...], in_memory: bool) -> np.ndarray:
+    pixels = np.load(path, mmap_mode="r")
+    if pixels.shape != shape or pixels.dtype != np.uint8:
+        raise ValueError(f"{path}: a cache of another shape")
+    return np.load(path) if in_memory else pixels  # np.load reads the file: no page faults per page
 
-    def one(i: int) -> None:
-        out[i] = decode(files[i], spec)
 
-    pool = ThreadPoolExecutor(max_workers=decoding_threads())
+#: Folders of fewer images are decoded in this process (starting workers costs more).
+_WORKERS_FROM = 256
+
+
+def _decode_into(partial: Path, files: list[Path], spec: ImageSpec) -> None:
+    """Decode ``files`` into the rows of the ``.npy`` file ``partial``: in worker processes,
+    one per core, for a large folder. The first file (in order) that cannot be read is the
+    error raised, and the files not yet begun are not decoded."""
+    import multiprocessing
+
+    workers = decoding_workers()
+    if workers == 1 or len(files) < _WORKERS_FROM or "fork" not in multiprocessing.get_all_start_methods():
+        _decode_rows(partial, 0, files, spec)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    from PIL import Image  # noqa: F401  (imported before the fork: the workers have it)
+
+    chunk = -(-len(files) // (workers * 4))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     try:
-        for _ in pool.map(one, range(len(files))):
-            pass
-    finally:  # a bad file or Ctrl-C: the files not yet begun are not decoded
+        jobs = [pool.submit(_decode_rows, partial, start, files[start:start + chunk], spec)
+                for start in range(0, len(files), chunk)]
+        for job in jobs:
+            job.result()
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def decoding_threads() -> int:
-    """One decoding thread per core this process may use."""
+def _decode_rows(partial: Path, start: int, files: list[Path], spec: ImageSpec) -> None:
+    out = np.load(partial, mmap_mode="r+")
+    for i, file in enumerate(files):
+        out[start + i] = decode(file, spec)
+    out.flush()
+
+
+def decoding_workers() -> int:
+    """One decoding process per core this process may use."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from traincraft.errors import ShapeError, TraincraftError, did_you_mean
-from traincraft.registry import Registry, import_object, split_spec
+from traincraft.registry import Registry, check_numbers, import_object, split_spec
 
 LossSpec = str | Mapping[str, Any] | Sequence[Any] | nn.Module | Callable[..., Tensor]
 """What :func:`build` accepts."""
@@ -675,6 +675,7 @@ def _prepare_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if "reduction" in kwargs:
         _check_reduction(name, kwargs["reduction"])
     _check_keys(name, kwargs)
+    check_numbers(f"loss {name!r}", arguments(name) or {}, kwargs)
     for key in _TENSOR_ARGS:
         if isinstance(kwargs.get(key), (list, tuple)):
             kwargs[key] = torch.tensor(kwargs[key], dtype=torch.float32)
@@ -682,6 +683,22 @@ def _prepare_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if isinstance(kwargs.get(key), str):
             kwargs[key] = import_object(kwargs[key], f"loss {name!r} {key}")
     return kwargs
+
+
+def arguments(name: str) -> dict[str, Any] | None:
+    """A registered loss's keyword arguments with their defaults (``inspect.Parameter.empty``
+    for one without); None when it takes any keyword.
+
+    Example:
+        >>> arguments("huber")
+        {'reduction': 'mean', 'delta': 1.0}
+    """
+    cls = _CLASS[_REGISTRY.canonical(name)]
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name: p.default for p in params
+            if p.kind is not inspect.Parameter.VAR_POSITIONAL and p.name not in _LEGACY_ARGS}
 
 
 def _accepted_keys(cls: type) -> list[str] | None:

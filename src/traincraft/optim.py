@@ -33,7 +33,7 @@ from traincraft.errors import (
     did_you_mean,
     expect_number,
 )
-from traincraft.registry import Registry, import_object, split_spec
+from traincraft.registry import Registry, check_numbers, import_object, split_spec
 
 __all__ = ["OPTIMIZERS", "added_groups", "build", "names", "param_groups"]
 
@@ -152,6 +152,7 @@ def build(
         return _muon_with_adamw(cls, label, kwargs, model, lr, weight_decay, decay_exclude, param_groups)
     kwargs.pop("others", None)
     _check_kwargs(cls, label, kwargs)
+    check_numbers(f"optimizer {label!r}", {k: p.default for k, p in (_class_arguments(cls) or {}).items()}, kwargs)
     lr = kwargs.pop("lr", lr)
     weight_decay = _class_weight_decay(cls, label, kwargs.pop("weight_decay", weight_decay))
     _check_rule_keys(cls, label, param_groups)
@@ -382,6 +383,7 @@ def _muon_with_adamw(
     adamw_kwargs = {key: kwargs.pop(f"adamw_{key}") for key in ADAMW_KEYS if f"adamw_{key}" in kwargs}
     kwargs.setdefault("adjust_lr_fn", "match_rms_adamw")  # one LR for both halves
     _check_kwargs(cls, label, kwargs)
+    check_numbers(f"optimizer {label!r}", {k: p.default for k, p in (_class_arguments(cls) or {}).items()}, kwargs)
     lr = kwargs.pop("lr", lr)
     weight_decay = _class_weight_decay(cls, label, kwargs.pop("weight_decay", weight_decay))
     _check_rule_keys(cls, label, param_groups)

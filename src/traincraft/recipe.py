@@ -4,33 +4,61 @@ Every key maps to a ``Trainer`` argument or a builder's argument; nothing is pos
 that is impossible in Python. Unknown keys are errors (with did-you-mean), so a typo never
 silently falls back to a default.
 
+Numbers are read as YAML 1.2 and Python read them (:mod:`traincraft.recipe_yaml`); overrides and
+several recipe files combine as :mod:`traincraft.overrides` says. A number is a number: text where
+a number belongs (``lr: "1e-3"``, ``max_epochs: "3"``) is an error, as in the JSON schema.
+
 Example:
-    >>> recipe = load_recipe("sunspots.yaml", overrides=["optimizer.lr=3e-4"])
+    >>> recipe = load_recipe(["base.yaml", "small.yaml"], overrides=["optimizer.lr=3e-4"])
     >>> trainer = Trainer.from_recipe(recipe)
     >>> trainer.fit()
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from traincraft.errors import TraincraftError, did_you_mean
+from traincraft.errors import did_you_mean
+from traincraft.overrides import apply_override, apply_overrides, merge, set_key
+from traincraft.recipe_yaml import (
+    MAX_VALUES,
+    RecipeError,
+    dump_yaml,
+    load_yaml,
+    whole_floats_as_ints,
+)
 from traincraft.tuning.section import TuneSection
+
+__all__ = [
+    "MAX_VALUES", "TEMPLATES", "TRAIN_GROUPS", "Recipe", "RecipeError", "apply_override", "apply_overrides",
+    "base_dir", "changed_keys", "json_schema", "load_recipe", "load_yaml", "read_raw", "section_model",
+    "set_key", "template_names", "validate",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-class RecipeError(TraincraftError, ValueError):
-    """A recipe mistake: one line naming the key path, the value and the fix."""
-
-
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a number is a number ("3" is not 3, true is not 1), as the JSON schema says.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, values: Any) -> Any:
+        return whole_floats_as_ints(cls, values)
 
 
 class SplitSection(Section):
@@ -73,8 +101,8 @@ class DataSection(Section):
 class ModelSection(BaseModel):
     """``name`` plus the builder's keyword arguments (checked by the builder)."""
 
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(description="built-in model name or 'package.module:Class'")
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field(description="built-in model name, 'torchvision:NAME', 'timm:NAME' or 'package.module:Class'")
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -83,7 +111,7 @@ class ModelSection(BaseModel):
 class OptimizerSection(BaseModel):
     """``name``, ``lr``, ``weight_decay`` and the optimizer class's own keyword arguments."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     name: str = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float | None = Field(None, ge=0)
@@ -135,10 +163,11 @@ class TrainSection(Section):
     sync_batchnorm: bool = Field(False, description="several processes on CUDA: batch norm over the global batch")
     dist_timeout: float = Field(300.0, gt=0, description="seconds a process waits for the others before an error")
 
-    @field_validator("precision", mode="before")
+    @field_validator("precision", mode="before", json_schema_input_type=Literal["32", "bf16", "fp16", 32])
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
+        whole = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+        return str(int(value)) if whole else value
 
     def groups(self) -> dict[str, dict[str, Any]]:
         """The Trainer's ``step``, ``nonfinite``, ``penalty``, ``processes`` and ``data`` groups."""
@@ -237,7 +266,7 @@ class Recipe(Section):
     seed: int = Field(0, ge=0, lt=2**63)
     data: DataSection
     model: ModelSection
-    loss: str | dict[str, Any] | list[dict[str, Any]] | None = Field(
+    loss: str | dict[str, Any] | list[str | dict[str, Any]] | None = Field(
         "cross_entropy", description="a loss name, {name, ...}, weighted terms; null: the loss the model returns"
     )
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
@@ -265,12 +294,12 @@ class Recipe(Section):
             raise ValueError("a run name is a plain folder name (no '/', '\\', ':', not empty, not '..')")
         return value
 
-    @field_validator("optimizer", mode="before")
+    @field_validator("optimizer", mode="before", json_schema_input_type=str | OptimizerSection)
     @classmethod
     def _optimizer_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
-    @field_validator("model", mode="before")
+    @field_validator("model", mode="before", json_schema_input_type=str | ModelSection)
     @classmethod
     def _model_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
@@ -283,29 +312,50 @@ class Recipe(Section):
 
     def to_yaml(self) -> str:
         """The resolved recipe, every default filled in: ``traincraft fit`` on it repeats the run."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return dump_yaml(self.model_dump(mode="json"))
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 def load_recipe(
-    source: str | Path | dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()
+    source: str | Path | dict[str, Any] | Sequence[str | Path | dict[str, Any]] | None = None,
+    overrides: Sequence[str] = (),
 ) -> Recipe:
-    """Read a recipe from a file, a built-in template name, or a dict, and apply overrides.
+    """Read a recipe from a file, a built-in template name, or a dict (or several, composed in
+    order), and apply overrides.
 
     Args:
         source: a YAML path, a template name (``"quickstart"``, ``"sunspots"``, ...), a dict, or
-            None for the quickstart.
-        overrides: ``"key.path=value"`` strings; the value is read as YAML.
+            None for the quickstart; or a list of them, each merged into the ones before it,
+            section by section (later values win; see :func:`traincraft.overrides.merge`).
+            Relative paths resolve against the first file's folder.
+        overrides: ``"key.path=value"`` strings (the value is read as YAML), ``"+key=value"``
+            (adds a key that is not there), ``"~key"`` (deletes one); see
+            :mod:`traincraft.overrides`.
 
     Raises:
         RecipeError: one line naming the key path, the value and the fix.
     """
-    raw, origin = read_raw(source)
-    for override in overrides:
-        apply_override(raw, override)
-    return validate(raw, origin)
+    return validate(*given_recipe(source, overrides))
+
+
+def given_recipe(
+    source: str | Path | dict[str, Any] | Sequence[str | Path | dict[str, Any]] | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[dict[str, Any], str]:
+    """What the recipe files and overrides say, merged, before validation and defaults; and
+    where it came from (for messages)."""
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not sources:
+        sources = [None]
+    raw, origin = read_raw(sources[0])
+    for later in sources[1:]:
+        more, where = read_raw(later)
+        more.pop("_base_dir", None)  # relative paths resolve against the first file's folder
+        raw, origin = merge(raw, more), f"{origin} + {where}"
+    apply_overrides(raw, [str(override) for override in overrides])
+    return raw, origin
 
 
 def read_raw(source: str | Path | dict[str, Any] | None) -> tuple[dict[str, Any], str]:
@@ -352,93 +402,8 @@ def read_raw(source: str | Path | dict[str, Any] | None) -> tuple[dict[str, Any]
     return raw, str(path)
 
 
-class _RecipeLoader(yaml.SafeLoader):
-    """YAML's safe loader that refuses a key given twice in one mapping (the second would
-    silently replace the first: ``{lr: 1.0e-2, lr: 5.0}``, a second ``train:`` section)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise RecipeError(
-                    f"line {mark.line + 1}: key {key!r} is given twice in the same section "
-                    f"(first on line {seen[key].line + 1}); keep one"
-                )
-            seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-
-# Numbers as YAML 1.2 and Python read them: 1e-8 and 3E+4 are floats (YAML 1.1 wants a dot, 1.0e-8,
-# and reads 1e-8 as text, which then fails far from the recipe).
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-#: Values a recipe may expand to through YAML aliases (an alias bomb stops here).
-MAX_VALUES = 100_000
-
-
-def load_yaml(text: str) -> Any:
-    """A recipe's YAML (or an override's value): duplicate keys refused, and no more than
-    :data:`MAX_VALUES` values once aliases are expanded."""
-    value = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader)
-    sizes: dict[int, int] = {}
-
-    def size(obj: Any) -> int:
-        if id(obj) in sizes:
-            return sizes[id(obj)]
-        children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
-        total = 1
-        for child in children:
-            total += size(child)
-            if total > MAX_VALUES:
-                break
-        sizes[id(obj)] = total
-        return total
-
-    if size(value) > MAX_VALUES:
-        raise RecipeError(f"the YAML expands to more than {MAX_VALUES:,} values (aliases of aliases?); "
-                          "a recipe is a few dozen keys")
-    return value
-
-
 def template_names() -> list[str]:
     return sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set ``raw[a][b] = value`` for ``"a.b=value"`` (value read as YAML)."""
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError(f"override {override!r}: expected key.path=value, e.g. optimizer.lr=3e-4")
-    try:
-        value = load_yaml(text) if text.strip() else None
-    except yaml.YAMLError as err:
-        raise RecipeError(f"override {override!r}: the value is not valid YAML") from err
-    except RecipeError as err:
-        raise RecipeError(f"override {override!r}: {err}") from None
-    set_key(raw, key.strip(), value, where=f"override {override!r}")
-
-
-def set_key(raw: dict[str, Any], key: str, value: Any, *, where: str) -> None:
-    """``raw[a][b] = value`` for ``key = "a.b"``, creating sections on the way. A section given as a
-    bare name (``model: mlp``) becomes ``{name: mlp}``; a path through a plain value is an error
-    that starts with ``where``."""
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None or isinstance(child, str) and part in {"model", "optimizer"}:
-            child = {"name": child} if isinstance(child, str) else {}
-            node[part] = child
-        if not isinstance(child, dict):
-            raise RecipeError(f"{where}: {'.'.join(parts[: i + 1])} is {child!r}, not a section")
-        node = child
-    node[parts[-1]] = value
 
 
 def validate(raw: dict[str, Any], origin: str = "recipe") -> Recipe:
@@ -538,5 +503,8 @@ def changed_keys(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON schema of a recipe, for editors."""
-    return Recipe.model_json_schema()
+    """The JSON schema of a recipe, for editors: it accepts what :func:`load_recipe` accepts, and
+    types ``loss`` and ``schedule`` by their registries (names, and each name's arguments)."""
+    from traincraft.recipe_schema import with_registries
+
+    return with_registries(Recipe.model_json_schema())

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from traincraft.errors import TraincraftError, unknown_name
+from traincraft.errors import TraincraftError, is_number, number_hint, unknown_name
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,24 @@ def split_spec(spec: str | Mapping[str, Any], kind: str) -> tuple[str, dict[str,
         kwargs = {k: v for k, v in spec.items() if k != "name"}
         return str(spec["name"]), kwargs
     raise TraincraftError(f"{kind} spec must be a name or a dict with 'name', got {type(spec).__name__}")
+
+
+def check_numbers(label: str, defaults: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
+    """Keyword arguments whose default is a number (or a tuple of numbers, Adam's ``betas``)
+    take one: text (``eps: abc``, a quoted ``"1e-8"``), a bool or a null there is refused in
+    one line naming the argument, instead of failing deep inside torch."""
+    for key, value in kwargs.items():
+        default = defaults.get(key)
+        if is_number(default) and not _number_like(value):
+            raise TraincraftError(f"{label}: {key} must be a number, got {value!r}{number_hint(value)}")
+        if isinstance(default, tuple) and default and all(is_number(d) for d in default) and (
+                not isinstance(value, (list, tuple)) or not all(_number_like(v) for v in value)):
+            raise TraincraftError(f"{label}: {key} must be a list of {len(default)} numbers, got {value!r}")
+
+
+def _number_like(value: Any) -> bool:
+    """Anything but what YAML gives that is no number: a tensor or a numpy scalar passes."""
+    return not isinstance(value, (str, bool, list, tuple, dict, type(None)))
 
 
 #: Standard-library modules of pure functions a recipe may name (``math:cos`` as a schedule's

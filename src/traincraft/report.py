@@ -209,9 +209,12 @@ class RunFiles:
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json
     results: dict[str, Any] = field(default_factory=dict)  # results.json
     best: dict[str, Any] | None = None  # summary's best, else results', else best.json
-    recipe: str | None = None  # recipe.yaml, as written
+    recipe: str | None = None  # recipe.yaml: the resolved recipe, every default filled in
+    given_recipe: str | None = None  # recipe.given.yaml: the keys the recipe set, as written
     env: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, Any] | None = None  # predictions.npz's arrays (traincraft.judging)
+    predictions_note: str | None = None  # why predictions.npz could not be read
 
 
 def load_run_files(folder: str | Path) -> RunFiles:
@@ -244,6 +247,14 @@ def load_run_files(folder: str | Path) -> RunFiles:
     run.best = (None if best.get("swa") else best or run.summary.get("best") or run.results.get("best") or None)
     if (folder / "recipe.yaml").is_file():
         run.recipe = (folder / "recipe.yaml").read_text(encoding="utf-8")
+    if (folder / "recipe.given.yaml").is_file():
+        run.given_recipe = (folder / "recipe.given.yaml").read_text(encoding="utf-8")
+    from traincraft.judging import load_predictions
+
+    try:
+        run.predictions = load_predictions(folder)
+    except TraincraftError as err:  # the rest of the page still helps
+        run.predictions_note = str(err).replace(str(folder), folder.name)
     return run
 
 
@@ -295,13 +306,48 @@ def stop_marker(stop_reason: str | None, last_epoch: int | None) -> tuple[int, s
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    # A bare Figure on an Agg canvas: no window, no pyplot state, shown inline by notebooks.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from traincraft.report_format import new_figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height)
+
+
+def wants_log_axis(*curves: Sequence[float]) -> bool:
+    """Whether curves (one value per epoch each) read better on a log axis: their values are
+    positive and either span more than a decade, or the epochs after each curve's first quarter
+    would take less than a quarter of a linear axis and at least half as much again on a log
+    one (first epochs far above the rest)."""
+    values = [v for curve in curves for v in curve if math.isfinite(v)]
+    tails = [v for curve in curves for v in list(curve)[max(1, len(curve) // 4):] if math.isfinite(v)]
+    if len(values) < 3 or not tails or min(values) <= 0:
+        return False
+    low, high = min(values), max(values)
+    if high / low >= 10:
+        return True
+    if high == low:
+        return False
+    linear = (max(tails) - min(tails)) / (high - low)
+    log = math.log(max(tails) / min(tails)) / math.log(high / low)
+    return linear < 0.25 and log >= 1.5 * linear
+
+
+def _log_axis(ax: Axes, values: list[float]) -> None:
+    """A log y axis labelled with plain numbers (0.6, 0.8, 1, 2), not powers of ten: every
+    minor tick within a decade or so, only the 2s and 5s over a wider range."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    decades = math.log10(max(values) / min(values))
+
+    def plain(value: float, _: Any = None) -> str:
+        text = f"{value:.3g}"
+        return f"{value:,.0f}" if "e+" in text else text  # 2,000 rather than 2e+03
+
+    def minor(value: float, _: Any) -> str:
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return plain(value) if decades < 1.2 or mantissa in (2, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(plain))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _epoch_axes(
@@ -313,10 +359,14 @@ def _epoch_axes(
     best: dict[str, Any] | None,
     stop: tuple[int, str] | None,
 ) -> None:
+    from traincraft.report_format import is_rate
+
     epochs = columns.get("epoch") or list(range(1, len(next(iter(columns.values()), [])) + 1))
+    drawn: list[list[float]] = []
     for name in names:
         if name in columns:
-            ax.plot(epochs, columns[name], label=name, marker="." if len(epochs) < 30 else None)
+            ax.plot(epochs, columns[name], label=name, linewidth=1.6, marker="." if len(epochs) < 30 else None)
+            drawn.append(columns[name])
     if best and best.get("epoch") is not None:
         ax.axvline(best["epoch"], color="tab:green", linestyle=":", linewidth=1.5,
                    label=f"best epoch {best['epoch']}")
@@ -325,13 +375,18 @@ def _epoch_axes(
             ax.plot([best["epoch"]], [best["value"]], "o", color="tab:green", markersize=7)
     if stop is not None:
         ax.axvline(stop[0], color="tab:red", linestyle="--", linewidth=1.2, label=stop[1])
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    if any(is_rate(n) for n in names):
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    elif wants_log_axis(*drawn):
+        _log_axis(ax, [v for curve in drawn for v in curve if math.isfinite(v)])
+        title += " (log scale)"
     ax.set_xlabel("epoch")
     ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.grid(True, which="both" if ax.get_yscale() == "log" else "major", alpha=0.3)
+    ax.legend()
 
 
 def epoch_figure(
@@ -348,7 +403,7 @@ def epoch_figure(
         >>> fig = epoch_figure(history.as_dict(), ["train_loss", "val_loss"], title="loss",
         ...                    best=history.best, stop=(12, "stopped (early_stopping)"))
     """
-    fig = _new_figure(6.4, 3.6)
+    fig = _new_figure(5.2, 3.6)
     _epoch_axes(fig.add_subplot(), columns, names, title=title, best=best, stop=stop)
     return fig
 
@@ -368,14 +423,14 @@ def lr_figure(
             series[name] = values
     momentum = steps.get("momentum") or []
     show_momentum = len(set(momentum)) > 1
-    fig = _new_figure(6.4, 5.2 if show_momentum else 3.4)
+    fig = _new_figure(5.2, 5.0 if show_momentum else 3.6)
     axes = fig.subplots(2 if show_momentum else 1, 1, sharex=True, squeeze=False)[:, 0]
     for name, values in series.items():
         axes[0].plot(x, values, label=name if len(series) > 1 else "lr", linewidth=1.4)
     axes[0].set_ylabel("learning rate")
     axes[0].set_title("learning rate per optimizer step")
     if len(series) > 1:
-        axes[0].legend(fontsize="small")
+        axes[0].legend()
     if show_momentum:
         axes[1].plot(x, momentum, color="tab:purple", linewidth=1.4)
         axes[1].set_ylabel("momentum")
@@ -390,7 +445,8 @@ def lr_figure(
 
 
 def run_figures(run: RunFiles) -> dict[str, Figure]:
-    """Every figure of a run, by file stem: loss, one per metric, lr, grad_norm."""
+    """Every figure of a run, by file stem: loss, one per metric, lr, grad_norm, then those that
+    judge the model (:mod:`traincraft.report_judging`) when the run saved its predictions."""
     columns, summary = run.columns, run.summary
     last = int(columns["epoch"][-1]) if columns.get("epoch") else None
     stop = stop_marker(summary.get("stop_reason") or run.results.get("stop_reason"), last)
@@ -407,9 +463,12 @@ def run_figures(run: RunFiles) -> dict[str, Figure]:
         figures["lr"] = lr
     if "grad_norm" in columns:
         figures["grad_norm"] = epoch_figure(
-            columns, ["grad_norm"], title="gradient norm (mean over the epoch's steps, before clipping)",
+            columns, ["grad_norm"], title="gradient norm (epoch mean, before clipping)",
             best=None, stop=stop,
         )
+    from traincraft import report_judging
+
+    figures.update(report_judging.figures(run))
     return figures
 
 
@@ -478,99 +537,238 @@ def build_report(folder: str | Path, output: str | Path | None = None) -> Path:
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;
-padding:24px;color:#1d1d1f;background:#fff}
-h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:4px;
-margin-top:32px}.muted{color:#666}table{border-collapse:collapse;margin:8px 0}
+padding:24px;color:#1d1d1f;background:#fff;line-height:1.4}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:4px;
+margin-top:36px}h3{font-size:1.05em;margin:20px 0 6px}.muted{color:#666}
+table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ddd;padding:4px 10px;text-align:left;font-variant-numeric:tabular-nums}
-th{background:#f5f5f7}.plots{display:flex;flex-wrap:wrap;gap:12px}
-.plots figure{margin:0;border:1px solid #eee;padding:6px}.plots img{max-width:520px;width:100%}
-figcaption{font-size:.85em;color:#555;text-align:center}
-pre{background:#f5f5f7;padding:12px;overflow-x:auto;font-size:.85em}
-details summary{cursor:pointer;margin:8px 0}
+th{background:#f5f5f7}.num{text-align:right}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:120px}
+.card .v{font-size:1.35em;font-weight:600;font-variant-numeric:tabular-nums}.card .k{color:#555;font-size:.85em}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(500px,1fr));gap:14px;margin:10px 0}
+figure{margin:0 0 10px;border:1px solid #eee;padding:6px}figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+.plots figure.wide{grid-column:1/-1}
+pre{background:#f5f5f7;padding:12px;overflow-x:auto;font-size:.9em}
+details summary{cursor:pointer;margin:8px 0;color:#0a58ca}
+@media print{.plots{display:block}figure{break-inside:avoid}}
 """
 
 
 def render_html(run: RunFiles, pngs: dict[str, bytes]) -> str:
     """The report page: inline CSS, images as ``data:`` URIs, no script, no external reference."""
+    from traincraft import report_judging
+    from traincraft.report_format import figure_text
+
     name = _recipe_name(run.recipe) or run.folder.name
+    shown: set[str] = set()
+
+    def figure_html(stem: str) -> str:
+        if stem not in pngs:
+            return ""
+        shown.add(stem)
+        return _figure(stem, pngs[stem], wide=stem in report_judging.WIDE)
+
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(name)} — traincraft report</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>{_e(name)}</h1>",
-        f'<p class="muted">{_e(run.folder)}</p>',
-        "<h2>Summary</h2>",
-        _table(_summary_rows(run)),
+        f'<p class="muted">{_e(_byline(run))}</p>',
     ]
     test = run.results.get("test")
     if isinstance(test, dict) and test:
-        parts += ["<h2>Test metrics</h2>", _table([(k, _fmt(v)) for k, v in test.items()])]
+        cards = "".join(f'<div class="card"><div class="v">{_e(figure_text(k, v))}</div>'
+                        f'<div class="k">test {_e(k)}</div></div>' for k, v in test.items())
+        parts.append(f'<div class="cards">{cards}</div>')
+    parts += ["<h2>Summary</h2>", _table(_summary_rows(run))]
+    parts += report_judging.section(run, figure_html)
+    curves = [stem for stem in pngs if stem not in shown and stem not in report_judging.WIDE]
+    curves = [stem for stem in curves if stem not in ("predicted_vs_actual", "residuals", "errors")]
+    if curves:
+        parts += ["<h2>Training curves</h2>", '<div class="plots">', *(figure_html(s) for s in curves), "</div>"]
     if run.columns.get("epoch"):
         last = {k: v[-1] for k, v in run.columns.items()}
-        parts += ["<h2>Last epoch</h2>", _table([(k, _fmt(v)) for k, v in last.items()])]
-    if pngs:
-        parts += ["<h2>Plots</h2>", '<div class="plots">']
-        for stem, data in pngs.items():
-            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            parts.append(f'<figure><img alt="{_e(stem)}" src="{uri}"><figcaption>{_e(stem)}</figcaption></figure>')
-        parts.append("</div>")
+        parts += ["<h3>Last epoch</h3>", _table([(k, figure_text(k, v)) for k, v in last.items()])]
     if run.columns:
-        parts += ["<h2>Every epoch</h2>", "<details><summary>metrics.csv</summary>",
-                  _column_table(run.columns), "</details>"]
-    if run.recipe:
-        parts += ["<h2>Recipe</h2>", f"<pre>{_e(run.recipe)}</pre>"]
+        parts += ["<details><summary>Every epoch (metrics.csv)</summary>", _column_table(run.columns), "</details>"]
+    parts += _recipe_section(run)
     if run.data:
-        parts += ["<h2>Data</h2>", _table([(k, _fmt(v)) for k, v in run.data.items() if k != "scaler"])]
+        parts += ["<h2>Data</h2>", *_data_section(run.data)]
     if run.env:
         parts += ["<h2>Environment</h2>", _table([(k, _fmt(v)) for k, v in run.env.items()])]
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
+def _figure(stem: str, data: bytes, *, wide: bool = False) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    size = _png_size(data)
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    caption = stem.replace("_", " ")
+    opening = '<figure class="wide">' if wide else "<figure>"
+    return f'{opening}<img alt="{_e(caption)}"{dims} src="{uri}"></figure>'
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    # The IHDR chunk: width and height, big-endian, at bytes 16..24.
+    if len(data) < 24 or not data.startswith(b"\x89PNG"):
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _byline(run: RunFiles) -> str:
+    parts = [f"run {run.folder.name}"]
+    finished = run.summary.get("finished")
+    if finished:
+        parts.append(f"finished {str(finished)[:16].replace('T', ' ')}")
+    if run.env.get("traincraft"):
+        parts.append(f"traincraft {run.env['traincraft']}")
+    return " · ".join(parts)
+
+
 def _summary_rows(run: RunFiles) -> list[tuple[str, str]]:
+    from traincraft.report_format import figure_text, significant
+
     s, r = run.summary, run.results
-    rows = [("stop reason", s.get("stop_reason") or r.get("stop_reason"))]
+    rows: list[tuple[str, Any]] = [("stop reason", s.get("stop_reason") or r.get("stop_reason"))]
     rows.append(("epochs", s.get("epochs", r.get("epochs", len(run.columns.get("epoch", []))))))
     rows.append(("optimizer steps", s.get("steps", r.get("steps"))))
     if s.get("skipped_steps"):
         rows.append(("skipped steps", s["skipped_steps"]))
     best = run.best
     if best and best.get("epoch") is not None:
-        rows.append(("best epoch", f"{best['epoch']} ({best.get('monitor')} {_fmt(best.get('value'))})"))
+        monitor = str(best.get("monitor"))
+        rows.append(("best epoch", f"{best['epoch']} ({monitor} {figure_text(monitor, best.get('value'))})"))
     if s.get("seconds") is not None:
         rows.append(("total time", _duration(float(s["seconds"]))))
     if s.get("steps_per_second") is not None:
-        rows.append(("steps per second", _fmt(s["steps_per_second"])))
+        rows.append(("steps per second", significant(float(s["steps_per_second"]), 3)))
     rows.append(("device", s.get("device") or run.env.get("device")))
     return [(k, _fmt(v)) for k, v in rows if v is not None]
 
 
+def _recipe_section(run: RunFiles) -> list[str]:
+    """What the recipe's author wrote (``recipe.given.yaml``; for older runs the resolved recipe
+    without its empty keys), and the resolved recipe one click away; no path of this machine."""
+    if not run.recipe and not run.given_recipe:
+        return []
+    import yaml
+
+    resolved = _yaml_mapping(run.recipe)
+    base = resolved.pop("_base_dir", None)
+    base = str(base) if base else None
+    if run.given_recipe is not None:
+        given, what = _yaml_mapping(run.given_recipe), "the keys the recipe set"
+    else:
+        given, what = _without_empty(resolved), "the resolved recipe without its empty keys"
+    from traincraft.report_format import without_paths
+
+    def dump(value: dict[str, Any]) -> str:
+        return yaml.safe_dump(without_paths(value, base), sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+    parts = ["<h2>Recipe</h2>", f'<p class="muted">{_e(what)}; every other key has its default.</p>',
+             f"<pre>{_e(dump(given))}</pre>"]
+    if resolved:
+        parts += ["<details><summary>The resolved recipe (every default filled in: recipe.yaml)</summary>",
+                  f"<pre>{_e(dump(resolved))}</pre></details>"]
+    return parts
+
+
+def _yaml_mapping(text: str | None) -> dict[str, Any]:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text or "")
+    except yaml.YAMLError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _without_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        kept = {k: _without_empty(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, {}, [])}
+    return value
+
+
+def _data_section(data: dict[str, Any]) -> list[str]:
+    """A summary of data.json: task, samples per split, input shape and feature count, classes
+    (with their counts per split), targets; not every feature's name."""
+    from traincraft.report_format import grid_table, significant
+
+    rows: list[tuple[str, str]] = []
+    task = data.get("task")
+    rows.append(("task", str(task)))
+    sizes = data.get("sizes") or {}
+    if sizes:
+        rows.append(("samples", " · ".join(f"{k} {int(v):,}" for k, v in sizes.items() if v)))
+    shape = data.get("input_shape")
+    if shape:
+        rows.append(("one input", " × ".join(str(d) for d in shape)))
+    features = [str(f) for f in data.get("feature_names") or []]
+    if features:
+        named = ", ".join(features) if len(features) <= 12 else f"{features[0]} … {features[-1]}"
+        what = "input series" if task == "forecast" else "features"
+        rows.append((what, f"{len(features):,} ({named})"))
+    if task == "forecast" and shape:
+        targets = max(1, len(data.get("target_names") or [1]))
+        rows.append(("lookback", str(shape[0])))
+        rows.append(("horizon", str(max(1, int(data.get("output_size") or 1) // targets))))
+    classes = [str(c) for c in data.get("class_names") or []]
+    if classes:
+        named = ", ".join(classes) if len(classes) <= 20 else ", ".join(classes[:10]) + ", …"
+        rows.append(("classes", f"{len(classes):,} ({named})"))
+    elif data.get("target_names"):
+        rows.append(("targets", ", ".join(str(t) for t in data["target_names"])))
+    stats = data.get("target_stats")
+    if stats and len(stats) == 2 and task != "classification":
+        pairs = [f"{significant(m)} ± {significant(s)}" for m, s in zip(stats[0], stats[1])]
+        rows.append(("target mean ± std (train)", ", ".join(pairs)))
+    normalize = data.get("normalize")
+    if isinstance(normalize, dict) and normalize.get("mean"):
+        rows.append(("pixel mean / std (train)", f"{_fmt_list(normalize['mean'])} / {_fmt_list(normalize.get('std'))}"))
+    parts = [_table(rows)]
+    counts = data.get("class_counts")
+    if classes and isinstance(counts, dict) and counts:
+        splits = list(counts)
+        table = grid_table(["class", *splits], [[c, *(f"{counts[s][i]:,}" for s in splits)]
+                                                 for i, c in enumerate(classes)])
+        parts.append(f"<details{' open' if len(classes) <= 12 else ''}><summary>samples per class and split"
+                     f"</summary>{table}</details>")
+    return parts
+
+
+def _fmt_list(values: Any) -> str:
+    from traincraft.report_format import significant
+
+    return ", ".join(significant(float(v), 3) for v in values or [])
+
+
 def _table(rows: Sequence[tuple[str, str]]) -> str:
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+    from traincraft.report_format import table
+
+    return table(rows)
 
 
 def _column_table(columns: dict[str, list[float]]) -> str:
+    from traincraft.report_format import figure_text
+
     names = list(columns)
     head = "".join(f"<th>{_e(n)}</th>" for n in names)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{_e(_fmt(columns[n][i]))}</td>" for n in names) + "</tr>"
+        "<tr>" + "".join(f"<td>{_e(figure_text(n, columns[n][i]))}</td>" for n in names) + "</tr>"
         for i in range(len(columns[names[0]]))
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
-    return "" if value is None else str(value)
+    from traincraft.report_format import text
+
+    return text(value)
 
 
 def _duration(seconds: float) -> str:

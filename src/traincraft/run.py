@@ -3,11 +3,14 @@
 Run folder (``runs/<name>/<YYYYmmdd-HHMMSS>/`` unless given)::
 
     recipe.yaml        the resolved recipe, every default filled in (fit it again to repeat the run)
+    recipe.given.yaml  the keys the recipe set, as written (no defaults), for the report
     env.json           versions, device, seed, threads
     data.json          task, shapes, class names, the input scaler (for predict and load_model)
     metrics.csv        one row per epoch, rewritten at each epoch end
     best.safetensors   the final weights (the best ones when early stopping restores them)
-    results.json       the test split evaluated with those weights, when there is a test split
+    results.json       the test split evaluated with those weights, when there is a test split; for
+                       classification the confusion matrix and per-class table of val and test
+    predictions.npz    those weights' predictions on the test split (else validation): the report judges by them
     checkpoints/       last.ckpt and the kept ones (exact resume); best.json says which epoch was best
     steps.csv, summary.json, plots/, report.html    the LR per step, the summary, the plots, the page
     tensorboard/, mlruns/                           when those loggers are on
@@ -20,6 +23,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +108,27 @@ def data_info(data: PreparedData) -> dict[str, Any]:
         "scaler": data.scaler.to_dict(),
         "sizes": {split: split_size(part) for split, part in (("train", data.train), ("val", data.val),
                                                               ("test", data.test))},
+        "class_counts": class_counts(data),
     }
+
+
+def class_counts(data: PreparedData) -> dict[str, list[int]] | None:
+    """Samples of each class per split (for the report), when the targets are class indices in
+    memory; None otherwise."""
+    import torch
+
+    if data.task != "classification" or not data.num_classes:
+        return None
+    counts = {}
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        targets = split[1] if isinstance(split, tuple) else getattr(split, "targets", None)
+        if split is None:
+            continue
+        if not isinstance(targets, torch.Tensor) or targets.ndim != 1 or targets.is_floating_point():
+            return None
+        kept = targets[(targets >= 0) & (targets < data.num_classes)]
+        counts[name] = torch.bincount(kept, minlength=data.num_classes).tolist()
+    return counts
 
 
 def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -233,6 +258,8 @@ class RunFolder(Callback):
         if not trainer.is_main_process or trainer.run_complete:
             return
         atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe, self.folder))
+        if not (self.folder / GIVEN_RECIPE).is_file():  # a resumed run keeps what its author wrote
+            atomic_write_text(self.folder / GIVEN_RECIPE, given_recipe_text(self.recipe))
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
         atomic_write_text(self.folder / "data.json", json.dumps(self.info, indent=2))
         transform = trainer.batch_transform
@@ -254,32 +281,102 @@ class RunFolder(Callback):
             "steps": trainer.state.step,
         }
         data = getattr(trainer, "data", None)
-        if data is not None and data.test is not None:
-            results["test"] = self._evaluate_best(trainer, data.test)  # every process takes part
+        judged = None if data is None else ("test", data.test) if data.test is not None else (
+            ("val", data.val) if data.val is not None else None)
+        results.update(self._evaluate_best(trainer, judged))  # every process takes part
         if not trainer.is_main_process:
             return
         atomic_write_text(self.folder / "results.json", json.dumps(results, indent=2))
         self.results = results
 
+    def _evaluate_best(self, trainer: Trainer, judged: tuple[str, Any] | None) -> dict[str, Any]:
+        """With the weights of best.safetensors: the test split's figures (``"test"``), and the
+        tables (``"confusion_matrix"``, ``"per_class"``, and any other the recipe lists) of the
+        validation and test splits (``{"confusion_matrix": {"val": ..., "test": ...}}``).
+        Classification runs always get the confusion matrix and the per-class table. The
+        ``judged`` split's predictions go to predictions.npz (the main process)."""
+        data = getattr(trainer, "data", None)
+        evaluations: dict[str, Any] = {}
+        if data is not None and data.test is not None:
+            evaluations["test"] = lambda: trainer.evaluate(data.test)
+        extra = table_metrics(data)
+        if (extra or trainer.metrics.table_names) and trainer.has_validation_data:
+            evaluations = {"val": trainer.validate, **evaluations}
+        if not evaluations and judged is None:
+            return {}
+        results: dict[str, Any] = {}
+        with self._best_weights(trainer), trainer.metrics.extra(extra) as metrics:
+            names = getattr(data, "class_names", None)
+            per_class = metrics["per_class"] if "per_class" in metrics.names else None
+            if names and getattr(per_class, "class_names", 0) is None and len(names) == data.num_classes:
+                per_class.class_names = list(names)
+            for split, evaluate in evaluations.items():
+                figures = evaluate()
+                if split == "test":
+                    results["test"] = figures
+                for name, table in metrics.tables().items():
+                    results.setdefault(name if name not in RESULT_KEYS else f"table_{name}", {})[split] = table
+            if judged is not None and trainer.is_main_process:
+                self._save_predictions(trainer, *judged)
+        return results
 
-    def _evaluate_best(self, trainer: Trainer, split: Any) -> dict[str, float]:
-        """The split evaluated with the weights of best.safetensors; the model keeps its own."""
+    def _save_predictions(self, trainer: Trainer, name: str, split: Any) -> None:
+        """predictions.npz: what the report judges the model by (see :mod:`traincraft.judging`)."""
+        from traincraft.judging import PREDICTIONS, save_predictions
+
+        index = trainer.data.indices.get(name) if trainer.data is not None else None
+        try:
+            save_predictions(trainer, split, name=name, task=self.info["task"], index=index,
+                             path=self.folder / PREDICTIONS)
+        except Exception as err:  # noqa: BLE001  the run is fine; only its report cannot judge it
+            trainer.log(f"could not write {PREDICTIONS}: {type(err).__name__}: {err}")
+
+
+    @contextmanager
+    def _best_weights(self, trainer: Trainer) -> Iterator[None]:
+        """The model holds the weights of best.safetensors for a while, then its own again."""
         from traincraft.checkpoint import load_weights
         from traincraft.distributed import broadcast_object, broadcast_weights
 
         best = self.folder / "best.safetensors"
         several = trainer.world_size > 1
         if not (broadcast_object(best.is_file()) if several else best.is_file()):  # rank 0's file decides
-            return trainer.evaluate(split)
+            yield
+            return
         current = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         if trainer.is_main_process:
             trainer.model.load_state_dict(load_weights(best))
         if several:  # rank 0 read the file: no file system shared by the machines needed
             broadcast_weights(trainer.model)
         try:
-            return trainer.evaluate(split)
+            yield
         finally:
             trainer.model.load_state_dict(current)
+
+
+#: results.json's own keys; a table metric of the same name is written as ``table_<name>``.
+RESULT_KEYS = ("stop_reason", "epochs", "steps", "best", "test")
+
+
+def table_metrics(data: PreparedData | None) -> list[Any]:
+    """The tables every run of this data gets in results.json: for classification, the confusion
+    matrix and the per-class precision/recall/F1/support."""
+    if data is None or getattr(data, "task", None) != "classification":
+        return []
+    return ["confusion_matrix", "per_class"]
+
+
+#: The keys the recipe set, as its author wrote them (the report shows it).
+GIVEN_RECIPE = "recipe.given.yaml"
+
+
+def given_recipe_text(recipe: Recipe) -> str:
+    """The keys a recipe set (in its file or dict, and by overrides), without the defaults that
+    ``recipe.yaml`` fills in."""
+    import yaml
+
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True), sort_keys=False,
+                          default_flow_style=None)
 
 
 def run_recipe_text(recipe: Recipe, run_dir: str | Path | None = None) -> str:

@@ -209,15 +209,13 @@ def check_recipe(saved_yaml: str | None, recipe: Any, checkpoint: Path) -> None:
     with, but for its limits; the changed keys are named."""
     if not saved_yaml:
         return
-    import yaml
-
     from traincraft.checkpoint import CheckpointError
-    from traincraft.recipe import changed_keys, load_recipe
+    from traincraft.recipe import changed_keys, load_recipe, load_yaml
 
     if saved_yaml == recipe.to_yaml():
         return
     try:
-        saved = load_recipe(yaml.safe_load(saved_yaml))
+        saved = load_recipe(load_yaml(saved_yaml))
     except TraincraftError:
         return  # a recipe of another version: the run folder's recipe.yaml check stands
     changes = {k: v for k, v in changed_keys(saved, recipe).items() if k not in CHANGES_ALLOWED_ON_RESUME}

@@ -692,7 +692,7 @@ def test_lr_mult_rules_and_their_priority_over_layer_decay():
 def test_lr_mult_rules_errors():
     with pytest.raises(TraincraftError, match=r"lr_mult must be a mapping"):
         lr_mult_rules([("conv*", 0.1)])
-    with pytest.raises(TraincraftError, match=r"YAML reads 1e-3 without a dot"):
+    with pytest.raises(TraincraftError, match=r"a number in quotes is text: write 1e-3 without quotes"):
         lr_mult_rules({"conv*": "1e-3"})
     with pytest.raises(TraincraftError, match=r"must be a finite number >= 0"):
         lr_mult_rules({"conv*": -1})

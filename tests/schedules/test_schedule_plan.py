@@ -191,7 +191,7 @@ def test_explicit_total_checks() -> None:
     [
         (
             {"name": "cosine", "eta_min": "1e-6"},
-            "eta_min must be a number, got '1e-6'.*write 1.0e-6",
+            "eta_min must be a number, got '1e-6'.*a number in quotes is text: write 1e-6 without quotes",
         ),
         ({"name": "step", "step_size": 0}, "step_size must be > 0"),
         ({"name": "cosine_restarts", "T_0": 5, "T_mult": 1.5}, "T_mult must be an integer >= 1"),

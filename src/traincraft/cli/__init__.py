@@ -1,8 +1,10 @@
 """The ``traincraft`` command. torch is imported only by the commands that need it.
 
 One module per family of commands: :mod:`~traincraft.cli.fit` (fit, resume),
+:mod:`~traincraft.cli.config` (config, fit --print-config and --dry-run),
 :mod:`~traincraft.cli.runs` (evaluate, predict, export), :mod:`~traincraft.cli.info` (init, list,
-schema), :mod:`~traincraft.cli.completion` (completion, and answering a shell's Tab), :mod:`~traincraft.cli.report` and :mod:`~traincraft.cli.lr_find`, :mod:`~traincraft.cli.schedule` and
+schema), :mod:`~traincraft.cli.completion` (completion, and answering a shell's Tab),
+:mod:`~traincraft.cli.report` and :mod:`~traincraft.cli.lr_find`, :mod:`~traincraft.cli.schedule` and
 :mod:`~traincraft.cli.tune`, :mod:`~traincraft.cli.show_batch`.
 :func:`main` runs every one of them under the one error policy, :func:`run_reporting_errors`.
 """
@@ -15,8 +17,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from traincraft import __version__
-from traincraft.cli import completion, fit, info, runs
+from traincraft.cli import completion, config, fit, info, runs
 from traincraft.cli.policy import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_reporting_errors
+from traincraft.cli.spelling import OVERRIDE_COMMANDS, dashed_overrides, unrecognized_hint
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "PASSTHROUGH", "build_parser", "main", "run_reporting_errors"]
 
@@ -39,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # "mynets:TinyCNN") import; the installed command otherwise only sees its own bin folder.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if argv and argv[0] in OVERRIDE_COMMANDS:  # --train.max_epochs=3 is train.max_epochs=3
+        argv = [argv[0], *dashed_overrides(argv[1:])]
     if argv and argv[0] in PASSTHROUGH:
         import importlib
 
@@ -53,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and positional and not any(item.startswith("-") for item in extra):
         getattr(args, positional).extend(extra)
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{unrecognized_hint(extra)}")
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     fit.add_commands(command)  # fit, resume
+    config.add_commands(command)  # config
     runs.add_commands(command)  # evaluate, predict, export
     info.add_commands(command)  # init, list, schema
     completion.add_commands(command)  # completion

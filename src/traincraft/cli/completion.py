@@ -130,10 +130,10 @@ def override_completer(prefix: str, **_: Any) -> list[str]:
 
 
 def fit_args_completer(prefix: str, parsed_args: argparse.Namespace, **kwargs: Any) -> list[str]:
-    """``fit [RECIPE] [key=value ...]``: first a recipe or an override, then overrides."""
-    if getattr(parsed_args, "args", None):
-        return override_completer(prefix)
-    if "=" in prefix:
+    """``fit``/``config`` ``[RECIPE ...] [key=value ...]``: recipes (several compose) and
+    overrides; after the first override, overrides only."""
+    given = getattr(parsed_args, "args", None) or []
+    if "=" in prefix or any("=" in arg for arg in given):
         return override_completer(prefix)
     return [*recipe_completer(prefix, **kwargs), *override_completer(prefix)]
 

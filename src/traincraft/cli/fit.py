@@ -18,6 +18,9 @@ FIT_EXAMPLES = """examples:
   traincraft fit                                    # the quickstart: digits with a small CNN
   traincraft fit sunspots                           # a built-in template
   traincraft fit recipe.yaml optimizer.lr=3e-4 train.max_epochs=5 metrics=[mae]
+  traincraft fit base.yaml small.yaml ~early_stopping +optimizer.momentum=0.9   # files compose, later wins
+  traincraft fit recipe.yaml --dry-run              # build data, model and trainer; train nothing
+  traincraft fit recipe.yaml --print-config         # the resolved recipe (as traincraft config)
   traincraft fit recipe.yaml --run-dir runs/try1
   traincraft fit recipe.yaml --resume runs/try1     # continue an interrupted run exactly
   traincraft fit recipe.yaml --run-dir runs/job --resume auto   # continue if it has started, else start
@@ -31,8 +34,9 @@ RESUME_EXAMPLES = """examples:
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Add ``fit`` and ``resume`` through ``command(name, handler, help, epilog)``."""
     fit = command("fit", cmd_fit, "train from a recipe (no recipe: the quickstart)", FIT_EXAMPLES)
-    fit.add_argument("args", nargs="*", metavar="[RECIPE] [key.path=value ...]",
-                     help="a recipe file or template name, then overrides read as YAML")
+    fit.add_argument("args", nargs="*", metavar="[RECIPE ...] [key.path=value ...]",
+                     help="recipe files or template names (later ones win), then overrides read as YAML: "
+                     "key=value sets, +key=value adds, ~key deletes")
     fit.add_argument("--run-dir", help="the run folder (default runs/<name>/<YYYYmmdd-HHMMSS>)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
     fit.add_argument("--resume", metavar="RUN_DIR|auto",
@@ -42,6 +46,11 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
                      help="resume even though the recipe differs from the run's")
     fit.add_argument("--overwrite", action="store_true",
                      help="replace the run in --run-dir (refused otherwise)")
+    fit.add_argument("--print-config", action="store_true",
+                     help="print the resolved recipe and stop (as traincraft config)")
+    fit.add_argument("--dry-run", action="store_true",
+                     help="build data, model, loss, optimizer and schedule, print them, and stop: "
+                     "nothing trained, no run folder written")
     add_process_options(fit)
 
     resume = command("resume", cmd_resume, "continue an interrupted run with its own recipe", RESUME_EXAMPLES)
@@ -63,16 +72,11 @@ def add_process_options(parser: argparse.ArgumentParser) -> None:
                         help="with --nproc: the port the processes meet on (default: a free one)")
 
 
-def split_fit_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``[RECIPE] [key=value ...]``: the first argument without ``=`` is the recipe."""
-    recipe = None
-    overrides = []
-    for arg in args:
-        if "=" not in arg and recipe is None and not overrides:
-            recipe = arg
-        else:
-            overrides.append(arg)
-    return recipe, overrides
+def split_fit_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``[RECIPE ...] [key=value ...]``: the recipes come first, then the overrides."""
+    from traincraft.cli.config import split_recipe_args
+
+    return split_recipe_args(args)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -81,11 +85,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from traincraft.recipe import load_recipe
     from traincraft.run import agreed_run_dir, default_run_dir
 
-    source, overrides = split_fit_args(args.args)
-    for override in overrides:
-        if "=" not in override:
-            raise TraincraftError(f"expected key.path=value after the recipe, got {override!r}")
-    recipe = load_recipe(source, overrides)
+    sources, overrides = split_fit_args(args.args)
+    if args.print_config:
+        from traincraft.cli.config import resolved_text
+
+        print(resolved_text(sources, overrides), end="")
+        return 0
+    recipe = load_recipe(sources or None, overrides)
+    if args.dry_run:
+        from traincraft.cli.config import dry_run
+
+        return dry_run(recipe)
     if args.resume == "auto":
         if not args.run_dir:
             raise TraincraftError("--resume auto continues the run in --run-dir: give --run-dir too")
@@ -158,7 +168,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise TraincraftError(f"{args.run_dir} holds a run without recipe.yaml (trained in Python?): resume it "
                               f"in Python, trainer.fit(..., resume={args.run_dir!r})")
     for override in args.overrides:
-        if "=" not in override:
+        if "=" not in override and not override.startswith("~"):
             raise TraincraftError(f"expected key.path=value, got {override!r}")
     recipe = load_recipe(recipe_file, args.overrides)
     check_recipe_changes(recipe, Path(args.run_dir), args.allow_changes)

@@ -141,13 +141,13 @@ def apply_lr(path: str | Path, lr: float) -> tuple[Path, str]:
     """Write ``lr`` (two significant digits) into the recipe file's ``optimizer.lr``, keeping
     its comments and layout; the edit is checked by reading the file back. Returns the path and
     the value written."""
-    import yaml
+    from traincraft.recipe import load_yaml
 
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    value = f"{lr:.1e}"  # a dot and a signed exponent: a float for YAML 1.1 readers too
+    value = f"{lr:.1e}"  # a dot and a signed exponent: a float for YAML 1.1 readers too (PyYAML's)
     new = set_recipe_lr(text, value)
-    before, after = yaml.safe_load(text) or {}, yaml.safe_load(new) or {}
+    before, after = load_yaml(text) or {}, load_yaml(new) or {}
     optimizer = before.get("optimizer")
     expected = dict(before)
     expected["optimizer"] = {**({"name": optimizer} if isinstance(optimizer, str) else optimizer or {}),

@@ -18,12 +18,13 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from traincraft.callbacks.monitor import infer_mode
 from traincraft.errors import TraincraftError, did_you_mean
+from traincraft.recipe_yaml import whole_floats_as_ints
 from traincraft.registry import split_spec
 from traincraft.tuning.samplers import PRUNERS, SAMPLERS
 
@@ -224,6 +225,14 @@ def parse_time_limit(value: str | float | int) -> float:
     return seconds
 
 
+# What tune.timeout accepts, for the JSON schema: seconds, or a duration such as "30m" or "1h30m".
+_TIMEOUT_INPUT = (
+    Annotated[float, Field(gt=0)]
+    | Annotated[str, Field(pattern=r"^\s*(?:(?:\d+(?:\.\d*)?|\.\d+)\s*(?:[mM][iI][nN]|[mM][sS]|[sS][eE][cC]|[dDhHmMsS])?\s*)+$")]
+    | None
+)
+
+
 class TuneSection(BaseModel):
     """The recipe's ``tune:`` section.
 
@@ -246,7 +255,7 @@ class TuneSection(BaseModel):
         'minimize'
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # numbers are numbers, as in the schema
 
     metric: str = "val_loss"
     direction: Literal["minimize", "maximize"] | None = None
@@ -257,13 +266,19 @@ class TuneSection(BaseModel):
     space: dict[str, dict[str, Any]] = Field(min_length=1)
     seed: int | None = None
 
-    @field_validator("direction", mode="before")
+    @field_validator("direction", mode="before",
+                     json_schema_input_type=Literal["minimize", "maximize", "min", "max"] | None)
     @classmethod
     def _direction_alias(cls, value: Any) -> Any:
         aliases = {"min": "minimize", "max": "maximize"}
         return aliases.get(str(value).strip().lower(), value) if isinstance(value, str) else value
 
-    @field_validator("timeout", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_numbers(cls, values: Any) -> Any:
+        return whole_floats_as_ints(cls, values)
+
+    @field_validator("timeout", mode="before", json_schema_input_type=_TIMEOUT_INPUT)
     @classmethod
     def _timeout_seconds(cls, value: Any) -> Any:
         return None if value is None else parse_time_limit(value)
