@@ -84,6 +84,9 @@ def test_bash_completes_commands_options_names_keys_and_folders(shell):
         "traincraft fit quickstart data.task=reg": ["regression"],
         "traincraft fit quickstart ~early_stopping.pat": ["~early_stopping.patience"],
         "traincraft fit rec": ["recipe.yaml"],
+        "traincraft fit quickstart rec": ["recipe.yaml"],  # several recipes compose
+        "traincraft fit quickstart loss=mse rec": [],  # after an override, overrides only
+        "traincraft config quickstart optimizer.na": ["optimizer.name="],
         "traincraft fit recipe.yaml --run": ["--run-dir"],
         "traincraft evaluate ru": ["runs/"],
         # the commands with parsers of their own
