@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 EXTRAS ?= datasets,tune,images,dev
-TEST_EXTRAS ?= tensorboard,mlflow
+TEST_EXTRAS ?= tensorboard,mlflow,notebook,notebook-test
 
 # The vision tests need torchvision and timm, which need the registry's full torch build (it runs
 # on a CPU too, ~5 GB): a separate environment, so that the main one keeps the small CPU build.
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# The loggers' own packages, so that their tests read back what was written (not needed to train).
+# The loggers' own packages, so that their tests read back what was written, and a Jupyter kernel
+# with ipywidgets for the notebook tests (not needed to train).
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS),$(TEST_EXTRAS)]"
 	touch $(TEST_STAMP)
@@ -51,6 +52,7 @@ bench: setup  ## benchmarks (not tests): ratios against hand-written loops and p
 	$(PY) bench/attribution.py
 	$(PY) bench/finetune.py
 	$(PY) bench/images.py
+	$(PY) bench/diabetes.py
 	$(PY) bench/mapped_memory.py
 
 lint: setup

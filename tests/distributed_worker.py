@@ -45,10 +45,14 @@ EPOCHS = 3
 
 
 class StopMLP(nn.Module):
-    """An MLP with dropout; rank 0 sends itself SIGINT at training forward ``STOP_AT_FORWARD``."""
+    """An MLP with dropout; rank 0 sends itself SIGINT at training forward ``STOP_AT_FORWARD``.
+    ``StopMLP.latest.calls``: the training forwards of the latest one built (its steps)."""
+
+    latest: StopMLP | None = None
 
     def __init__(self, input_shape: tuple[int, ...], output_size: int, hidden: int = 16):
         super().__init__()
+        StopMLP.latest = self
         self.net = nn.Sequential(nn.Linear(input_shape[0], hidden), nn.ReLU(), nn.Dropout(0.2),
                                  nn.Linear(hidden, output_size))
         self.calls = 0
@@ -229,7 +233,15 @@ def command_line(out: Path, recipe: str, rank: int) -> dict:
     finally:
         del os.environ["STOP_AT_FORWARD"]
     folders = sorted(str(p) for p in Path("runs").glob("*/*"))
-    return {"full_exit": full, "files_written": len(made), "folders": folders, "interrupted_exit": part}
+    return {"full_exit": full, "files_written": len(made), "folders": folders, "interrupted_exit": part,
+            "stopped_at": recipe_model().latest.calls}
+
+
+def recipe_model() -> type:
+    """The StopMLP class the recipe imported (this script runs as ``__main__``: another module)."""
+    import distributed_worker
+
+    return distributed_worker.StopMLP
 
 
 class Sleeper(tc.Callback):

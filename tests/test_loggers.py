@@ -124,6 +124,11 @@ def test_tensorboard_steps_epochs_and_hparams(tmp_path, clip):
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hparams["lr"].number_value == pytest.approx(0.1)
     assert hparams["optimizer"].string_value == "SGD" and hparams["batch_size"].number_value == 16
+    # The settings that are set (no max_steps, no clipping unless asked), the model's and data's size.
+    assert set(hparams) == {"model", "loss", "optimizer", "lr", "weight_decay", "batch_size", "max_epochs",
+                            "accumulate", "precision", "schedule", "seed", "parameters", "train_samples",
+                            "val_samples", *(["clip_grad_norm"] if clip else [])}
+    assert (hparams["parameters"].number_value, hparams["train_samples"].number_value) == (3 * 8 + 8 + 8 * 2 + 2, 64)
 
 
 @needs_tensorboard
@@ -220,3 +225,76 @@ def test_mlflow_store_is_local_unless_a_tracking_uri_is_set(tmp_path, monkeypatc
     assert logger.uri() == "http://tracking.example:5000"
     assert loggers.MLflowLogger(tmp_path, tracking_uri="sqlite:///x.db").uri() == "sqlite:///x.db"
     assert json.loads(json.dumps(logger.state_dict())) == {"run_id": None}
+
+
+# --------------------------------------------------------------------------- what the user chose
+
+POINTS_RECIPE = {
+    "name": "points",
+    "data": {"dataset": "points.npz", "task": "classification", "batch_size": 16,
+             "split": {"val": 0.25, "test": 0.0}},
+    "model": {"name": "mlp", "hidden_sizes": [8]},
+    "optimizer": {"name": "adamw", "lr": 0.01},
+    "train": {"max_epochs": 2},
+    "early_stopping": {"patience": 3, "verbose": True},  # verbose: true is the default
+    "metrics": ["accuracy"],
+}
+# What the recipe sets to something other than a default, each section's name, and the facts.
+CHOSEN = {
+    "name": "points", "data.dataset": "points.npz", "data.task": "classification", "data.batch_size": 16,
+    "data.split.val": 0.25, "data.split.test": 0.0, "model.name": "mlp", "model.hidden_sizes": "[8]",
+    "optimizer.name": "adamw", "optimizer.lr": 0.01, "train.max_epochs": 2, "early_stopping.patience": 3,
+    "metrics": '["accuracy"]',
+}
+
+
+def points_recipe(folder, logging):
+    import numpy as np
+
+    X = np.random.default_rng(0).normal(size=(80, 3)).astype("float32")
+    np.savez(folder / "points.npz", X=X, y=(X[:, 0] > 0).astype("int64"))
+    return {**POINTS_RECIPE, "data": {**POINTS_RECIPE["data"], "dataset": str(folder / "points.npz")},
+            "logging": logging}
+
+
+def test_chosen_keys_are_the_same_from_the_recipe_and_from_the_runs_resolved_copy(tmp_path):
+    from traincraft.recipe import load_recipe
+
+    recipe = load_recipe(POINTS_RECIPE)
+    assert loggers.chosen_keys(recipe) == CHOSEN
+    resolved = tmp_path / "recipe.yaml"
+    resolved.write_text(recipe.to_yaml())  # every default spelled out, as a run folder keeps it
+    assert loggers.chosen_keys(load_recipe(resolved)) == CHOSEN
+    assert loggers.chosen_keys(load_recipe({**POINTS_RECIPE, "ema": {}}))["ema"] is True
+
+
+@needs_tensorboard
+@needs_mlflow
+def test_hparams_and_params_are_what_the_recipe_chose_and_mlflow_says_nothing(tmp_path, capfd):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    store = "sqlite:///" + str(tmp_path / "store" / "mlflow.db")  # a new store: MLflow creates its tables
+    (tmp_path / "store").mkdir()
+    recipe = points_recipe(tmp_path, ["csv", "tensorboard", {"name": "mlflow", "tracking_uri": store}])
+    trainer = tc.Trainer.from_recipe(recipe, run_dir=tmp_path / "run", progress="lines")
+    capfd.readouterr()
+    trainer.fit()
+    err = capfd.readouterr().err
+    assert "INFO" not in err and "mlflow" not in err  # MLflow's own log lines stay out
+    assert [line.split("  ")[0] for line in err.splitlines() if line.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    expected = {**CHOSEN, "data.dataset": recipe["data"]["dataset"], "parameters": parameters,
+                "train_samples": 60, "val_samples": 20, "logging": json.dumps(recipe["logging"])}
+
+    events, _ = scalars(tmp_path / "run" / "tensorboard")
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    shown = {k: (v.string_value if v.HasField("string_value") else v.bool_value if v.HasField("bool_value")
+                 else v.number_value) for k, v in hparams.items()}
+    assert set(shown) == set(expected), set(shown) ^ set(expected)
+    assert shown == pytest.approx(expected)
+
+    (logged,) = [c for c in trainer.callbacks if isinstance(c, loggers.MLflowLogger)]
+    params = MlflowClient(store).get_run(logged.run_id).data.params
+    assert params == {k: str(v) for k, v in expected.items()}

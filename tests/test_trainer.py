@@ -297,7 +297,8 @@ def test_progress_prints_one_line_per_epoch_when_not_a_terminal(capsys):
     quiet(mlp(), loss="mse", max_epochs=2, batch_size=8, progress=True).fit((X, y))
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("Training on cpu: 81 trainable parameters; 16 train samples; 2 steps per epoch")
-    assert err[1].startswith("epoch 1/2  step 2") or err[1].startswith("epoch 1/2  lr")
+    # The monitored figure first (no validation data: train_loss, * a new best), lr after it.
+    assert err[1].startswith("epoch 1/2  train_loss ") and " *  lr 0.001  " in err[1]
     assert err[2].startswith("epoch 2/2") and len(err) == 3
 
 

@@ -175,9 +175,28 @@ class ShardSizes:
     @classmethod
     def of(cls, n: int, batch_size: int, rank: int, world_size: int, drop_last: bool = False) -> ShardSizes:
         counts = shard_counts(n, world_size)
-        per_batch = [_batch_sizes(count, batch_size, batches=_num_batches(counts[0], batch_size, drop_last))
-                     for count in counts]
-        return cls(per_batch[rank], [sum(sizes) for sizes in zip(*per_batch)], world_size)
+        # drop_last drops the batches the largest shard cannot fill; a shard one sample shorter
+        # keeps its last, one sample shorter batch (see shard_batches).
+        return cls._of(counts, batch_size, rank, _num_batches(counts[0], batch_size, drop_last))
+
+    @classmethod
+    def of_counts(cls, counts: Sequence[int], batch_size: int, rank: int, drop_last: bool = False) -> ShardSizes:
+        """The sizes when process ``r`` holds ``counts[r]`` samples: its own share (traincraft's
+        shards, or data each process loaded itself, ``data={"sharded": True}``). Every process
+        takes as many batches as the one with the most; a process with fewer feeds stand-ins.
+
+        Example:
+            >>> ShardSizes.of_counts([40, 25], batch_size=16, rank=1).local   # 3 steps for both
+            [16, 9, 0]
+        """
+        if drop_last:  # each process drops its own last, partial batch
+            counts = [count - count % batch_size for count in counts]
+        return cls._of(counts, batch_size, rank, max(_num_batches(count, batch_size, False) for count in counts))
+
+    @classmethod
+    def _of(cls, counts: Sequence[int], batch_size: int, rank: int, batches: int) -> ShardSizes:
+        per_batch = [_batch_sizes(count, batch_size, batches=batches) for count in counts]
+        return cls(per_batch[rank], [sum(sizes) for sizes in zip(*per_batch)], len(counts))
 
     def window_total(self, start: int, accumulate: int) -> int:
         """Real samples of every process in the accumulation window that starts at batch ``start``."""
@@ -249,6 +268,14 @@ class IndexedBatches(Batches):
         self.rank, self.world_size, self.equal_steps = rank, world_size, equal_steps
         self._n = n
         self._sizes = _local_sizes(n, batch_size, rank, world_size, equal_steps, drop_last)
+        self._own: ShardSizes | None = None  # data of this process's own, aligned with the others'
+
+    def align(self, counts: Sequence[int], rank: int) -> None:
+        """This process's data is its own share (``data={"sharded": True}``) and process ``r``
+        holds ``counts[r]`` samples: take as many batches as the process with the most, stand-ins
+        of weight 0 after this one's own (see :class:`ShardSizes`)."""
+        self._own = ShardSizes.of_counts(counts, self.batch_size, rank, self.drop_last)
+        self._sizes = list(self._own.local)
 
     @property
     def num_samples(self) -> int:
@@ -262,6 +289,8 @@ class IndexedBatches(Batches):
         return list(self._sizes)
 
     def shard_sizes(self) -> ShardSizes | None:
+        if self._own is not None:
+            return self._own
         return _shard_sizes(self._n, self.batch_size, self.rank, self.world_size, self.equal_steps, self.drop_last)
 
     def index_batches(self, epoch: int, device: torch.device | None = None) -> list[torch.Tensor]:
@@ -269,8 +298,11 @@ class IndexedBatches(Batches):
         order = epoch_order(self._n, epoch, shuffle=self.shuffle, seed=self.seed)
         if device is not None:
             order = order.to(device)
-        return shard_batches(order, self.batch_size, self.rank, self.world_size, equal_steps=self.equal_steps,
-                             drop_last=self.drop_last)
+        batches = shard_batches(order, self.batch_size, self.rank, self.world_size, equal_steps=self.equal_steps,
+                                drop_last=self.drop_last)
+        if self._own is not None:  # its own data: stand-ins where the others have more batches
+            batches += [order[:1]] * (len(self._own.local) - len(batches))
+        return batches
 
 
 class TensorBatches(IndexedBatches):
@@ -310,7 +342,7 @@ class TensorBatches(IndexedBatches):
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         bs = self.batch_size
-        if not self.shuffle and self.world_size == 1:
+        if not self.shuffle and self.world_size == 1 and self._own is None:
             for b in range(start, len(self)):  # contiguous slices: views, no copy
                 piece = slice(b * bs, (b + 1) * bs)
                 take = lambda t, piece=piece: t[piece]  # noqa: E731
@@ -476,6 +508,30 @@ class LoaderBatches(Batches):
     def __init__(self, loader: DataLoader, target_key: str = TARGET_KEY):
         self.loader, self.target_key = loader, target_key
         self.batch_size = loader.batch_size or 1
+        self._own: ShardSizes | None = None  # this process's own share, aligned with the others'
+
+    def own_samples(self) -> int | None:
+        """Samples the loader yields per epoch, when known without loading: a plain batch
+        sampler over a sampler with a length (a ``DistributedSampler``'s share included)."""
+        from torch.utils.data import BatchSampler
+
+        batch_sampler, sampler = self.loader.batch_sampler, self.loader.sampler
+        if type(batch_sampler) is not BatchSampler or self.loader.batch_size is None:
+            return None
+        try:
+            return len(sampler)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def align(self, counts: Sequence[int], rank: int) -> None:
+        """As :meth:`IndexedBatches.align`: stand-ins after this loader's own batches."""
+        self._own = ShardSizes.of_counts(counts, self.batch_size, rank, bool(self.loader.drop_last))
+
+    def batch_sizes(self, epoch: int) -> list[int] | None:
+        return list(self._own.local) if self._own is not None else None
+
+    def shard_sizes(self) -> ShardSizes | None:
+        return self._own
 
     @property
     def num_samples(self) -> int:
@@ -485,6 +541,8 @@ class LoaderBatches(Batches):
             return 0
 
     def __len__(self) -> int:
+        if self._own is not None:
+            return len(self._own.local)
         try:
             return len(self.loader)
         except TypeError:
@@ -494,6 +552,13 @@ class LoaderBatches(Batches):
         for candidate in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
             if hasattr(candidate, "set_epoch"):
                 candidate.set_epoch(epoch)
+        batches = self._started(start)
+        if self._own is None:
+            return batches
+        real = sum(1 for size in self._own.local if size)
+        return self._padded(batches, stand_ins=len(self._own.local) - max(start, real))
+
+    def _started(self, start: int) -> Iterator[Batch]:
         loader = self.loader
         if loader.num_workers and not isinstance(loader.worker_init_fn, WorkerIgnoringSignals):
             given = loader.worker_init_fn  # the user's, called first thing in every worker
@@ -503,6 +568,22 @@ class LoaderBatches(Batches):
             finally:
                 loader.worker_init_fn = given
         return _started(loader, start, self.target_key)
+
+    def _padded(self, batches: Iterator[Batch], stand_ins: int) -> Iterator[Batch]:
+        """The loader's batches, then ``stand_ins`` batches of one sample (weight 0: see
+        :class:`ShardSizes`) so that this process takes as many steps as the others."""
+        first: Batch | None = None
+        for batch in batches:
+            if first is None:
+                first = batch
+            yield batch
+        if stand_ins <= 0:
+            return
+        if first is None:  # resumed past this loader's own batches
+            first = next(self._started(0))
+        one = map_tensors(lambda t: t[:1], first)
+        for _ in range(stand_ins):
+            yield one
 
 
 def _started(loader: DataLoader, skip: int, target_key: str = TARGET_KEY) -> Iterator[Batch]:
@@ -556,6 +637,38 @@ def split_batch(batch: Any, target_key: str = TARGET_KEY) -> Batch:
 def batch_samples(inputs: Any, target: Any) -> int:
     """Samples in a batch: its target's leading size, or its inputs' when it has no target."""
     return num_samples(target if target is not None else inputs)
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def fingerprint(batches: Batches, own: bool = False) -> tuple[int | None, str | None]:
+    """``(samples, digest)`` of the data behind ``batches``, compared between processes: they
+    must all hold the same data, unless each holds its own share (``own``: the samples are then
+    this process's). The digest covers the shapes, types and up to 16 evenly spaced rows of
+    in-memory tensors (None for a Dataset: reading its samples may cost, or draw random numbers).
+
+    Example:
+        >>> fingerprint(TensorBatches(torch.zeros(5, 2), torch.ones(5), batch_size=2))[0]
+        5
+    """
+    if isinstance(batches, LoaderBatches):
+        return (batches.own_samples() if own else batches.num_samples), None
+    if not isinstance(batches, TensorBatches):
+        return batches.num_samples, None
+    import hashlib
+
+    digest = hashlib.sha256()
+    n = batches.num_samples
+    rows = torch.linspace(0, n - 1, min(n, 16)).round().long()
+
+    def add(tensor: torch.Tensor) -> None:
+        digest.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
+        picked = tensor.index_select(0, rows.to(tensor.device)).reshape(len(rows), -1)
+        digest.update(picked.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+
+    map_tensors(add, (batches.inputs, batches.target))
+    return n, digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -649,7 +762,8 @@ def sharded_loader(loader: DataLoader, *, what: str, shuffle: bool, target_key: 
         raise DataError(
             f"{what}: under several processes traincraft shards the data itself, so a DataLoader "
             f"with a {type(loader.sampler).__name__} or an iterable dataset cannot be used; pass "
-            "the Dataset (or tensors) instead, or a DataLoader built with shuffle=True/False only"
+            "the Dataset (or tensors) instead, or a DataLoader built with shuffle=True/False only; "
+            "when each process's loader holds its own share, say so: data={'sharded': True}"
         )
     _check_shardable(len(loader.dataset), kwargs["world_size"], what)  # type: ignore[arg-type]
     kwargs["drop_last"] = loader.drop_last

@@ -100,6 +100,7 @@ class History:
         Example:
             >>> fig = history.plot(["accuracy"])
         """
+        from traincraft.inline import inline
         from traincraft.report import history_figure
 
-        return history_figure(self.as_dict(), metrics, best=self.best, stop_reason=self.stop_reason)
+        return inline(history_figure(self.as_dict(), metrics, best=self.best, stop_reason=self.stop_reason))

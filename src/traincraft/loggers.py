@@ -16,12 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,30 +161,89 @@ class _FigureLogger(Callback):
 
 
 def run_params(trainer: Trainer) -> dict[str, Any]:
-    """The run's hyperparameters as flat ``key: value`` pairs: the resolved recipe (dotted keys)
-    when the trainer comes from one, else the trainer's main settings."""
+    """The run's hyperparameters as flat ``key: value`` pairs, what the user chose: with a recipe,
+    the keys it sets to something other than their default (dotted: ``optimizer.lr``,
+    ``early_stopping.patience``; :func:`chosen_keys`); without one, the trainer's main settings
+    (those that are set). Then a few facts of the run: ``parameters`` (the model's size),
+    ``train_samples`` and ``val_samples``."""
     recipe = getattr(trainer, "recipe", None)
     if recipe is not None:
-        flat: dict[str, Any] = {}
-        _flatten(recipe.model_dump(mode="json"), "", flat)
-        return flat
-    group = trainer.optimizer.param_groups[0]
-    return {
-        "model": type(trainer.model).__name__,
-        "parameters": sum(p.numel() for p in trainer.model.parameters()),
-        "loss": type(trainer.loss_fn).__name__,
-        "optimizer": type(trainer.optimizer).__name__,
-        "lr": float(group.get("initial_lr", group["lr"])),
-        "weight_decay": float(group.get("weight_decay", 0.0)),
-        "batch_size": trainer.batch_size,
-        "max_epochs": trainer.max_epochs,
-        "max_steps": str(trainer.max_steps),
-        "accumulate": trainer.stepper.accumulate,
-        "precision": trainer.stepper.precision,
-        "clip_grad_norm": str(trainer.stepper.clip_grad_norm),
-        "schedule": str(trainer.schedule_spec),
-        "seed": trainer.seed,
-    }
+        params = chosen_keys(recipe)
+    else:
+        group = trainer.optimizer.param_groups[0]
+        settings = {
+            "model": type(trainer.model).__name__,
+            "loss": type(trainer.loss_fn).__name__ if trainer.loss_fn is not None else None,
+            "optimizer": type(trainer.optimizer).__name__,
+            "lr": float(group.get("initial_lr", group["lr"])),
+            "weight_decay": float(group.get("weight_decay", 0.0)),
+            "batch_size": trainer.batch_size,
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "accumulate": trainer.stepper.accumulate,
+            "precision": trainer.stepper.precision,
+            "clip_grad_norm": trainer.stepper.clip_grad_norm,
+            "schedule": None if trainer.schedule_spec is None else str(trainer.schedule_spec),
+            "seed": trainer.seed,
+        }
+        params = {k: v for k, v in settings.items() if v is not None}
+    return {**params, **run_facts(trainer)}
+
+
+def run_facts(trainer: Trainer) -> dict[str, int]:
+    """The model's size and the data's: ``parameters``, ``train_samples``, ``val_samples``."""
+    facts = {"parameters": sum(p.numel() for p in trainer.model.parameters())}
+    for name, batches in (("train", getattr(trainer, "_train_batches", None)),
+                          ("val", getattr(trainer, "_val_batches", None))):
+        if batches is not None:
+            facts[f"{name}_samples"] = int(batches.num_samples)
+    return facts
+
+
+def chosen_keys(recipe: Any) -> dict[str, Any]:
+    """The keys of ``recipe`` that were written and differ from their default, flat and dotted
+    (``{"optimizer.lr": 0.003, "train.max_epochs": 40, ...}``), and each section's ``name``
+    (``optimizer.name``, ``model.name``); a section written with only its defaults (``ema: {}``)
+    is ``True``. The saved ``recipe.yaml`` of a run, which spells out every
+    default, gives the same keys as the recipe the run started from."""
+    out: dict[str, Any] = {}
+    _chosen(recipe, "", out)
+    return out
+
+
+def _chosen(model: Any, prefix: str, out: dict[str, Any]) -> None:
+    from pydantic import BaseModel
+
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            before = len(out)
+            _chosen(value, f"{key}.", out)
+            if default is None and len(out) == before:
+                out[key] = True  # switched on, with its defaults
+            continue
+        named = bool(prefix) and name == "name"  # a section's name (optimizer.name: adamw) says what it is
+        if not named and (name not in model.model_fields_set or
+                          (not field.is_required() and _plain(value) == _plain(default))):
+            continue
+        _flatten(_plain(value), f"{key}.", out)
+    for name, value in (model.model_extra or {}).items():  # a builder's own keys (model.channels)
+        _flatten(_plain(value), f"{prefix}{name}.", out)
+
+
+def _plain(value: Any) -> Any:
+    """A recipe value as JSON-like data (sections as dicts), to compare and to flatten."""
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -191,7 +252,7 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
             _flatten(item, f"{prefix}{key}.", out)
     elif isinstance(value, (bool, int, float, str)):
         out[prefix[:-1]] = value
-    else:  # None, lists, empty mappings: their YAML-like text
+    else:  # None, lists, empty mappings: their JSON text
         out[prefix[:-1]] = json.dumps(value)
 
 
@@ -279,6 +340,27 @@ class TensorBoardLogger(_FigureLogger):
 
 # --------------------------------------------------------------------------- MLflow
 
+#: The standard-library loggers of MLflow and of the database layers under it, whose INFO lines
+#: ("Creating initial MLflow database tables...") would land between the epoch lines.
+QUIET_LOGGERS = ("mlflow", "alembic", "sqlalchemy")
+
+
+@contextlib.contextmanager
+def quiet_loggers(names: Sequence[str] = QUIET_LOGGERS) -> Iterator[None]:
+    """Only warnings and errors from these libraries' loggers while the block runs; their levels
+    are put back after it (the user's own MLflow use keeps its settings)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            if logger.getEffectiveLevel() < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 
 class MLflowLogger(_FigureLogger):
     """Logs a run to MLflow: parameters, figures by step, and the run's files as artifacts.
@@ -337,6 +419,12 @@ class MLflowLogger(_FigureLogger):
         return "sqlite:///" + str((self.folder / "mlruns" / "mlflow.db").resolve())
 
     def open(self, trainer: Trainer) -> None:
+        import mlflow.tracking  # noqa: F401  (first: importing mlflow sets its loggers' levels)
+
+        with quiet_loggers():
+            self._open(trainer)
+
+    def _open(self, trainer: Trainer) -> None:
         from mlflow.tracking import MlflowClient
 
         uri = self.uri()
@@ -379,9 +467,10 @@ class MLflowLogger(_FigureLogger):
 
     def flush(self) -> None:
         """Send the buffered figures (at every epoch end and at the end)."""
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+        with quiet_loggers():
+            while self._buffer:
+                chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
+                self.client.log_batch(self.run_id, metrics=chunk)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         super().on_epoch_end(trainer)
@@ -389,6 +478,10 @@ class MLflowLogger(_FigureLogger):
             self.flush()
 
     def close(self, trainer: Trainer) -> None:
+        with quiet_loggers():
+            self._close(trainer)
+
+    def _close(self, trainer: Trainer) -> None:
         reason = trainer.state.stop_reason
         status = "FAILED" if reason is None else "KILLED" if reason in ("interrupted", "terminated") else "FINISHED"
         try:

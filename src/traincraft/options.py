@@ -6,7 +6,7 @@ in the Trainer repeats them)::
 
     optimizer  {name, weight_decay, decay_exclude, param_groups, **the class's}   optim.build
     data       {val_split, shuffle, target_key, augment, normalize, num_workers,  DataOptions
-                pin_memory}
+                pin_memory, persistent_workers, sharded}
     step       {accumulate, precision, clip_grad_norm, clip_norm_type,            step.Stepper
                 clip_grad_value}
                {compile, deterministic, gc_every}                                 Runtime
@@ -89,6 +89,11 @@ class DataOptions:
         pin_memory: page-locked batches of a ``Dataset``, for faster copies to a GPU.
         persistent_workers: keep the worker processes from one epoch to the next (no start-up
             per epoch); each epoch's draws are still those of fresh workers (exact resume).
+        sharded: under several processes, the data each process is given is its own share
+            (per-process files, a ``DataLoader`` with a ``DistributedSampler``): it is not
+            sharded again, every process takes as many steps as the one with the most samples,
+            and the figures are summed over all (``docs/distributed.md``). Without it, every
+            process must be given the same data (checked at the start).
     """
 
     val_split: float | None = None
@@ -99,6 +104,7 @@ class DataOptions:
     num_workers: int = 0
     pin_memory: bool = False
     persistent_workers: bool = True
+    sharded: bool = False
 
 
 @dataclass

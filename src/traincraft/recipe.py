@@ -487,8 +487,11 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def changed_keys(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
-    """``{"optimizer.lr": (0.001, 0.0003), ...}``: every leaf that differs between two recipes."""
+def changed_keys(
+    old: Recipe | dict[str, Any], new: Recipe | dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """``{"optimizer.lr": (0.001, 0.0003), ...}``: every leaf that differs between two recipes
+    (``Recipe`` objects, or resolved recipes as plain data: ``recipe.model_dump(mode="json")``)."""
     changes: dict[str, tuple[Any, Any]] = {}
 
     def walk(a: Any, b: Any, path: str) -> None:
@@ -498,7 +501,10 @@ def changed_keys(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
         elif a != b:
             changes[path] = (a, b)
 
-    walk(old.model_dump(mode="json"), new.model_dump(mode="json"), "")
+    def plain(recipe: Recipe | dict[str, Any]) -> Any:
+        return recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else recipe
+
+    walk(plain(old), plain(new), "")
     return changes
 
 

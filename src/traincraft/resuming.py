@@ -150,7 +150,7 @@ def resume(trainer: Trainer, source: str | Path, allow_changes: bool = False) ->
 
     if trainer.run_dir is not None and trainer.is_main_process:
         clean_leftovers(trainer.run_dir)
-    path, state = find_resume_checkpoint(source, warn=trainer.log)
+    path, state = checkpoint_everywhere(trainer, source, find_resume_checkpoint)
     wrong = mismatch(trainer.model, state.get("model", {}))
     if wrong is not None:
         raise CheckpointError(f"{path} holds the weights of another model: {wrong}")
@@ -178,6 +178,62 @@ def resume(trainer: Trainer, source: str | Path, allow_changes: bool = False) ->
     if trainer.max_steps is not None and run.step >= trainer.max_steps:
         run.request_stop("max_steps")
     trainer.log(f"Resuming from {path}: epoch {run.epoch + 1}, batch {run.batch_in_epoch}, step {run.step}")
+
+
+def checkpoint_everywhere(trainer: Trainer, source: str | Path, find: Any) -> tuple[Path, dict[str, Any]]:
+    """``find(source)`` on every process (each reads the checkpoint), and under several
+    processes an agreement that all of them found the same one: a process that cannot read it
+    (a run folder on one machine's disk only) stops every process at once, with its reason,
+    instead of leaving the others waiting for it until the timeout."""
+    from traincraft.checkpoint import CheckpointError
+
+    try:
+        path, state = find(source, warn=trainer.log)
+        found: tuple[Any, ...] = ("ok", int(state.get("state", {}).get("step", -1)))
+    except CheckpointError as err:
+        if trainer.world_size == 1:
+            raise
+        path, state, found = None, {}, ("failed", str(err))  # type: ignore[assignment]
+    if trainer.world_size == 1:
+        return path, state
+    import socket
+
+    everyone = distributed.all_gather_objects((*found, socket.gethostname()))
+    failed = [(rank, why, host) for rank, (kind, why, host) in enumerate(everyone) if kind == "failed"]
+    if failed:
+        rank, why, host = failed[0]
+        raise CheckpointError(
+            f"rank {rank} (on {host}) cannot resume: {why}. Every process reads the checkpoint: on several "
+            "machines, keep the run folder on a file system they share (or copy it to each machine first)"
+        )
+    steps = {why for _, why, _ in everyone}
+    if len(steps) > 1:
+        listed = ", ".join(f"rank {rank}: step {why}" for rank, (_, why, _) in enumerate(everyone))
+        raise CheckpointError(
+            f"the processes found different checkpoints in {source} ({listed}): every process must read the "
+            "same run folder; keep it on a file system the machines share"
+        )
+    return path, state
+
+
+def recorded_world_size(run_dir: str | Path) -> int | None:
+    """How many processes wrote the newest checkpoint of ``run_dir`` (None: no readable one;
+    the resume itself then says why). Read without loading the tensors (memory-mapped)."""
+    import warnings
+
+    import torch
+
+    from traincraft.checkpoint import checkpoint_candidates
+
+    for path in checkpoint_candidates(Path(run_dir)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return int(state.get("world_size", 1))
+        except Exception:  # noqa: BLE001,S112 - a damaged file: the next one, or the resume's own message
+            continue
+    return None
 
 
 def limits_raised(trainer: Trainer) -> bool:

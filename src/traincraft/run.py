@@ -211,7 +211,7 @@ def resolve_path(path: str, recipe: Recipe) -> Path:
 
 def trainer_from_recipe(
     trainer_class: type[Trainer], recipe: Recipe | str | Path | dict[str, Any], *,
-    run_dir: str | Path | None = None, progress: bool = True, callbacks: list[Callback] | None = None,
+    run_dir: str | Path | None = None, progress: bool | str = True, callbacks: list[Callback] | None = None,
     checkpoint: bool = True, resuming: bool = False,
 ) -> Trainer:
     """Build data, model and a ``trainer_class`` from a recipe (``Trainer.from_recipe``).

@@ -91,7 +91,9 @@ class Trainer:
         seed: seeds python, numpy, torch and the data order; None draws one (``trainer.seed``).
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda:1"``, ...
         run_dir: a folder for ``metrics.csv``, checkpoints and the best weights; None writes no files.
-        progress: a progress bar (a line per epoch when output is not a terminal).
+        progress: True: a live bar on a terminal or in a notebook, then a line per epoch (a line
+            per epoch alone when output is neither); ``"lines"``: the epoch lines, never a bar;
+            False: nothing per epoch (:class:`~traincraft.callbacks.progress.ProgressBar`).
         data: ``{"val_split", "shuffle"}`` (:class:`~traincraft.options.DataOptions`).
         step: ``{"accumulate", "precision", "clip_grad_norm", "clip_norm_type", "clip_grad_value"}``
             (:class:`~traincraft.step.Stepper`) and ``{"compile", "deterministic", "gc_every"}``
@@ -136,7 +138,7 @@ class Trainer:
         seed: int | None = None,
         device: str | torch.device = "auto",
         run_dir: str | Path | None = None,
-        progress: bool = True,
+        progress: bool | str = True,
         data: dict[str, Any] | None = None,
         step: dict[str, Any] | None = None,
         nonfinite: str | dict[str, Any] = "raise",
@@ -198,7 +200,7 @@ class Trainer:
         self.max_epochs, self.max_steps, self.batch_size = int(max_epochs), max_steps, int(batch_size)
         self.seed = new_seed() if seed is None else int(seed)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress = ProgressBar() if progress else None
+        self.progress = progress_callback(progress)
         self.callbacks = trainer_callbacks(self, callbacks, checkpoint=checkpoint, ema=ema, swa=swa,
                                            loggers=given.loggers, report=given.report)
         self.state, self.history = TrainState(), History()
@@ -227,7 +229,7 @@ class Trainer:
 
     @classmethod
     def from_recipe(
-        cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool = True,
+        cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool | str = True,
         callbacks: Sequence[Callback] = (), checkpoint: bool = True, resuming: bool = False,
     ) -> Trainer:
         """Build data, model and trainer from a recipe (a path, a template name, a dict or a
@@ -407,7 +409,7 @@ class Trainer:
         self._emit("on_epoch_end")
         self._agree_on_stop()
 
-    def _evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
+    def _evaluate(self, batches: Batches, prefix: str, reduce: bool = True) -> dict[str, float]:
         sums = RunningMeans(self.device)
         self.metrics.reset()
         with self._eval_mode(), self.stepper.autocast():
@@ -415,7 +417,7 @@ class Trainer:
                 inputs, target = self.on_device(inputs), to_device(target, self.device)
                 loss, pred, target = self.compute_loss(inputs, target)
                 self._record(sums, pred, target, loss, None, batch_samples(inputs, target))
-        if self.world_size > 1:  # each process evaluated its own samples: sum them up
+        if reduce and self.world_size > 1:  # each process evaluated its own samples: sum them up
             distributed.reduce_figures(sums, self.metrics)
         return {**sums.means(prefix=prefix), **_prefixed(self.metrics.compute(), prefix)}
 
@@ -552,6 +554,9 @@ class Trainer:
             train, val = split_off(train, self.data_options.val_split, seed=self.seed)
         train_batches = self.batches(train, shuffle=self.data_options.shuffle, what="train", training=True)
         val_batches = self.batches(val, shuffle=False, what="val") if val is not None else None
+        if self.world_size > 1:  # the same data everywhere, or (sharded) each its own, counted
+            distributed.agree_on_data(self.world, train_batches, {"val": val_batches},
+                                      sharded=self.data_options.sharded)
         return train_batches, val_batches
 
     def _start_run(self, train_batches: Batches, val_batches: Batches | None) -> None:
@@ -637,9 +642,27 @@ class Trainer:
     def is_main_process(self) -> bool:
         return self.rank == 0
 
-    def evaluate(self, data: Any) -> dict[str, float]:
-        """Loss and metrics over ``data``, exact over its samples: ``{"loss": ..., "accuracy": ...}``."""
-        return self._evaluate(self.batches(data, shuffle=False, what="evaluate data"), prefix="")
+    def evaluate(self, data: Any, *, local: bool = False) -> dict[str, float]:
+        """Loss and metrics over ``data``, exact over its samples: ``{"loss": ..., "accuracy": ...}``.
+
+        Under several processes it is collective: every process calls it with the same data
+        (or, with ``data={"sharded": True}``, its own share), evaluates its share, and all get
+        the figures over all of it. ``local=True``: this process alone evaluates all of ``data``
+        (e.g. on rank 0 only, after ``fit``); no other process takes part.
+
+        Example:
+            >>> if trainer.is_main_process:
+            ...     print(trainer.evaluate((X_test, y_test), local=True))
+        """
+        if local or self.world_size == 1:
+            return self._evaluate(self.batches(data, shuffle=False, what="evaluate data", local=True), prefix="",
+                                  reduce=False)
+        batches = self.batches(data, shuffle=False, what="evaluate data")
+        with distributed.collective_call(self.world, self.processes.timeout, "evaluate()",
+                                        alone="evaluate(data, local=True)"):
+            distributed.agree_on_data(self.world, None, {"evaluate data": batches},
+                                      sharded=self.data_options.sharded)
+            return self._evaluate(batches, prefix="")
 
     def predict(self, data: Any) -> Any:
         """The model's outputs for ``data`` (inputs alone, a Dataset or a DataLoader), on the CPU."""
@@ -708,7 +731,8 @@ class Trainer:
         return self.history.best_by(monitor, "min")
 
     def log(self, message: str) -> None:
-        """Print one line on stderr (main process only) without breaking the progress bar."""
+        """Print one line (main process only) where the progress goes (stderr; stdout in a notebook),
+        without breaking a live bar, after the epoch's line when one is due."""
         if not self.is_main_process:
             return
         if self.progress is not None:
@@ -814,11 +838,14 @@ class Trainer:
                 f"{type(err).__name__}: {err}"
             ) from err
 
-    def batches(self, data: Any, *, shuffle: bool, what: str, training: bool = False) -> Batches:
-        """``data`` as this trainer's batches (in-memory tensors moved to the device once)."""
+    def batches(self, data: Any, *, shuffle: bool, what: str, training: bool = False, local: bool = False) -> Batches:
+        """``data`` as this trainer's batches (in-memory tensors moved to the device once).
+        Under several processes each takes its shard, unless ``local`` or ``data.sharded``
+        (the data is this process's own)."""
+        own = local or self.data_options.sharded
         batches = make_batches(
             data, batch_size=self.batch_size, shuffle=shuffle, seed=self.seed,
-            rank=self.rank, world_size=self.world_size, equal_steps=training, what=what,
+            rank=0 if own else self.rank, world_size=1 if own else self.world_size, equal_steps=training, what=what,
             target_key=self.data_options.target_key, num_workers=self.data_options.num_workers,
             pin_memory=self.data_options.pin_memory, persistent_workers=self.data_options.persistent_workers,
         )
@@ -874,6 +901,13 @@ class Trainer:
                 yield
         finally:
             self.model.train(was_training)
+
+
+def progress_callback(progress: bool | str) -> ProgressBar | None:
+    """The ``progress`` argument as a callback: True, ``"auto"``, ``"lines"`` or False."""
+    if progress is False or progress is None:
+        return None
+    return ProgressBar(mode="auto" if progress is True else str(progress))
 
 
 def metrics_module_set(specs: Sequence[Any], probabilities: bool) -> metrics.MetricSet:

@@ -1,4 +1,8 @@
-"""EarlyStopping driven by a fake trainer and scripted per-epoch figures."""
+"""EarlyStopping driven by a fake trainer and scripted per-epoch figures.
+
+What it says per epoch is a note in the epoch's progress line (``epoch_note``: ``*`` for a new
+best, ``(patience 2/8)``), recorded here as ``trainer.notes``; what it logs is the stop and the
+restore of the best weights."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def restored_line(epoch: int, value: str) -> str:
 def make_trainer(model: nn.Module | None = None) -> SimpleNamespace:
     logs: list[str] = []
     return SimpleNamespace(
-        state=TrainState(), model=model or nn.Linear(2, 1), log=logs.append, logs=logs
+        state=TrainState(), model=model or nn.Linear(2, 1), log=logs.append, logs=logs, notes=[]
     )
 
 
@@ -53,6 +57,7 @@ def fit(
         trainer.state.epoch = epoch  # epochs completed, as the trainer counts them
         trainer.state.metrics = {"train_loss": 9.0, name: value}
         stop.on_validation_end(trainer)
+        trainer.notes.append(stop.epoch_note(epoch))  # what the epoch's line says of it
         if trainer.state.should_stop:
             break
     if end:
@@ -84,12 +89,8 @@ def test_patience_stops_at_the_right_epoch_with_exact_messages() -> None:
     assert trainer.state.epoch == 5
     assert trainer.state.stop_reason == "early_stopping"
     assert (stop.best_epoch, stop.best_value, stop.wait, stop.stopped_epoch) == (2, 0.9, 3, 5)
+    assert trainer.notes == ["*", "*", "(patience 1/3)", "(patience 2/3)", "(patience 3/3)"]
     assert trainer.logs == [
-        "val_loss improved inf -> 1.0000",
-        "val_loss improved 1.0000 -> 0.9000",
-        "EarlyStopping counter: 1 out of 3",
-        "EarlyStopping counter: 2 out of 3",
-        "EarlyStopping counter: 3 out of 3",
         "EarlyStopping: no improvement in val_loss for 3 validations at epoch 5; "
         "stopping (best 0.9000 at epoch 2)",
         restored_line(2, "0.9000"),
@@ -102,23 +103,15 @@ def test_improvement_resets_the_counter() -> None:
     trainer = fit(stop, [1.0, 1.1, 1.2, 0.5, 0.6, 0.7, 0.8, 0.1])
     assert trainer.state.epoch == 7
     assert stop.best_epoch == 4
-    counters = [line for line in trainer.logs if line.startswith("EarlyStopping counter")]
-    assert [c.split(": ")[1] for c in counters] == [
-        "1 out of 3",
-        "2 out of 3",
-        "1 out of 3",
-        "2 out of 3",
-        "3 out of 3",
+    assert trainer.notes == [
+        "*", "(patience 1/3)", "(patience 2/3)", "*", "(patience 1/3)", "(patience 2/3)", "(patience 3/3)",
     ]
 
 
-def test_message_format_follows_the_tutorials() -> None:
+def test_each_validation_is_a_note_in_the_epoch_line_not_a_line_of_its_own() -> None:
     trainer = fit(EarlyStopping(patience=10), [0.4211, 0.4016, 0.5])
-    assert trainer.logs[:3] == [
-        "val_loss improved inf -> 0.4211",
-        "val_loss improved 0.4211 -> 0.4016",
-        "EarlyStopping counter: 1 out of 10",
-    ]
+    assert trainer.notes == ["*", "*", "(patience 1/10)"]
+    assert trainer.logs == [restored_line(2, "0.4016")]  # the best (epoch 2) is not the last
 
 
 def test_no_stop_within_patience_and_best_restored_after_max_epochs() -> None:
@@ -161,7 +154,7 @@ def test_mode_max() -> None:
     assert stop.mode == "max"
     assert trainer.state.epoch == 4 and trainer.state.stop_reason == "early_stopping"
     assert (stop.best_epoch, stop.best_value) == (2, 0.6)
-    assert trainer.logs[0] == "val_accuracy improved -inf -> 0.5000"
+    assert trainer.notes == ["*", "*", "(patience 1/2)", "(patience 2/2)"]
     assert weight_epoch(trainer) == 2.0
 
 
@@ -178,10 +171,7 @@ def test_start_from_holds_the_counter_until_that_epoch() -> None:
     stop = EarlyStopping(patience=2, start_from=4)
     trainer = fit(stop, [1.0, 2.0, 2.0, 2.0, 2.0, 2.0])
     assert trainer.state.epoch == 5  # epochs 2 and 3 do not count; 4 and 5 do
-    assert trainer.logs[1:3] == [
-        "EarlyStopping counter: 1 out of 2",
-        "EarlyStopping counter: 2 out of 2",
-    ]
+    assert trainer.notes == ["*", "(patience 0/2)", "(patience 0/2)", "(patience 1/2)", "(patience 2/2)"]
 
 
 def test_start_from_still_tracks_the_best() -> None:
@@ -266,10 +256,10 @@ def test_thresholds(name: str, kwargs: dict, values: list[float], epoch: int, re
 
 def test_threshold_messages() -> None:
     trainer = fit(EarlyStopping(patience=50, stopping_threshold=0.5), [1.0, 0.5])
-    assert trainer.logs[-2] == (
+    assert trainer.logs == [  # the best is the last epoch: no word about restoring it
         "EarlyStopping: val_loss 0.5000 reached stopping_threshold 0.5000 at epoch 2; "
         "stopping (best 0.5000 at epoch 2)"
-    )
+    ]
     trainer = fit(EarlyStopping(patience=50, divergence_threshold=3.0), [1.0, 4.0])
     assert trainer.logs[-2] == (
         "EarlyStopping: val_loss 4.0000 went past divergence_threshold 3.0000 at epoch 2; "
@@ -340,13 +330,27 @@ def test_history_attributes() -> None:
     assert row == {"epoch": 2, "monitor": "val_accuracy", "value": 0.75}
 
 
-def test_verbose_false_keeps_only_stop_and_restore_lines() -> None:
-    trainer = fit(EarlyStopping(patience=1, verbose=False), [1.0, 0.5, 0.7])
+def test_verbose_false_keeps_only_the_stop_line() -> None:
+    stop = EarlyStopping(patience=1, verbose=False)
+    trainer = fit(stop, [1.0, 0.5, 0.7])
     assert trainer.logs == [
         "EarlyStopping: no improvement in val_loss for 1 validations at epoch 3; "
         "stopping (best 0.5000 at epoch 2)",
-        restored_line(2, "0.5000"),
     ]
+    assert trainer.notes == ["", "", ""]
+    assert weight_epoch(trainer) == 2.0  # restored all the same, without a word
+
+
+def test_restoring_the_last_epoch_says_nothing() -> None:
+    stop = EarlyStopping(patience=3)
+    trainer = fit(stop, [1.0, 0.9, 0.8])
+    assert trainer.logs == [] and trainer.notes == ["*", "*", "*"]
+    assert weight_epoch(trainer) == 3.0
+
+
+def test_a_new_best_that_misses_the_baseline_shows_both() -> None:
+    trainer = fit(EarlyStopping(patience=3, baseline=0.5), [1.0, 0.9, 0.4])
+    assert trainer.notes == ["* (patience 1/3)", "* (patience 2/3)", "*"]
 
 
 # ---- restore and snapshot ----------------------------------------------------------------------
@@ -484,7 +488,7 @@ def test_resume_mid_run_continues_exactly_like_an_uninterrupted_run() -> None:
         whole.wait,
     )
     assert trainer.logs == full.logs[-len(trainer.logs) :]
-    assert trainer.logs[0] == "EarlyStopping counter: 2 out of 3"
+    assert trainer.notes == full.notes[-len(trainer.notes) :] == ["(patience 2/3)", "(patience 3/3)"]
     for key, tensor in full.model.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[key], tensor)
     assert weight_epoch(trainer) == 4.0
@@ -497,7 +501,7 @@ def test_a_new_fit_without_loaded_state_starts_fresh() -> None:
     # with the old best (1.0) kept, 5.0 would not be an improvement
     trainer = fit(stop, [5.0, 6.0, 7.0])
     assert (stop.best_epoch, stop.best_value, stop.stopped_epoch) == (1, 5.0, 3)
-    assert trainer.logs[0] == "val_loss improved inf -> 5.0000"
+    assert trainer.notes[0] == "*"
 
 
 def test_load_state_dict_refuses_a_different_monitor() -> None:

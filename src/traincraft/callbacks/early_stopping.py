@@ -58,8 +58,10 @@ class EarlyStopping(Callback):
             beats this value (by ``min_delta``), so training stops after ``patience`` validations
             that do not reach it.
         restore_best: at the end of training, load the weights of the best epoch back.
-        verbose: log a line per validation (improvement or counter). Stop and restore lines are
-            logged either way.
+        verbose: say, in each epoch's line of the progress output, whether the figure improved
+            (``*``) and how much patience is used (``(patience 2/8)``), and log a line when the
+            best weights are restored at the end (only when the best epoch is not the last). The
+            line saying why training stops is logged either way.
 
     Attributes:
         monitor: the figure's name.
@@ -164,12 +166,26 @@ class EarlyStopping(Callback):
 
         def restore() -> None:
             self.restore_best_weights(trainer)
-            trainer.log(
-                f"EarlyStopping: restored the best weights, from epoch {self.best_epoch} "
-                f"({self.monitor} {format_value(self._tracker.best)})"
-            )
+            if self.verbose and self.best_epoch != trainer.state.epoch:  # else nothing changed for the user
+                trainer.log(
+                    f"EarlyStopping: restored the best weights, from epoch {self.best_epoch} "
+                    f"({self.monitor} {format_value(self._tracker.best)})"
+                )
 
         return "best", restore
+
+    def epoch_note(self, epoch: int) -> str:
+        """What the progress line says after the monitored figure of ``epoch``: ``"*"`` for a new
+        best, ``"(patience 2/8)"`` while waiting (both when a new best missed the ``baseline``);
+        empty with ``verbose=False``."""
+        if not self.verbose:
+            return ""
+        improved = self.best_epoch == epoch
+        waiting = self.wait > 0 or not improved
+        parts = ["*"] if improved else []
+        if waiting:
+            parts.append(f"(patience {self.wait}/{self.patience})")
+        return " ".join(parts)
 
     def restore_best_weights(self, trainer: Trainer) -> bool:
         """Load the best weights seen so far into the model; False when there are none yet."""
@@ -214,7 +230,6 @@ class EarlyStopping(Callback):
         self._snapshot = None
 
     def _record(self, trainer: Trainer, value: float, epoch: int) -> bool:
-        previous = self._tracker.best
         if self._tracker.update(value):
             self.best_epoch = epoch
             # Keras: the counter restarts only for a value that beats the baseline too.
@@ -224,16 +239,10 @@ class EarlyStopping(Callback):
                 self.wait += 1
             if self.restore_best:
                 self._take_snapshot(trainer.model)
-            if self.verbose:
-                trainer.log(
-                    f"{self.monitor} improved {format_value(previous)} -> {format_value(value)}"
-                )
             return True
         if epoch < self.start_from:
             return False
         self.wait += 1
-        if self.verbose:
-            trainer.log(f"EarlyStopping counter: {self.wait} out of {self.patience}")
         return False
 
     def _take_snapshot(self, model: torch.nn.Module) -> None:

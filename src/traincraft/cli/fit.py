@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,10 +25,11 @@ FIT_EXAMPLES = """examples:
   traincraft fit recipe.yaml --run-dir runs/try1
   traincraft fit recipe.yaml --resume runs/try1     # continue an interrupted run exactly
   traincraft fit recipe.yaml --run-dir runs/job --resume auto   # continue if it has started, else start
-  traincraft fit recipe.yaml --nproc 2              # two processes (DDP): one per GPU, or CPU cores"""
+  traincraft fit recipe.yaml --nproc 2              # two processes (DDP): one per GPU, or CPU cores
+  traincraft fit recipe.yaml --nproc 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --run-dir /shared/runs/a"""
 
 RESUME_EXAMPLES = """examples:
-  traincraft resume runs/quickstart/20261121-101500
+  traincraft resume runs/quickstart/20261121-101500   # as many processes as the run had
   traincraft resume runs/quickstart/20261121-101500 train.max_epochs=80   # train longer"""
 
 
@@ -38,7 +40,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
                      help="recipe files or template names (later ones win), then overrides read as YAML: "
                      "key=value sets, +key=value adds, ~key deletes")
     fit.add_argument("--run-dir", help="the run folder (default runs/<name>/<YYYYmmdd-HHMMSS>)")
-    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
     fit.add_argument("--resume", metavar="RUN_DIR|auto",
                      help="continue an interrupted run exactly; auto: continue --run-dir's run if it "
                      "has a checkpoint, else start it (for jobs that a scheduler restarts)")
@@ -60,16 +62,23 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
                         help="e.g. train.max_epochs=50 to train longer")
     resume.add_argument("--allow-changes", action="store_true",
                         help="allow overrides other than train.max_epochs / train.max_steps")
-    resume.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bar: one line per epoch")
     add_process_options(resume)
     resume.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
 
 def add_process_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, metavar="N",
-                        help="train in N local processes (DDP through torchrun): one per GPU, or per CPU core")
+                        help="train in N local processes (DDP through torchrun): one per GPU, or per CPU core; "
+                        "a resume takes the number its checkpoint records")
     parser.add_argument("--master-port", type=int, metavar="PORT",
-                        help="with --nproc: the port the processes meet on (default: a free one)")
+                        help="the port the processes meet on (default: a free one; 29500 with --nnodes)")
+    parser.add_argument("--nnodes", type=int, metavar="M", default=1,
+                        help="machines taking part (the same command on each, with its own --node-rank)")
+    parser.add_argument("--node-rank", type=int, metavar="R", default=0,
+                        help="with --nnodes: this machine's number, 0 to M-1 (0 hosts the rendezvous)")
+    parser.add_argument("--master-addr", metavar="HOST",
+                        help="with --nnodes: the address of the machine with --node-rank 0")
 
 
 def split_fit_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -99,9 +108,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.resume == "auto":
         if not args.run_dir:
             raise TraincraftError("--resume auto continues the run in --run-dir: give --run-dir too")
-        from traincraft.checkpoint import checkpoint_candidates
-
-        if checkpoint_candidates(Path(args.run_dir)):
+        if launches(args, recipe, resume_from=Path(args.run_dir)):  # the processes decide, rank 0 for all
+            return launch_processes(["fit", *args.args, "--run-dir", args.run_dir, "--resume", "auto"], args)
+        if checkpoint_found(Path(args.run_dir), recipe):
             args.resume = args.run_dir
         else:  # not started, or killed before its first checkpoint: (re)start it
             args.resume, args.overwrite = None, True
@@ -113,7 +122,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         check_recipe_changes(recipe, Path(args.resume), args.allow_changes)
         if _say_finished(Path(args.resume), recipe):
             return 0
-        if launches(args, recipe):
+        if launches(args, recipe, resume_from=Path(args.resume)):
             return launch_processes(["fit", *args.args, "--resume", args.resume], args)
         return train(recipe, Path(args.resume), args, resume=True)
     if args.run_dir and not args.overwrite:  # refused before any data is loaded
@@ -122,36 +131,70 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if holds_run(Path(args.run_dir)):
             raise TraincraftError(claim(Path(args.run_dir), overwrite=False))
     if launches(args, recipe):
+        if args.nnodes > 1 and not args.run_dir:  # each machine's clock would name another folder
+            raise TraincraftError("--nnodes needs --run-dir: the same run folder on every machine")
         # Named (and made) here, once, so that every process writes (rank 0) and reads the same folder.
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
         return launch_processes(["fit", *args.args, "--run-dir", str(run_dir)], args)
     return train(recipe, Path(args.run_dir) if args.run_dir else agreed_run_dir(recipe), args)
 
 
-def launches(args: argparse.Namespace, recipe: Any) -> bool:
-    """Whether ``--nproc`` asks for several processes (after checking it against the machine)."""
-    if args.nproc is None:
-        return False
+def checkpoint_found(run_dir: Path, recipe: Any) -> bool:
+    """Whether ``run_dir`` holds a checkpoint (``--resume auto``); under torchrun rank 0's file
+    system decides for every process (a machine without the folder then says so in one line
+    when it reads the checkpoint, instead of starting another run)."""
+    from traincraft import distributed
+    from traincraft.checkpoint import checkpoint_candidates
+
+    if distributed.launched_world_size() <= 1:
+        return bool(checkpoint_candidates(run_dir))
+    from traincraft.device import resolve_device
+
+    world = distributed.join(resolve_device(recipe.train.device), timeout=recipe.train.dist_timeout)
+    found = bool(checkpoint_candidates(run_dir)) if world.rank == 0 else None
+    return bool(distributed.broadcast_object(found))
+
+
+def launches(args: argparse.Namespace, recipe: Any, resume_from: Path | None = None) -> bool:
+    """Whether to start several processes: ``--nproc`` above 1, ``--nnodes`` above 1, or a
+    resume of a run that several processes trained (``--nproc`` then defaults to the number its
+    checkpoint records, divided by ``--nnodes``). Checked against the machine first."""
     from traincraft import distributed
     from traincraft.device import resolve_device
 
     if distributed.launched_world_size() > 1:
-        raise distributed.DistributedError(
-            "--nproc in a process that torchrun started: leave --nproc out (torchrun started the processes)"
-        )
+        if args.nproc is not None or args.nnodes > 1:
+            raise distributed.DistributedError(
+                "--nproc in a process that torchrun started: leave --nproc out (torchrun started the processes)"
+            )
+        return False
+    distributed.check_nodes(args.nnodes, args.node_rank, args.master_addr)
+    if args.nproc is None and resume_from is not None:
+        from traincraft.resuming import recorded_world_size
+
+        recorded = recorded_world_size(resume_from)
+        if recorded is not None and recorded > 1:
+            args.nproc = distributed.processes_per_node(recorded, args.nnodes)
+            print(f"Resuming with {args.nproc} process(es){' per machine' if args.nnodes > 1 else ''}, "
+                  f"as the run was trained ({recorded} in all)", file=sys.stderr)
+    if args.nproc is None:
+        args.nproc = 1
+        return args.nnodes > 1
     distributed.check_nproc(args.nproc, resolve_device(recipe.train.device).type)
-    return args.nproc > 1
+    return args.nproc > 1 or args.nnodes > 1
 
 
 def launch_processes(command: list[str], args: argparse.Namespace) -> int:
-    """Run ``traincraft COMMAND`` in ``--nproc`` processes through torch's launcher."""
+    """Run ``traincraft COMMAND`` in ``--nproc`` processes (on each of ``--nnodes`` machines)
+    through torch's launcher."""
     from traincraft.distributed import launch
 
     flags = [flag for flag, on in (("--no-progress", args.no_progress), ("--debug", args.debug),
                                    ("--allow-changes", getattr(args, "allow_changes", False)),
                                    ("--overwrite", getattr(args, "overwrite", False)),
                                    ("--trust-code", getattr(args, "trust_code", False))) if on]
-    return launch([*command, *flags], nproc=args.nproc, master_port=args.master_port, debug=args.debug)
+    return launch([*command, *flags], nproc=args.nproc, master_port=args.master_port, debug=args.debug,
+                  nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -178,7 +221,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from traincraft.runfolder import check_code
 
     check_code(args.run_dir, recipe, trust_code=args.trust_code)
-    if launches(args, recipe):
+    if launches(args, recipe, resume_from=Path(args.run_dir)):
         return launch_processes(["resume", args.run_dir, *args.overrides], args)
     return train(recipe, Path(args.run_dir), args, resume=True)
 
@@ -246,12 +289,14 @@ def train(recipe: Any, run_dir: Path, args: argparse.Namespace, resume: bool = F
     if resume:
         check_recipe_changes(recipe, run_dir, args.allow_changes)
     started = time.perf_counter()
-    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=not args.no_progress, resuming=resume)
+    # --no-progress: no bar, but still a line per epoch (a CI log keeps its figures).
+    progress = "lines" if args.no_progress else True
+    trainer = Trainer.from_recipe(recipe, run_dir=run_dir, progress=progress, resuming=resume)
     trainer.resume_hint = f"traincraft resume {run_dir}"
     freeze_startup_objects()  # the data, the model and the later imports: set-up that stays
     main = trainer.is_main_process  # several processes: rank 0 speaks for all
     if main:
-        print(trainer.data.summary(), file=sys.stderr)
+        trainer.log(trainer.data.summary())  # through the progress output: wrapped on a terminal
     history = trainer.fit(resume=run_dir if resume else None, overwrite=getattr(args, "overwrite", False),
                           allow_changes=getattr(args, "allow_changes", False))
     if main:
@@ -264,14 +309,26 @@ def train(recipe: Any, run_dir: Path, args: argparse.Namespace, resume: bool = F
 
 
 def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> None:
+    """The lines said when ``fit`` ends: why it stopped, the best epoch, the test figures, the
+    report to open and the run folder."""
+    from traincraft.callbacks.epoch_line import wrap
+    from traincraft.numbers import format_figure
+
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     lines = [f"stopped: {history.stop_reason} after {trainer.state.epoch} epochs, {trainer.state.step} steps, {seconds:.1f} s"]
     if history.best:
         best = history.best
-        lines.append(f"best:    epoch {best['epoch']}, {best['monitor']} {best['value']:.4f}")
-    if results.get("test"):
-        lines.append("test:    " + "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
+        averaged = any(type(c).__name__ == "SWA" for c in trainer.callbacks)  # SWA's average goes first
+        held = " (the model holds its weights)" if trainer.keeps_best and not averaged else ""
+        lines.append(f"best:    epoch {best['epoch']}, {best['monitor']} "
+                     f"{format_figure(best['monitor'], best['value'])}{held}")
+    test = {k: v for k, v in (results.get("test") or {}).items() if isinstance(v, (int, float))}  # scalars
+    if test:
+        width = shutil.get_terminal_size().columns if sys.stderr.isatty() else None
+        lines.extend(wrap(["test:  ", *(f"{k} {format_figure(k, v)}" for k, v in test.items())], width))
+    report = run_dir / "report.html"
+    if report.is_file():
+        lines.append(f"report:  {report}")
     lines.append(f"files:   {run_dir}")
     print("\n".join(lines), file=sys.stderr)
-

@@ -24,7 +24,7 @@ __all__ = ["tune_main"]
 
 def tune_main(argv: Sequence[str] | None = None) -> int:
     """``traincraft tune RECIPE [key=value ...] [--trials N] [--workers K] [--storage URL]
-    [--study NAME] [--study-dir DIR] [--no-progress] [--debug]``.
+    [--study NAME] [--study-dir DIR] [--allow-changes] [--no-progress] [--debug]``.
 
     Returns the exit code: 0 done, 130 when interrupted. A mistake raises a
     :class:`~traincraft.errors.TraincraftError` for the command line to report (``--debug`` is
@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "--study-dir", metavar="DIR", help="study folder (default runs/<name>-tune)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no line per trial")
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="continue a study although the recipe's keys that are not searched changed",
+    )
     return parser
 
 
@@ -85,6 +90,7 @@ def _tune_command(args: argparse.Namespace) -> int:
         study_dir=args.study_dir,
         progress=not args.no_progress,
         plots=True,
+        allow_changes=args.allow_changes,
     )
     print(result.summary, file=sys.stderr)
     return EXIT_INTERRUPTED if result.interrupted else 0

@@ -220,4 +220,6 @@ def plot(
         path = Path(path)
         fmt = path.suffix.lstrip(".").lower() or "png"
         atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=100))
-    return fig
+    from traincraft.inline import inline
+
+    return inline(fig)  # shown as a picture in a notebook

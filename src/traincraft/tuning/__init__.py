@@ -12,7 +12,7 @@ Study folder (``runs/<recipe name>-tune/`` unless given)::
     study.journal              Optuna's journal file: the study itself (unless --storage)
     trial-<n>/                 each trial's run folder (recipe.yaml, metrics.csv, ...)
     trials.csv                 one row per trial: state, value, sampled values, error
-    best.yaml                  the recipe with the best trial's values: ``traincraft fit best.yaml``
+    best.yaml                  the recipe the best trial trained with: ``traincraft fit best.yaml``
     history.png, importances.png, parallel_coordinates.png
 
 The package::
@@ -22,6 +22,8 @@ The package::
     samplers.py   samplers and pruners by name
     space.py      the space against the recipe: reading the section, filling in values, checks
     trial.py      one trial: fit it, report its figure each epoch, tell the study how it ended
+    recipes.py    the recipes a study keeps: its base recipe (checked when it is continued) and
+                  each trial's own (best.yaml is written from the best trial's)
     study.py      the study's storage, workers, Ctrl-C, and tune()
     outputs.py    trials.csv, best.yaml, the plots, the summary
 
@@ -56,6 +58,7 @@ _EXPORTS = {
     "recipe_with": "space",
     "set_value": "space",
     "MetricNotReported": "trial",
+    "check_base": "recipes",
     "best_recipe": "outputs",
     "summarize": "outputs",
     "write_best_yaml": "outputs",
@@ -73,6 +76,7 @@ __all__ = [
     "TuneSectionError",
     "best_recipe",
     "build_pruner",
+    "check_base",
     "build_sampler",
     "check_key",
     "check_space",
@@ -95,6 +99,7 @@ if TYPE_CHECKING:
         write_plots,
         write_trials_csv,
     )
+    from traincraft.tuning.recipes import check_base
     from traincraft.tuning.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
     from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, parse_time_limit
     from traincraft.tuning.space import check_key, check_space, read_section, recipe_with, set_value

@@ -22,6 +22,7 @@ import yaml
 
 from traincraft.callbacks.monitor import format_value
 from traincraft.files import atomic_write_text
+from traincraft.tuning.recipes import TRIAL_ATTR
 from traincraft.tuning.section import _copy
 from traincraft.tuning.space import set_value
 from traincraft.tuning.trial import _one_line, _trial_label
@@ -114,13 +115,17 @@ def best_recipe(raw: Mapping[str, Any], values: Mapping[str, Any], folder: Path)
 
 
 def write_best_yaml(study: optuna.Study, raw: Mapping[str, Any], folder: Path) -> Path | None:
-    """``best.yaml``: the recipe with the best trial's values; None when no trial completed."""
+    """``best.yaml``: the recipe the best trial trained with (kept in the trial); for a trial
+    of a study that kept none, ``raw`` with the trial's values. None when no trial completed."""
     try:
         best = study.best_trial
     except ValueError:
         return None
-    values = best.user_attrs.get("values", best.params)
-    recipe = best_recipe(raw, values, folder)
+    own = best.user_attrs.get(TRIAL_ATTR)
+    if isinstance(own, dict):
+        recipe = best_recipe(own, {}, folder)
+    else:
+        recipe = best_recipe(raw, best.user_attrs.get("values", best.params), folder)
     metric = study.user_attrs.get("metric", "value")
     header = (
         f"# The best trial of study {study.study_name!r}: trial {best.number}, {metric} "

@@ -33,6 +33,7 @@ from traincraft.tuning.outputs import (
     write_plots,
     write_trials_csv,
 )
+from traincraft.tuning.recipes import check_base
 from traincraft.tuning.samplers import SAMPLERS, build_pruner, build_sampler
 from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, _copy
 from traincraft.tuning.space import check_space, read_section, recipe_with
@@ -500,9 +501,11 @@ def search(
     study_dir: str | Path | None,
     progress: bool,
     plots: bool,
+    allow_changes: bool = False,
 ) -> SearchResult:
-    """The search behind :func:`tune` and ``traincraft tune``: check the space, run the trials
-    in this process and ``workers - 1`` others, then write the study folder's files."""
+    """The search behind :func:`tune` and ``traincraft tune``: check the space, open the study
+    (refusing one whose base recipe changed, unless ``allow_changes``), run the trials in this
+    process and ``workers - 1`` others, then write the study folder's files."""
     raw = _as_raw(recipe)
     section = read_section(raw)
     raw.pop("tune")
@@ -525,6 +528,16 @@ def search(
     threads = max(1, _cpus() // workers) if workers > 1 else None
     with _quiet_optuna(), _Stop().handling() as stop:
         the_study = _open_study(plan, worker=0, parallel=workers > 1)
+        with _study_lock(folder):
+            changes = check_base(the_study, raw, list(dims), allow_changes=allow_changes)
+        changed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        if changes and progress:
+            print(
+                f"continuing study {name!r} with another base recipe ({changed}); best.yaml "
+                "is the recipe the best trial trained with",
+                file=sys.stderr,
+                flush=True,
+            )
         processes = _start_workers(
             plan, workers, deadline=deadline, progress=progress, threads=threads or 1
         )
@@ -546,6 +559,8 @@ def search(
     if plots:
         write_plots(the_study, folder, keys)
     summary = summarize(the_study, folder)
+    if changes:
+        summary += f"\ncontinued with another base recipe ({changed}), as allowed"
     if interrupted:
         summary += "\ninterrupted: running the same command again continues the study"
     if problems:
@@ -578,11 +593,13 @@ def tune(
     study_dir: str | Path | None = None,
     progress: bool = False,
     plots: bool = True,
+    allow_changes: bool = False,
 ) -> optuna.Study:
     """Search the recipe's ``tune.space`` with Optuna; every trial is an ordinary run.
 
     Running again with the same study continues it until it holds ``trials`` trials (complete,
-    pruned or failed; trials cut short by Ctrl-C or a killed worker do not count). A trial that
+    pruned or failed; trials cut short by Ctrl-C or a killed worker do not count), provided the
+    recipe's keys that are not searched are what the study was run with. A trial that
     fails is recorded with its error (user attribute ``error``) and the search goes on. Ctrl-C
     stops after the current step of each worker; the study stays as it was.
 
@@ -598,6 +615,8 @@ def tune(
         study_dir: the study folder (default ``runs/<recipe name>-tune``).
         progress: print a line per trial and a summary at the end (on stderr).
         plots: write the PNG plots.
+        allow_changes: continue a study although its base recipe (the keys that are not
+            searched) changed; ``best.yaml`` stays the recipe the best trial trained with.
 
     Returns:
         The ``optuna.Study`` (``best_value``, ``best_params``, ``trials``, ...).
@@ -605,6 +624,8 @@ def tune(
     Raises:
         RecipeError: a mistake in the tune section, or a space key that names nothing in the
             recipe (before any trial runs).
+        TraincraftError: the study was run with another base recipe (the changed keys are
+            named), or with another metric.
         MetricNotReported: the tuned metric is not among the reported figures.
 
     Example:
@@ -621,6 +642,7 @@ def tune(
         study_dir=study_dir,
         progress=progress,
         plots=plots,
+        allow_changes=allow_changes,
     )
     if progress:
         print(result.summary, file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor
 from traincraft.errors import TraincraftError
+from traincraft.tuning.recipes import TRIAL_ATTR, trial_recipe
 from traincraft.tuning.space import _release, recipe_with
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial, stop: _Sto
     reporter = _Reporter(trial, plan.section.metric, plan.mode, stop)
     built: list[weakref.ref[Any]] = []
     try:
+        # The recipe it trains, kept in the study: best.yaml is written from it.
+        trial.set_user_attr(TRIAL_ATTR, trial_recipe(plan.raw, values))
         fitted = _fit_trial(plan, values, run_dir, reporter, built)
     except KeyboardInterrupt:
         fitted = _Fitted("interrupted", 0, None, None)
