@@ -7,8 +7,8 @@ Per trial, the same small recipe (iris, an MLP of 16, 3 epochs, one thread):
 * ``optuna loop``: a plain Optuna loop (in-memory storage) around ``Trainer.from_recipe`` with
   no run folder: the floor.
 * ``tc.tune``: the search as it runs by default (a journal file, a run folder per trial, no
-  plots at the end), and with ``report=True`` (each trial's report.html and the evaluations at
-  its end) where this traincraft has the switch.
+  plots at the end), with ``report=True`` (each trial's report.html and the evaluations at
+  its end) where this traincraft has the switch, and on a database (SQLite, PostgreSQL).
 
 Then the storage alone, without training: ``ask``, the trial's user attributes, 3 reports and
 ``tell``, per trial, for the journal file, SQLite, and PostgreSQL (a throwaway cluster started
@@ -127,6 +127,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     import matplotlib
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     matplotlib.use("Agg")
     from traincraft.tuning import study as study_module
@@ -137,27 +140,34 @@ def main() -> None:
     cases["tc.tune (journal, default)"] = lambda f: tc_tune(args.trials, f)
     if has_report:
         cases["tc.tune report=True"] = lambda f: tc_tune(args.trials, f, report=True)
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    with tempfile.TemporaryDirectory() as tmp:
+    stores: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, postgres(args.postgres) as pg_url:
+        counter = iter(range(10**6))
+        cases["tc.tune (SQLite)"] = lambda f: tc_tune(
+            args.trials, f, storage=f"sqlite:///{f.parent}/tune-{next(counter)}.db"
+        )
+        if pg_url:
+            cases["tc.tune (PostgreSQL)"] = lambda f: tc_tune(
+                args.trials, f, storage=pg_url, study=f"bench-{next(counter)}"
+            )
+        times: dict[str, list[float]] = {name: [] for name in cases}
         tc_tune(2, Path(tmp) / "warm-up")
         for repeat in range(args.repeats):
             for i, (name, run) in enumerate(cases.items()):
                 times[name].append(run(Path(tmp) / f"{repeat}-{i}"))
                 print(f"{name}: {times[name][-1] * 1000:.0f} ms per trial", file=sys.stderr)
 
-        stores: dict[str, list[float]] = {}
-        with postgres(args.postgres) as pg_url:
-            specs = {
-                "journal file": lambda i: open_storage(None, Path(tmp) / f"journal-{i}"),
-                "SQLite (heartbeat 60 s)": lambda i: open_storage(
-                    f"sqlite:///{tmp}/s-{i}.db", Path(tmp)
-                ),
-            }
-            if pg_url:
-                specs["PostgreSQL (heartbeat 60 s)"] = lambda i: open_storage(pg_url, Path(tmp))
-            for repeat in range(args.repeats):
-                for name, make in specs.items():
-                    stores.setdefault(name, []).append(storage_only(args.trials, make(repeat)))
+        specs = {
+            "journal file": lambda i: open_storage(None, Path(tmp) / f"journal-{i}"),
+            "SQLite (heartbeat 60 s)": lambda i: open_storage(
+                f"sqlite:///{tmp}/s-{i}.db", Path(tmp)
+            ),
+        }
+        if pg_url:
+            specs["PostgreSQL (heartbeat 60 s)"] = lambda i: open_storage(pg_url, Path(tmp))
+        for repeat in range(args.repeats):
+            for name, make in specs.items():
+                stores.setdefault(name, []).append(storage_only(args.trials, make(repeat)))
     lines = [
         "# Per-trial overhead of a search",
         "",
@@ -169,7 +179,9 @@ def main() -> None:
         "|---|---|",
         *(f"| {name} | {statistics.median(v) * 1000:.0f} |" for name, v in times.items()),
         "",
-        "The storage alone (ask, 2 user attributes, 3 reports, tell; no training):",
+        "The storage alone (ask, 2 user attributes, 3 reports, tell; no training). The journal "
+        "file and SQLite fsync every write; the PostgreSQL cluster runs with `fsync=off` on this "
+        "machine, beside the workers:",
         "",
         "| storage | ms per trial |",
         "|---|---|",

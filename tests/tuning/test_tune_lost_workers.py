@@ -50,14 +50,18 @@ def labels_of(trial):
     return _trial_label(trial)
 
 
-def _stale_trial_of_another_machine(url, params):
+def _stale_trial_of_another_machine(url):
     """A running trial whose worker is on another machine and whose heartbeat stopped an hour
     ago, as a lost machine leaves it."""
     import sqlalchemy
 
-    storage = optuna.storages.RDBStorage(url, heartbeat_interval=60)
-    study = optuna.create_study(study_name="iris-tune-test", storage=storage)
-    trial = study.ask({"optimizer.lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)})
+    from traincraft.tuning.storages import quiet_experimental
+
+    with quiet_experimental():
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=60)
+        study = optuna.create_study(study_name="iris-tune-test", storage=storage)
+        dist = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
+        trial = study.ask(dist)
     trial.set_user_attr("worker", "another-machine:4242:0123abcd")
     storage.record_heartbeat(trial._trial_id)
     engine = sqlalchemy.create_engine(url)
@@ -69,7 +73,7 @@ def _stale_trial_of_another_machine(url, params):
 
 def test_a_lost_machines_trial_is_failed_by_heartbeat_and_run_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    params = _stale_trial_of_another_machine(url, {})
+    params = _stale_trial_of_another_machine(url)
     raw = recipe({"optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]}}, trials=2)
 
     study = tune(raw, storage=url, study_dir=tmp_path / "study", plots=False)
