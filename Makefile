@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TEST_STAMP := $(VENV)/.installed-test-stamp
 EXTRAS ?= datasets,tune,images,dev
-TEST_EXTRAS ?= tensorboard,mlflow,notebook,notebook-test
+TEST_EXTRAS ?= tensorboard,mlflow,notebook,notebook-test,postgres
 
 # The vision tests need torchvision and timm, which need the registry's full torch build (it runs
 # on a CPU too, ~5 GB): a separate environment, so that the main one keeps the small CPU build.

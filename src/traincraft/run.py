@@ -212,11 +212,13 @@ def resolve_path(path: str, recipe: Recipe) -> Path:
 def trainer_from_recipe(
     trainer_class: type[Trainer], recipe: Recipe | str | Path | dict[str, Any], *,
     run_dir: str | Path | None = None, progress: bool | str = True, callbacks: list[Callback] | None = None,
-    checkpoint: bool = True, resuming: bool = False,
+    checkpoint: bool = True, resuming: bool = False, report: bool = True,
 ) -> Trainer:
     """Build data, model and a ``trainer_class`` from a recipe (``Trainer.from_recipe``).
     ``resuming``: the run folder's checkpoint will give every tensor, so the recipe's starting
-    weights (``finetune.init_from``, the model's ``weights:``) are not read."""
+    weights (``finetune.init_from``, the model's ``weights:``) are not read. ``report=False``:
+    no report.html and plots, and results.json without the evaluations at the end (the test
+    split, the tables, predictions.npz): what a search's trials skip."""
     from traincraft.seeding import seed_everything
 
     if not isinstance(recipe, Recipe):
@@ -233,12 +235,14 @@ def trainer_from_recipe(
         kwargs["finetune"] = {**kwargs["finetune"], "new": saved.get("not_loaded", [])}
     kwargs["callbacks"] = [*kwargs["callbacks"], *(callbacks or [])]
     if run_dir is not None:
-        kwargs["callbacks"].append(RunFolder(run_dir, recipe, info))
+        run_folder = RunFolder(run_dir, recipe, info)
+        run_folder.evaluate = report
+        kwargs["callbacks"].append(run_folder)
     if not checkpoint:
         kwargs["checkpoint"] = False
     if run_dir is not None:  # tensorboard and mlflow write into the run folder
         kwargs["loggers"] = [spec for spec in recipe.logging if spec != "csv"]
-    kwargs["loggers"] = [*kwargs.get("loggers", []), "report"]
+    kwargs["loggers"] = [*kwargs.get("loggers", []), *(["report"] if report else [])]
     trainer = trainer_class(model, **kwargs, run_dir=run_dir, progress=progress)
     trainer.data, trainer.recipe = data, recipe
     info["not_loaded"] = sorted(trainer.finetuning.new)  # into data.json: what a resume needs
@@ -294,7 +298,10 @@ class RunFolder(Callback):
         tables (``"confusion_matrix"``, ``"per_class"``, and any other the recipe lists) of the
         validation and test splits (``{"confusion_matrix": {"val": ..., "test": ...}}``).
         Classification runs always get the confusion matrix and the per-class table. The
-        ``judged`` split's predictions go to predictions.npz (the main process)."""
+        ``judged`` split's predictions go to predictions.npz (the main process). Nothing when
+        ``evaluate`` is off (a search's trials)."""
+        if not self.evaluate:
+            return {}
         data = getattr(trainer, "data", None)
         evaluations: dict[str, Any] = {}
         if data is not None and data.test is not None:
@@ -331,6 +338,9 @@ class RunFolder(Callback):
         except Exception as err:  # noqa: BLE001  the run is fine; only its report cannot judge it
             trainer.log(f"could not write {PREDICTIONS}: {type(err).__name__}: {err}")
 
+
+    #: Evaluate the best weights at the end of fit (off: results.json holds the run's end alone).
+    evaluate = True
 
     @contextmanager
     def _best_weights(self, trainer: Trainer) -> Iterator[None]:

@@ -231,11 +231,13 @@ class Trainer:
     def from_recipe(
         cls, recipe: Any, *, run_dir: str | Path | None = None, progress: bool | str = True,
         callbacks: Sequence[Callback] = (), checkpoint: bool = True, resuming: bool = False,
+        report: bool = True,
     ) -> Trainer:
         """Build data, model and trainer from a recipe (a path, a template name, a dict or a
         :class:`~traincraft.recipe.Recipe`); ``fit()`` then trains on the recipe's data.
         ``resuming=True`` when ``fit(resume=...)`` follows: the run folder's checkpoint gives the
         weights, and what the run started from (``init_from``, ``weights:``) is not read again.
+        ``report=False``: no report.html, and no evaluation of the best weights at the end.
 
         Example:
             >>> trainer = Trainer.from_recipe("sunspots", run_dir="runs/try")
@@ -245,7 +247,7 @@ class Trainer:
 
         return trainer_from_recipe(
             cls, recipe, run_dir=run_dir, progress=progress, callbacks=list(callbacks), checkpoint=checkpoint,
-            resuming=resuming,
+            resuming=resuming, report=report,
         )
 
     # ------------------------------------------------------------------ the loop

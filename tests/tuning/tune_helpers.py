@@ -95,3 +95,57 @@ def journal(path):
     import optuna
 
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _spawned_worker():
+    return multiprocessing.parent_process() is not None
+
+
+class DiesInWorker(Fragile):
+    """Kills its own process (SIGKILL, as the OOM killer does) on its first forward pass in a
+    spawned worker, once: the flag file ``TRAINCRAFT_TEST_KILLED`` says it happened."""
+
+    def forward(self, x):
+        flag = Path(os.environ["TRAINCRAFT_TEST_KILLED"])
+        if _spawned_worker() and not flag.exists():
+            flag.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(x)
+
+
+def iris_after_the_kill():
+    """Iris, but the main process's trials wait until the spawned worker has died in a trial
+    (its first call is the space check, before the search starts)."""
+    from sklearn.datasets import load_iris
+
+    flag = Path(os.environ["TRAINCRAFT_TEST_KILLED"])
+    if not _spawned_worker():
+        CALLS["main"] += 1
+        deadline = time.monotonic() + 120
+        while CALLS["main"] > 1 and not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return load_iris(return_X_y=True)
+
+
+class Marked(Fragile):
+    """Writes ``<TRAINCRAFT_TEST_MARKS>/<pid>`` once it trains (a trial is under way); with
+    ``TRAINCRAFT_TEST_SLOW`` set, each forward pass takes 0.1 s longer (a slow worker)."""
+
+    def forward(self, x):
+        if self.training:
+            (Path(os.environ["TRAINCRAFT_TEST_MARKS"]) / str(os.getpid())).touch()
+        if os.environ.get("TRAINCRAFT_TEST_SLOW"):
+            time.sleep(0.1)
+        return self.net(x)
+
+
+FORWARDS = {"eval": 0}
+
+
+class CountsEvaluation(Fragile):
+    """Counts its forward passes in evaluation mode (validation, test, predictions)."""
+
+    def forward(self, x):
+        if not self.training:
+            FORWARDS["eval"] += 1
+        return self.net(x)

@@ -24,7 +24,8 @@ __all__ = ["tune_main"]
 
 def tune_main(argv: Sequence[str] | None = None) -> int:
     """``traincraft tune RECIPE [key=value ...] [--trials N] [--workers K] [--storage URL]
-    [--study NAME] [--study-dir DIR] [--allow-changes] [--no-progress] [--debug]``.
+    [--heartbeat SECONDS] [--study NAME] [--study-dir DIR] [--report] [--allow-changes]
+    [--no-progress] [--debug]``.
 
     Returns the exit code: 0 done, 130 when interrupted. A mistake raises a
     :class:`~traincraft.errors.TraincraftError` for the command line to report (``--debug`` is
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
             "examples:\n  traincraft tune recipe.yaml --trials 40\n"
             "  traincraft tune recipe.yaml --workers 2            # two processes, one study\n"
             "  traincraft tune recipe.yaml --storage postgresql://user@host/db --study search1"
+            "   # on each machine"
         ),
         recipe="a recipe file or template name with a tune section",
     )
@@ -56,9 +58,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="journal file path or database URL (default: a journal file in the study folder)",
     )
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        metavar="SECONDS",
+        help="with a database URL: seconds between a trial's heartbeats (default 60); a trial "
+        "without one for twice as long is taken for lost and run again",
+    )
     parser.add_argument("--study", metavar="NAME", help="study name (default: the recipe's name)")
     parser.add_argument(
         "--study-dir", metavar="DIR", help="study folder (default runs/<name>-tune)"
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="each trial also writes report.html and evaluates its best weights at its end",
     )
     parser.add_argument("--no-progress", action="store_true", help="no line per trial")
     parser.add_argument(
@@ -91,6 +105,8 @@ def _tune_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         plots=True,
         allow_changes=args.allow_changes,
+        heartbeat=args.heartbeat,
+        report=args.report,
     )
     print(result.summary, file=sys.stderr)
     return EXIT_INTERRUPTED if result.interrupted else 0

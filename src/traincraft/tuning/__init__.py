@@ -10,7 +10,8 @@ so running again continues it up to the requested number of trials.
 Study folder (``runs/<recipe name>-tune/`` unless given)::
 
     study.journal              Optuna's journal file: the study itself (unless --storage)
-    trial-<n>/                 each trial's run folder (recipe.yaml, metrics.csv, ...)
+    trial-<n>/                 each trial's run folder (recipe.yaml, metrics.csv, ...; the best
+                               trial's also best.safetensors)
     trials.csv                 one row per trial: state, value, sampled values, error
     best.yaml                  the recipe the best trial trained with: ``traincraft fit best.yaml``
     history.png, importances.png, parallel_coordinates.png
@@ -24,7 +25,9 @@ The package::
     trial.py      one trial: fit it, report its figure each epoch, tell the study how it ended
     recipes.py    the recipes a study keeps: its base recipe (checked when it is continued) and
                   each trial's own (best.yaml is written from the best trial's)
-    study.py      the study's storage, workers, Ctrl-C, and tune()
+    storages.py   the study's storage: a journal file, or a database URL with heartbeats
+    lost.py       workers that went away: their running trials failed and queued again
+    study.py      the study, its workers, Ctrl-C, and tune()
     outputs.py    trials.csv, best.yaml, the plots, the summary
 
 ``traincraft tune`` itself (its parser and handler) is in :mod:`traincraft.cli.tune`.

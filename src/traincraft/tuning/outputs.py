@@ -192,21 +192,26 @@ def summarize(study: optuna.Study, study_dir: str | Path | None = None) -> str:
         best:  trial 7, val_loss 0.0712
                optimizer.lr = 0.003102
         files: runs/iris-tune (best.yaml: traincraft fit runs/iris-tune/best.yaml)
+        weights: runs/iris-tune/trial-7/best.safetensors (traincraft evaluate runs/iris-tune/trial-7)
     """
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for trial in trials:
         label = _trial_label(trial)
         counts[label] = counts.get(label, 0) + 1
-    order = ("complete", "pruned", "failed", "interrupted", "abandoned", "running", "waiting")
+    order = (
+        "complete", "pruned", "failed", "interrupted", "abandoned", "skipped", "running", "waiting"
+    )
     states = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
     lines = [
         f"study {study.study_name!r}: {len(trials)} trials" + (f" ({states})" if states else "")
     ]
     metric = study.user_attrs.get("metric", "value")
+    best: optuna.trial.FrozenTrial | None
     try:
         best = study.best_trial
     except ValueError:
+        best = None
         lines.append("best:  no trial completed")
     else:
         shown = format_value(best.value)  # type: ignore[arg-type]
@@ -218,4 +223,7 @@ def summarize(study: optuna.Study, study_dir: str | Path | None = None) -> str:
         best_file = folder / "best.yaml"
         again = f" (best.yaml: traincraft fit {best_file})" if best_file.is_file() else ""
         lines.append(f"files: {folder}{again}")
+        best_run = folder / f"trial-{best.number}" if best is not None else None
+        if best_run is not None and (best_run / "best.safetensors").is_file():
+            lines.append(f"weights: {best_run / 'best.safetensors'} (traincraft evaluate {best_run})")
     return "\n".join(lines)

@@ -12,20 +12,19 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from traincraft.callbacks.monitor import format_value
 from traincraft.errors import TraincraftError
-from traincraft.files import process_running
 from traincraft.recipe import Recipe, RecipeError, read_raw
 from traincraft.registry import split_spec
+from traincraft.tuning.lost import LIVE_TOKENS, close_lost, recoverable, worker_id
 from traincraft.tuning.outputs import (
     _short,
     summarize,
@@ -37,7 +36,13 @@ from traincraft.tuning.recipes import check_base
 from traincraft.tuning.samplers import SAMPLERS, build_pruner, build_sampler
 from traincraft.tuning.section import Dimension, TuneSection, TuneSectionError, _copy
 from traincraft.tuning.space import check_space, read_section, recipe_with
-from traincraft.tuning.trial import _counted, _one_line, _Outcome, _run_trial
+from traincraft.tuning.storages import (
+    check_heartbeat,
+    open_storage,
+    quiet_experimental,
+    study_storage,
+)
+from traincraft.tuning.trial import WEIGHTS, _counted, _one_line, _Outcome, _run_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -47,8 +52,9 @@ __all__ = ["SearchResult", "search", "tune"]
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-JOURNAL_NAME = "study.journal"
 LOCK_NAME = ".tune.lock"
+#: Seconds between two looks at the study while a worker waits for other workers' trials.
+WAIT_SECONDS = 0.5
 
 
 # ============================================================================== the study
@@ -64,6 +70,8 @@ class _Plan:
     study_dir: Path
     storage: Any
     trials: int
+    heartbeat: int | None = None
+    report: bool = False
     dims: dict[str, Dimension] = field(init=False)
     trial_raw: dict[str, Any] = field(init=False)
 
@@ -97,6 +105,8 @@ class _Plan:
             "study_dir": str(self.study_dir),
             "storage": self.storage,
             "trials": self.trials,
+            "heartbeat": self.heartbeat,
+            "report": self.report,
         }
 
     @classmethod
@@ -108,6 +118,8 @@ class _Plan:
             Path(payload["study_dir"]),
             payload["storage"],
             payload["trials"],
+            payload["heartbeat"],
+            payload["report"],
         )
 
 
@@ -118,23 +130,6 @@ def _quiet_recipe(raw: Mapping[str, Any], dims: Mapping[str, Dimension]) -> dict
     if isinstance(stop, dict) and "early_stopping.verbose" not in dims:
         stop["verbose"] = False
     return trial_raw
-
-
-def _storage(spec: Any, study_dir: Path) -> Any:
-    """The storage: a journal file (default ``<study_dir>/study.journal``), a database URL, or
-    an Optuna storage object."""
-    import optuna
-
-    if isinstance(spec, optuna.storages.BaseStorage):
-        return spec
-    if spec is not None and "://" in str(spec):
-        return str(spec)
-    path = Path(spec) if spec is not None else study_dir / JOURNAL_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    journal = optuna.storages.journal
-    # Optuna's default lock is a symbolic link, which Windows allows only to administrators.
-    lock = journal.JournalFileOpenLock(str(path)) if os.name == "nt" else None
-    return optuna.storages.JournalStorage(journal.JournalFileBackend(str(path), lock_obj=lock))
 
 
 def _open_study(plan: _Plan, *, worker: int, parallel: bool) -> optuna.Study:
@@ -148,7 +143,7 @@ def _open_study(plan: _Plan, *, worker: int, parallel: bool) -> optuna.Study:
         raise RecipeError(str(err)) from None
     try:
         study = optuna.create_study(
-            storage=_storage(plan.storage, plan.study_dir),
+            storage=open_storage(plan.storage, plan.study_dir, heartbeat=plan.heartbeat),
             study_name=plan.study_name,
             direction=direction,
             load_if_exists=True,
@@ -183,29 +178,6 @@ def _check_same_goal(study: optuna.Study, plan: _Plan, direction: str) -> None:
             f"study {plan.study_name!r} {study.direction.name.lower()}s {saved} but this recipe "
             f"asks to {direction} {metric}: give another --study name (or study=...)"
         )
-
-
-_LIVE_TOKENS: set[str] = set()  # worker loops running in this process
-
-
-def _fail_abandoned(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> bool:
-    """Close the running trials of this machine's workers that have gone away (killed, crashed)
-    so that they do not hold a place for ever. True when any was closed."""
-    from optuna.trial import TrialState
-
-    host, closed = socket.gethostname(), False
-    for trial in trials:
-        worker = str(trial.user_attrs.get("worker", ""))
-        if trial.state != TrialState.RUNNING or worker.count(":") < 2:
-            continue
-        trial_host, pid, token = worker.rsplit(":", 2)
-        if trial_host != host:
-            continue
-        gone = token not in _LIVE_TOKENS if int(pid) == os.getpid() else not process_running(int(pid))
-        if gone:
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            closed = True
-    return closed
 
 
 @contextlib.contextmanager
@@ -283,15 +255,19 @@ def _work(
     worker: int,
 ) -> bool:
     """Run trials until the study holds ``plan.trials`` of them or time is up. Returns True
-    when interrupted (Ctrl-C, SIGTERM, or a spawned worker's parent gone)."""
-    from optuna.trial import TrialState
+    when interrupted (Ctrl-C, SIGTERM, or a spawned worker's parent gone).
+
+    While the trials that remain run in other workers, it waits for those that would be noticed
+    if their worker went away (:func:`~traincraft.tuning.lost.recoverable`), so that a lost
+    one is run again here."""
+    import optuna
 
     distributions = {key: dim.distribution() for key, dim in plan.dims.items()}
     token = uuid.uuid4().hex[:12]
-    me = f"{socket.gethostname()}:{os.getpid()}:{token}"
+    me = worker_id(token)
     target = plan.target()
     started_one = False
-    _LIVE_TOKENS.add(token)
+    LIVE_TOKENS.add(token)
     try:
         while True:
             if stop.requested or stop.parent_gone():
@@ -300,16 +276,29 @@ def _work(
             if started_one and deadline is not None and time.time() >= deadline:
                 return False
             with _study_lock(plan.study_dir):
-                trials = study.get_trials(deepcopy=False)
-                if _fail_abandoned(study, trials):
-                    trials = study.get_trials(deepcopy=False)
-                taken = sum(1 for t in trials if _counted(t) or t.state == TrialState.RUNNING)
-                if taken >= target:
-                    return False
-                trial = study.ask(distributions)
-                trial.set_user_attr("worker", me)
+                next_step = _next_step(study, target)
+                if next_step == "ask":
+                    trial = _ask(study, distributions, me, target)
+            if next_step == "done":
+                return False
+            if next_step == "wait":
+                time.sleep(WAIT_SECONDS)
+                continue
+            if trial is None:
+                continue  # the study was full when this trial came: it was not run
             started_one = True
-            outcome = _run_trial(plan, study, trial, stop)
+            try:
+                outcome = _run_trial(plan, study, trial, stop)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Its heartbeat came too late (a stalled machine): another worker took the
+                # trial for lost and queued it again; its result is not this worker's to tell.
+                if progress:
+                    print(f"{_who(worker)}trial {trial.number} was taken for lost by the study "
+                          "(no heartbeat in time) and queued again; its result is dropped",
+                          file=sys.stderr, flush=True)
+                continue
+            with _study_lock(plan.study_dir):
+                _keep_best_weights(study, plan.study_dir)
             if progress:
                 print(_trial_line(study, plan, outcome, worker), file=sys.stderr, flush=True)
             if outcome.state == "interrupted":
@@ -317,11 +306,76 @@ def _work(
     except KeyboardInterrupt:
         return True
     finally:
-        _LIVE_TOKENS.discard(token)
+        LIVE_TOKENS.discard(token)
+
+
+def _next_step(study: optuna.Study, target: int) -> str:
+    """``ask`` for a trial, ``wait`` for other workers' trials, or ``done``."""
+    from optuna.trial import TrialState
+
+    close_lost(study, study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(1 for t in trials if _counted(t))
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    if counted >= target:
+        return "done"
+    if counted + len(running) < target or waiting:
+        return "ask"
+    storage = study_storage(study)
+    return "wait" if any(recoverable(t, storage) for t in running) else "done"
+
+
+def _ask(
+    study: optuna.Study, distributions: dict[str, Any], me: str, target: int
+) -> optuna.Trial | None:
+    """A new trial, or one queued again (Optuna's ask takes those first), as this worker's.
+
+    Workers on other machines share no lock: two may ask when one trial remains. A trial
+    whose earlier trials already fill the study is closed at once (``skipped``, not counted):
+    so the study holds exactly ``target`` trials however many workers there are."""
+    from optuna.trial import TrialState
+
+    with quiet_experimental():
+        trial = study.ask(distributions)
+    trial.set_user_attr("worker", me)
+    earlier = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number < trial.number
+        and (_counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))
+    ]
+    if len(earlier) < target:
+        return trial
+    trial.set_user_attr("surplus", True)
+    study.tell(trial, state=TrialState.FAIL)
+    return None
+
+
+def _keep_best_weights(study: optuna.Study, folder: Path) -> None:
+    """Delete the weights of every finished trial but the study's best in the study folder
+    (those of running trials stay: one may become the best)."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    try:
+        best = study.best_trial.number
+    except ValueError:
+        best = None
+    for path in folder.glob(f"trial-*/{WEIGHTS[0]}"):
+        number = path.parent.name.removeprefix("trial-")
+        trial = trials.get(int(number)) if number.isdigit() else None
+        if trial is None or trial.number == best or not trial.state.is_finished():
+            continue
+        for name in WEIGHTS:
+            with contextlib.suppress(OSError):
+                (path.parent / name).unlink(missing_ok=True)
+
+
+def _who(worker: int) -> str:
+    return f"[worker {worker}] " if worker else ""
 
 
 def _trial_line(study: optuna.Study, plan: _Plan, outcome: _Outcome, worker: int) -> str:
-    who = f"[worker {worker}] " if worker else ""
+    who = _who(worker)
     shown = "  ".join(f"{k}={_short(v)}" for k, v in outcome.values.items())
     if outcome.state == "failed":
         return f"{who}trial {outcome.number} failed: {outcome.error}  ({shown})"
@@ -502,15 +556,19 @@ def search(
     progress: bool,
     plots: bool,
     allow_changes: bool = False,
+    heartbeat: int | None = None,
+    report: bool = False,
 ) -> SearchResult:
     """The search behind :func:`tune` and ``traincraft tune``: check the space, open the study
     (refusing one whose base recipe changed, unless ``allow_changes``), run the trials in this
     process and ``workers - 1`` others, then write the study folder's files."""
+    _refuse_torchrun()
     raw = _as_raw(recipe)
     section = read_section(raw)
     raw.pop("tune")
     base = recipe_with(raw, {})
     _check_counts(trials, workers)
+    heartbeat = check_heartbeat(heartbeat, storage)
     dims = section.dimensions()
     check_space(raw, dims)
     _require_optuna()
@@ -523,7 +581,7 @@ def search(
     name = study or base.name
     folder = Path(study_dir) if study_dir is not None else Path("runs") / f"{base.name}-tune"
     folder.mkdir(parents=True, exist_ok=True)
-    plan = _Plan(raw, section, name, folder, storage, trials or section.trials)
+    plan = _Plan(raw, section, name, folder, storage, trials or section.trials, heartbeat, report)
     deadline = time.time() + section.timeout if section.timeout else None
     threads = max(1, _cpus() // workers) if workers > 1 else None
     with _quiet_optuna(), _Stop().handling() as stop:
@@ -576,6 +634,21 @@ def _check_counts(trials: int | None, workers: int) -> None:
             raise TraincraftError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def _refuse_torchrun() -> None:
+    """Under torchrun every process would ask the study for a trial of its own, and the
+    trials would train together in one process group: refused."""
+    from traincraft.distributed import launched_world_size
+
+    size = launched_world_size()
+    if size > 1:
+        raise TraincraftError(
+            f"traincraft tune does not run under torchrun (WORLD_SIZE={size}): each process "
+            "would train a trial of its own in one process group; run it without torchrun, "
+            "with --workers K on one machine, or one `traincraft tune --storage "
+            "postgresql://... --study NAME` per machine"
+        )
+
+
 def _require_optuna() -> None:
     import importlib.util
 
@@ -594,11 +667,14 @@ def tune(
     progress: bool = False,
     plots: bool = True,
     allow_changes: bool = False,
+    heartbeat: int | None = None,
+    report: bool = False,
 ) -> optuna.Study:
     """Search the recipe's ``tune.space`` with Optuna; every trial is an ordinary run.
 
     Running again with the same study continues it until it holds ``trials`` trials (complete,
-    pruned or failed; trials cut short by Ctrl-C or a killed worker do not count), provided the
+    pruned or failed; trials cut short by Ctrl-C or a lost worker do not count: a lost worker's
+    trial is run again by the others), provided the
     recipe's keys that are not searched are what the study was run with. A trial that
     fails is recorded with its error (user attribute ``error``) and the search goes on. Ctrl-C
     stops after the current step of each worker; the study stays as it was.
@@ -617,6 +693,11 @@ def tune(
         plots: write the PNG plots.
         allow_changes: continue a study although its base recipe (the keys that are not
             searched) changed; ``best.yaml`` stays the recipe the best trial trained with.
+        heartbeat: with a database URL, seconds between a running trial's heartbeats (default
+            60): a trial without one for twice as long is taken for lost and run again.
+        report: each trial also writes its report.html and evaluates its best weights at its
+            end (results.json's test figures and tables, predictions.npz); off, a trial's run
+            folder holds its recipe, metrics.csv and, for the study's best, its weights.
 
     Returns:
         The ``optuna.Study`` (``best_value``, ``best_params``, ``trials``, ...).
@@ -643,6 +724,8 @@ def tune(
         progress=progress,
         plots=plots,
         allow_changes=allow_changes,
+        heartbeat=heartbeat,
+        report=report,
     )
     if progress:
         print(result.summary, file=sys.stderr, flush=True)

@@ -3,10 +3,17 @@ Optuna after every epoch (so that a pruner can stop it), and how it ended told t
 
 A trial's value is the best figure of its epochs (the one early stopping restores). Trials cut
 short by Ctrl-C or by a worker that went away are marked so that running again makes them up.
+
+A trial writes no checkpoints, no report and no evaluation at its end (unless the search asks
+for the report). It keeps the weights of its value's epoch (``best.safetensors`` and
+``best.json`` in its folder) while it may be the study's best: the search then deletes those of
+every finished trial but the best, so that ``traincraft evaluate STUDY/trial-N`` works for the
+best trial.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import weakref
@@ -17,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.monitor import Monitor
 from traincraft.errors import TraincraftError
+from traincraft.tuning.lost import lost_for_good
 from traincraft.tuning.recipes import TRIAL_ATTR, trial_recipe
 from traincraft.tuning.space import _release, recipe_with
+from traincraft.tuning.storages import Heartbeat, study_storage
 
 if TYPE_CHECKING:
     import optuna
@@ -28,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricNotReported"]
 
+WEIGHTS = ("best.safetensors", "best.json")
+
 
 class MetricNotReported(TraincraftError):
     """The tuned metric is not among the figures a trial reports: every trial would fail."""
@@ -35,12 +46,24 @@ class MetricNotReported(TraincraftError):
 
 class _Reporter(Callback):
     """Reports the tuned figure to the trial after every epoch and stops a pruned trial (and
-    a trial whose worker was asked to stop before it began, or lost its parent process)."""
+    a trial whose worker was asked to stop before it began, or lost its parent process).
 
-    def __init__(self, trial: optuna.Trial, metric: str, mode: str, stop: _Stop):
+    On every improvement of the figure that beats ``to_beat`` (the study's best when the trial
+    started; None: there was none), it writes the weights just validated to ``run_dir``."""
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        metric: str,
+        mode: str,
+        stop: _Stop,
+        run_dir: Path | None = None,
+        to_beat: float | None = None,
+    ):
         self.trial = trial
         self.monitor = Monitor(metric, mode)
         self.stop = stop
+        self.run_dir, self.to_beat = run_dir, to_beat
         self.best_epoch: int | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -61,9 +84,30 @@ class _Reporter(Callback):
         epoch = trainer.state.epoch
         if self.monitor.update(value):
             self.best_epoch = epoch
+            self.keep_weights(trainer, value, epoch)
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             trainer.state.request_stop("pruned")
+
+    def keep_weights(self, trainer: Trainer, value: float, epoch: int, *, now: bool = False) -> None:
+        """The model's weights as the trial's, when they may be the study's best: at most
+        every few seconds during the fit (its end writes the last version), or ``now``."""
+        if self.run_dir is None or not self.may_be_best(value):
+            return
+        from traincraft.callbacks.checkpoint import mirror_interval
+        from traincraft.checkpoint import save_weights
+        from traincraft.files import atomic_write_text
+
+        every = None if now else mirror_interval(trainer)
+        save_weights(trainer.model, self.run_dir / WEIGHTS[0], at_most_every=every)
+        best = {"epoch": epoch, "step": trainer.state.step, "monitor": self.monitor.monitor,
+                "value": value}
+        atomic_write_text(self.run_dir / WEIGHTS[1], json.dumps(best, indent=2), at_most_every=every)
+
+    def may_be_best(self, value: float) -> bool:
+        if self.to_beat is None:
+            return True
+        return value < self.to_beat if self.monitor.mode == "min" else value > self.to_beat
 
     @property
     def best(self) -> float | None:
@@ -101,7 +145,12 @@ def _fit_trial(
     recipe = recipe_with(plan.trial_raw, values)
     # A trial cut short is run again as a new trial, never resumed: no resume checkpoints.
     trainer = Trainer.from_recipe(
-        recipe, run_dir=run_dir, progress=False, callbacks=[reporter], checkpoint=False
+        recipe,
+        run_dir=run_dir,
+        progress=False,
+        callbacks=[reporter],
+        checkpoint=False,
+        report=plan.report,
     )
     built.extend([weakref.ref(trainer), weakref.ref(trainer.model), weakref.ref(trainer.optimizer)])
     trainer.fit()
@@ -111,6 +160,8 @@ def _fit_trial(
     if stop is not None and stop.restore_best and best and best["monitor"] == plan.section.metric:
         # The weights the run keeps are early stopping's best: the trial's value is theirs.
         value, best_epoch = float(best["value"]), int(best["epoch"])
+        if best_epoch != reporter.best_epoch:  # min_delta: not the epoch the reporter kept
+            reporter.keep_weights(trainer, value, best_epoch, now=True)
     fitted = _Fitted(trainer.state.stop_reason, trainer.state.epoch, value, best_epoch)
     del trainer, recipe
     return fitted
@@ -127,12 +178,15 @@ def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial, stop: _Sto
     trial.set_user_attr("values", values)
     trial.set_user_attr("run_dir", str(run_dir))
     outcome = _Outcome(trial.number, "failed", values=values)
-    reporter = _Reporter(trial, plan.section.metric, plan.mode, stop)
+    reporter = _Reporter(
+        trial, plan.section.metric, plan.mode, stop, run_dir=run_dir, to_beat=_study_best(study)
+    )
     built: list[weakref.ref[Any]] = []
     try:
         # The recipe it trains, kept in the study: best.yaml is written from it.
         trial.set_user_attr(TRIAL_ATTR, trial_recipe(plan.raw, values))
-        fitted = _fit_trial(plan, values, run_dir, reporter, built)
+        with Heartbeat(study_storage(study), trial._trial_id):
+            fitted = _fit_trial(plan, values, run_dir, reporter, built)
     except KeyboardInterrupt:
         fitted = _Fitted("interrupted", 0, None, None)
     except MetricNotReported as err:
@@ -169,27 +223,37 @@ def _run_trial(plan: _Plan, study: optuna.Study, trial: optuna.Trial, stop: _Sto
     return outcome
 
 
+def _study_best(study: optuna.Study) -> float | None:
+    try:
+        return float(study.best_value)
+    except ValueError:
+        return None
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err) if isinstance(err, TraincraftError) else f"{type(err).__name__}: {err}"
     return " ".join(text.split())
 
 
 def _counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Done by itself: complete, pruned, or failed with an error of its own. Trials cut short
-    by Ctrl-C or by a worker that went away are not counted: running again makes them up."""
+    """Done by itself: complete, pruned, or failed with an error of its own (or lost again
+    after it was queued again as often as allowed). Trials cut short by Ctrl-C or by a worker
+    that went away are not counted: running again, or another worker, makes them up."""
     from optuna.trial import TrialState
 
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and "error" in trial.user_attrs
+    return trial.state == TrialState.FAIL and ("error" in trial.user_attrs or lost_for_good(trial))
 
 
 def _trial_label(trial: optuna.trial.FrozenTrial) -> str:
-    """complete, pruned, failed, interrupted, abandoned, running or waiting."""
+    """complete, pruned, failed, interrupted, abandoned, skipped, running or waiting."""
     from optuna.trial import TrialState
 
     if trial.state == TrialState.FAIL:
-        if "error" in trial.user_attrs:
+        if "error" in trial.user_attrs or lost_for_good(trial):
             return "failed"
+        if trial.user_attrs.get("surplus"):
+            return "skipped"
         return "interrupted" if trial.user_attrs.get("interrupted") else "abandoned"
     return trial.state.name.lower()
