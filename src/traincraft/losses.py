@@ -4,7 +4,9 @@ A loss spec is a name (``"mse"``, ``"cross_entropy"``), a dict of the loss's key
 (``{"name": "huber", "delta": 0.5}``), a list of weighted terms, an ``nn.Module`` or any callable
 ``(pred, target) -> Tensor``. :func:`build` turns each into a module that the trainer calls as
 ``loss_fn(pred, target)`` and that returns the MEAN over the batch's samples (the trainer weights
-batches by their size to report exact epoch figures).
+batches by their size to report exact epoch figures). Losses that are not a per-sample mean
+(class weights, ``ignore_index``, a dice over the batch) are carried as sums instead:
+:func:`summing` gives their batch as a :class:`~traincraft.loss_sums.SummedLoss`.
 
 :func:`target_adapter` checks the first batch's prediction and target once and returns a cheap
 function that aligns every later target with its prediction (``(N, 1)`` vs ``(N,)``, integer labels
