@@ -37,7 +37,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -294,6 +294,21 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
             for tensor in group:
                 tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
                 offset += tensor.numel()
+
+
+def start_sum(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Start summing ``tensor`` over every process, in place, without waiting; returns the
+    function that waits for the sum and gives it (a ratio loss's window denominator: the sum runs
+    while the window's last backward computes)."""
+    import torch.distributed as dist
+
+    work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+
+    def wait() -> torch.Tensor:
+        work.wait()
+        return tensor
+
+    return wait
 
 
 def reduce_figures(means: RunningMeans, metrics: MetricSet) -> None:

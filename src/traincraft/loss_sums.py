@@ -37,13 +37,14 @@ from torch import Tensor
 
 
 def safe_denominator(den: Tensor) -> Tensor:
-    """``den`` with 0 replaced by 1: a batch (or window) in which nothing counts has the value 0
-    and a zero gradient, not 0/0 (its numerator is 0 too)."""
+    """``den`` with 0 replaced by 1: a window in which nothing counts steps with a zero gradient,
+    not 0/0 (its numerators are 0 too)."""
     return den.masked_fill(den == 0, 1)
 
 
 class RatioSource:
-    """How sums ``(numerator, denominator)`` become the loss: their quotient."""
+    """How sums ``(numerator, denominator)`` become the loss: their quotient (0 when nothing
+    counts)."""
 
     ratio = True
 
@@ -57,27 +58,28 @@ class RatioSource:
 RATIO = RatioSource()
 
 
+#: The smallest normal float32: a denominator of 0 becomes this (never reached otherwise:
+#: denominators are counts or sums of class weights).
+_TINY = torch.finfo(torch.float32).tiny
+
+
 class SummedLoss:
     """A batch's loss as sums that add up over batches and processes, and their ``source`` (which
     turns sums into the loss: ``source.value_of_sums``, and for a weighted list of terms
     ``source.term_values_of_sums``).
 
     Attributes:
-        sums: 1-D tensor, differentiable; for a ratio ``(numerator, denominator)`` with a
-            denominator that does not depend on the model.
-        source: :data:`RATIO` or a loss module with ``value_of_sums`` (dice, a list of terms).
-        ratio: whether the sums are a ratio (its gradient can be divided once per window).
+        sums: 1-D tensor, differentiable.
+        source: a loss module with ``value_of_sums`` (dice), or how a weighted list's sums are
+            laid out.
+        ratio: False; :class:`RatioLoss` (a ratio's gradient is divided once per window) is True.
     """
 
-    __slots__ = ("sums", "source")
+    ratio = False
 
-    def __init__(self, sums: Tensor, source: Any = RATIO):
+    def __init__(self, sums: Tensor, source: Any):
         self.sums = sums
         self.source = source
-
-    @property
-    def ratio(self) -> bool:
-        return bool(getattr(self.source, "ratio", False))
 
     @property
     def value(self) -> Tensor:
@@ -88,8 +90,38 @@ class SummedLoss:
         """The sums times ``factor`` (0: a stand-in batch that counts nothing)."""
         return SummedLoss(self.sums * factor, self.source)
 
+    def parts(self) -> tuple[Tensor, ...]:
+        """Detached pieces whose sums over batches make the epoch's sums (see EpochLossSums)."""
+        return (self.sums.detach().reshape(-1),)
 
-def Ratio(numerator: Tensor, denominator: Tensor | float) -> SummedLoss:  # noqa: N802 - reads as a value
+
+class RatioLoss(SummedLoss):
+    """``numerator / denominator``, the denominator independent of the model (made by
+    :func:`Ratio`). Kept as two scalars: no stacking per batch."""
+
+    ratio = True
+
+    def __init__(self, numerator: Tensor, denominator: Tensor):
+        self.numerator, self.denominator = numerator, denominator
+        self.source = RATIO
+
+    @property
+    def sums(self) -> Tensor:  # type: ignore[override]
+        return torch.stack((self.numerator, self.denominator))
+
+    @property
+    def value(self) -> Tensor:
+        # 0/tiny = 0 where nothing counts (the numerator is 0 then): one kernel, not a mask.
+        return self.numerator / self.denominator.clamp_min(_TINY)
+
+    def scaled(self, factor: float) -> RatioLoss:
+        return RatioLoss(self.numerator * factor, self.denominator * factor)
+
+    def parts(self) -> tuple[Tensor, ...]:
+        return (self.numerator.detach(), self.denominator)
+
+
+def Ratio(numerator: Tensor, denominator: Tensor | float) -> RatioLoss:  # noqa: N802 - reads as a value
     """A batch loss ``numerator / denominator`` whose denominator depends on the targets only
     (``Σ wᵢ lᵢ`` and ``Σ wᵢ``; a loss's own ``(sum, count)``). Return it from
     ``Trainer.compute_loss`` or a loss module's ``summed(pred, target)``.
@@ -97,15 +129,20 @@ def Ratio(numerator: Tensor, denominator: Tensor | float) -> SummedLoss:  # noqa
     Example:
         >>> Ratio(F.nll_loss(logp, y, reduction="sum"), (y != -100).sum())
     """
-    numerator = numerator.float() if numerator.dtype in (torch.float16, torch.bfloat16) else numerator
-    den = torch.as_tensor(denominator, device=numerator.device).to(numerator.dtype).detach()
-    return SummedLoss(torch.stack([numerator.reshape(()), den.reshape(())]), RATIO)
+    if numerator.dtype in (torch.float16, torch.bfloat16):
+        numerator = numerator.float()
+    numerator = numerator.reshape(())
+    if not isinstance(denominator, Tensor):
+        denominator = torch.full((), float(denominator), dtype=numerator.dtype, device=numerator.device)
+    elif denominator.dtype != numerator.dtype:
+        denominator = denominator.to(numerator.dtype)
+    return RatioLoss(numerator, denominator.detach().reshape(()))
 
 
-def plain_sums(mean: Tensor, samples: int) -> Tensor:
-    """A per-sample mean as sums ``(mean × samples, samples)``: a term of a weighted list."""
+def plain_ratio(mean: Tensor, samples: int) -> RatioLoss:
+    """A per-sample mean as the ratio ``(mean × samples, samples)``: a term of a weighted list."""
     count = torch.full((), samples, dtype=mean.dtype, device=mean.device)
-    return torch.stack([mean.reshape(()) * count, count])
+    return RatioLoss(mean.reshape(()) * count, count)
 
 
 def surrogate(summed: SummedLoss, reduce_sum: Callable[[list[Tensor]], Any]) -> tuple[Tensor, Tensor]:
@@ -126,53 +163,83 @@ class EpochLossSums:
     """An epoch's (or an evaluation's) summed loss sums, kept on the device: the loss and its
     terms over every sample as one batch. Reduced over processes once, before it is read.
 
+    Batches are added in groups of ``GROUP`` (one stacked sum instead of a kernel per batch);
+    the grouping depends only on how many were added, and a state dict keeps a group under way as
+    it is, so a resumed run rounds its sums exactly as an uninterrupted one.
+
     Example:
         >>> sums = EpochLossSums(torch.device("cpu"), source=loss_fn)
         >>> sums.add(summed)                 # each batch
         >>> sums.figures(prefix="val_")      # {'val_loss': ..., 'val_loss/dice': ...}
     """
 
+    GROUP = 64
+
     def __init__(self, device: torch.device, source: Any = None):
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
         self.device = device
         self.source = source  # what turns sums into the loss; else that of the batches added
-        self.total: Tensor | None = None
+        self._total: Tensor | None = None
+        self._held: list[tuple[Tensor, ...]] = []
+
+    @property
+    def total(self) -> Tensor | None:
+        """The sums so far (held batches flushed in)."""
+        self._flush()
+        return self._total
 
     def reset(self) -> None:
-        self.total = None
+        self._total, self._held = None, []
 
     def add(self, summed: SummedLoss) -> None:
-        """One batch's sums (detached). Reads nothing back to the host."""
-        part = summed.sums.detach().to(self.dtype)
+        """One batch's sums (detached, held until a group is full). Reads nothing to the host."""
         self.source = summed.source  # a weighted list's says how its sums are laid out
-        if self.total is None or self.total.shape != part.shape:
-            self.total = part.clone()
+        self._held.append(summed.parts())
+        if len(self._held) >= self.GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        columns = [torch.stack(column).to(self.dtype).sum(0).reshape(-1) for column in zip(*held)]
+        part = columns[0] if len(columns) == 1 else torch.cat(columns)
+        if self._total is None or self._total.shape != part.shape:
+            self._total = part
         else:
-            self.total = self.total + part  # out of place: evaluation's sums are inference tensors
+            self._total = self._total + part  # out of place: evaluation's sums are inference tensors
 
     def sync(self, reduce_sum: Callable[[list[Tensor]], Any]) -> None:
         """Sum every process's sums in place (every process must hold sums)."""
-        if self.total is not None:
-            reduce_sum([self.total])
+        total = self.total
+        if total is not None:
+            reduce_sum([total])
 
     def figures(self, prefix: str) -> dict[str, float]:
         """``{prefix}loss`` and, for a weighted list, ``{prefix}loss/<term>``; empty before any
         batch (the caller then keeps its sample-weighted figures)."""
-        if self.total is None or self.source is None:
+        total = self.total
+        if total is None or self.source is None:
             return {}
         source = self.source
-        total = self.total.detach().cpu()
+        total = total.detach().cpu()
         figures = {f"{prefix}loss": _float(source.value_of_sums(total))}
         terms: Mapping[str, Tensor] = getattr(source, "term_values_of_sums", lambda s: {})(total)
         figures.update({f"{prefix}loss/{name}": _float(value) for name, value in terms.items()})
         return figures
 
     def state_dict(self) -> dict[str, Any]:
-        return {"total": None if self.total is None else self.total.detach().cpu().clone()}
+        return {
+            "total": None if self._total is None else self._total.detach().cpu().clone(),
+            # The group under way, as it is.
+            "held": [[piece.detach().cpu().clone() for piece in parts] for parts in self._held],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
-        total = (state or {}).get("total")
-        self.total = None if total is None else torch.as_tensor(total).to(self.device, self.dtype)
+        state = state or {}
+        total = state.get("total")
+        self._total = None if total is None else torch.as_tensor(total).to(self.device, self.dtype)
+        self._held = [tuple(piece.to(self.device) for piece in parts) for parts in state.get("held", [])]
 
 
 def _float(value: Tensor) -> float:

@@ -119,6 +119,9 @@ class Stepper:
         self.window_total: int | None = None
         self._all_true: Callable[[bool], bool] | None = None
         self._reduce_sum: Callable[[list[torch.Tensor]], Any] | None = None
+        self._start_sum: Callable[[torch.Tensor], Callable[[], torch.Tensor]] | None = None
+        self._ends_window = False  # the current micro-batch ends its window (micro_batch)
+        self._window_sum: Callable[[], torch.Tensor] | None = None  # the denominators' sum under way
         # A ratio loss: the window's summed denominators (its numerators are back-propagated).
         self.window_denominator: torch.Tensor | None = None
         self.window_loss: torch.Tensor | None = None  # summed, only when checking every step
@@ -134,12 +137,14 @@ class Stepper:
             )
 
     def distribute(self, ddp: Any, world_size: int, all_true: Callable[[bool], bool],
-                   reduce_sum: Callable[[list[torch.Tensor]], Any] | None = None) -> None:
+                   reduce_sum: Callable[[list[torch.Tensor]], Any] | None = None,
+                   start_sum: Callable[[torch.Tensor], Callable[[], torch.Tensor]] | None = None) -> None:
         """Train under DDP with ``world_size`` processes; ``all_true`` agrees on a flag among them
         (the non-finite policies skip or roll back a step on every process or on none);
-        ``reduce_sum`` sums tensors over them in place (losses carried as sums)."""
+        ``reduce_sum`` sums tensors over them in place, ``start_sum`` without waiting (losses
+        carried as sums)."""
         self.ddp, self.world_size, self._all_true = ddp, int(world_size), all_true
-        self._reduce_sum = reduce_sum
+        self._reduce_sum, self._start_sum = reduce_sum, start_sum
 
     @property
     def weighted(self) -> bool:
@@ -149,7 +154,7 @@ class Stepper:
     def micro_batch(self, *, last_of_epoch: bool) -> contextlib.AbstractContextManager[Any]:
         """Around one micro-batch's forward and backward: under DDP, a micro-batch that does not
         end its window skips the gradient all-reduce (``no_sync``); the window's last one does it."""
-        ends_window = last_of_epoch or self.micro_batches + 1 >= self.accumulate
+        ends_window = self._ends_window = last_of_epoch or self.micro_batches + 1 >= self.accumulate
         if self.ddp is None or ends_window:
             return _NO_CONTEXT
         return self.ddp.no_sync()
@@ -180,10 +185,13 @@ class Stepper:
           its samples (a dice is the dice of the batch it is computed over).
         """
         if summed.ratio and self.weighted:
-            denominator = summed.sums[1].detach()
-            loss = summed.sums[0] if penalty is None else summed.sums[0] + penalty * denominator
+            numerator, denominator = summed.numerator, summed.denominator  # type: ignore[attr-defined]
+            loss = numerator if penalty is None else numerator + penalty * denominator
             previous = self.window_denominator
             self.window_denominator = denominator if previous is None else previous + denominator
+            if self.world_size > 1 and self._ends_window and self._start_sum is not None:
+                # The window's denominators known: their sum over processes runs during the backward.
+                self._window_sum = self._start_sum(self.window_denominator.float().clone())
             self._backward(loss, samples)
             return summed.value.detach()
         if self.world_size > 1 and not summed.ratio:
@@ -235,9 +243,12 @@ class Stepper:
     def _window_divisor(self) -> float | torch.Tensor:
         if self.window_denominator is not None:  # a ratio loss: Σ denominators, all processes
             denominator = self.window_denominator.float()
-            if self.world_size > 1 and self._reduce_sum is not None:
-                denominator = denominator.clone()
-                self._reduce_sum([denominator])
+            if self.world_size > 1:
+                if self._window_sum is not None:
+                    denominator, self._window_sum = self._window_sum(), None
+                elif self._reduce_sum is not None:
+                    denominator = denominator.clone()
+                    self._reduce_sum([denominator])
                 # DDP divides the sum over processes by their number: what is left to divide by.
                 return safe_denominator(denominator) / self.world_size
             return safe_denominator(denominator)
@@ -268,6 +279,7 @@ class Stepper:
         self.window_total = None
         self.window_loss = None
         self.window_denominator = None
+        self._window_sum = None
 
     def closure_step(self, window: list[tuple[Callable[[], torch.Tensor], int]]) -> bool:
         """Step an optimizer that takes a closure (L-BFGS), as Lightning does: each call of the

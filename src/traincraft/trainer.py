@@ -899,7 +899,8 @@ class Trainer:
         self.ddp = ddp if ddp is not None else distributed.wrap_model(self.model, self.world)
         self.forward_model = torch.compile(self.ddp) if compile_ else self.ddp
         self.eval_model = torch.compile(self.model) if compile_ else self.model
-        self.stepper.distribute(self.ddp, self.world_size, distributed.all_true, distributed.all_reduce_sum)
+        self.stepper.distribute(self.ddp, self.world_size, distributed.all_true, distributed.all_reduce_sum,
+                                distributed.start_sum)
 
     def _agree_on_stop(self) -> None:
         """Several processes: a stop asked on any of them is acted on by all, now (blocking)."""
