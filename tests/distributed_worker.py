@@ -10,7 +10,12 @@ the equivalence runs (``OUT/<case>.pt``). The suite's phases, in one process gro
    each compared by the test with 1 process × batch 32. A callback hashes the parameters after
    every step; a metric counts the samples; a DDP comm hook counts the gradient all-reduces.
    Then the metrics over each process's uneven shard, reduced (and gathered) as the trainer does.
-2. the command line under torchrun: ``traincraft fit RECIPE`` (no --run-dir: rank 0 names the
+2. losses that are not a per-sample mean (:data:`SUMMED_LOSSES`: class weights, an
+   ``ignore_index`` hit unevenly across the processes, a dice over the batch, a list of terms):
+   one SGD step of 2 processes × 20 samples (and 2 × 10 × accumulate 2), then ``evaluate`` in
+   batches of 7; rank 0 saves the weights and figures (``OUT/summed-<case>.pt``), which the test
+   compares with torch on the 40 samples as one batch.
+3. the command line under torchrun: ``traincraft fit RECIPE`` (no --run-dir: rank 0 names the
    folder) counting the files each process writes, then the same recipe with
    ``STOP_AT_FORWARD`` set, which sends SIGINT to rank 0 alone in the middle of an epoch.
 
@@ -42,6 +47,15 @@ from traincraft.metrics import Metric
 
 GLOBAL_BATCH = 32
 EPOCHS = 3
+
+#: Losses whose batch value is not a per-sample mean: (loss spec, which targets).
+SUMMED_LOSSES = {
+    "class_weights": ({"name": "cross_entropy", "class_weight": [1.0, 4.0, 0.25]}, "skewed"),
+    "ignore_index": ({"name": "cross_entropy", "ignore_index": -100}, "ignored"),
+    "dice": ("dice", "skewed"),
+    "terms": ([{"name": "cross_entropy", "class_weight": [1.0, 4.0, 0.25]}, {"name": "dice", "weight": 0.5}],
+              "skewed"),
+}
 
 
 class StopMLP(nn.Module):
@@ -126,6 +140,48 @@ def regression_data() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Te
     y = X @ torch.tensor([[1.0], [-1.0], [0.5], [2.0]]) + 0.1 * torch.randn(101, 1, generator=g)
     Xv = torch.randn(5, 4, generator=g)
     return (X, y), (Xv, Xv.sum(1, keepdim=True))
+
+
+def summed_loss_data(targets: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """40 samples of 3 classes. Unshuffled, process 0 of 2 takes the even samples: "skewed"
+    gives it most of class 1 (weight 4), "ignored" 7 of its 20 targets ignored against 1 of the
+    other process's."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(40, 4, generator=g)
+    y = torch.randint(0, 3, (40,), generator=g)
+    if targets == "skewed":
+        y[0:24:2] = 1
+    else:
+        y[[0, 2, 4, 6, 8, 10, 12, 1]] = -100
+    return X, y
+
+
+def summed_loss_model() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def summed_loss_trainer(spec, batch_size: int, accumulate: int = 1) -> tc.Trainer:
+    """One SGD step over 40 samples in batches of ``batch_size`` (per process), in order."""
+    return tc.Trainer(summed_loss_model(), loss=spec, optimizer="sgd", lr=0.5, batch_size=batch_size,
+                      step={"accumulate": accumulate}, max_epochs=1, seed=0, data={"shuffle": False},
+                      progress=False)
+
+
+def summed_losses(out: Path, rank: int, world_size: int) -> None:
+    for case, (spec, targets) in SUMMED_LOSSES.items():
+        data = summed_loss_data(targets)
+        runs = {"step": (40 // world_size, 1), "accumulate": (40 // world_size // 2, 2)}
+        saved = {}
+        for name, (batch_size, accumulate) in runs.items():
+            trainer = summed_loss_trainer(spec, batch_size, accumulate)
+            history = trainer.fit(data)
+            saved[name] = {"weights": trainer.model.state_dict(), "train_loss": history.epochs[0]["train_loss"],
+                           "evaluate": trainer.evaluate(data)["loss"]}
+            trainer.batch_size = 7
+            saved[name]["evaluate_7"] = trainer.evaluate(data)["loss"]
+        if rank == 0:
+            torch.save(saved, out / f"summed-{case}.pt")
 
 
 def equivalence_model() -> nn.Module:
@@ -286,8 +342,9 @@ def main() -> None:
     rank = int(os.environ["RANK"])
     if mode == "suite":
         recipe = str(Path(sys.argv[3]).resolve())
-        seen = {"rank": rank, "equivalence": equivalence(out, rank), "metrics": metric_shards(rank),
-                "cli": command_line(out, recipe, rank)}
+        seen = {"rank": rank, "equivalence": equivalence(out, rank), "metrics": metric_shards(rank)}
+        summed_losses(out, rank, int(os.environ["WORLD_SIZE"]))
+        seen["cli"] = command_line(out, recipe, rank)
     elif mode == "hang-end":
         seen = {"rank": rank, "hang": hang(timeout=2.0, sleeper=SleepAtEnd(2.0 + 3))}  # after the last collective
     else:

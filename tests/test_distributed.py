@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from traincraft import distributed, judging
+from traincraft import distributed, judging, losses
 from traincraft.checkpoint import CheckpointError, load_checkpoint
 from traincraft.data import (
     DatasetBatches,
@@ -396,6 +396,37 @@ def test_resuming_under_two_processes_continues_exactly(two_processes) -> None:
     read = lambda folder: [line.rsplit(",", 1)[0] for line in (folder / "metrics.csv").read_text().splitlines()]  # noqa: E731
     assert "seconds" in (full / "metrics.csv").read_text().splitlines()[0].rsplit(",", 1)[1]
     assert read(out / "interrupted") == read(full)
+
+
+def summed_loss_reference(case: str, chunks: int) -> tuple[dict, float, float]:
+    """torch on the 40 samples: one SGD step on the loss of ``chunks`` equal batches, weighted by
+    their samples (1: the whole as one batch), and the loss of the whole before and after."""
+    spec, targets = worker.SUMMED_LOSSES[case]
+    X, y = worker.summed_loss_data(targets)
+    model, loss_fn = worker.summed_loss_model(), losses.build(spec)
+    with torch.no_grad():
+        before = loss_fn(model(X), y)
+    sum(loss_fn(model(Xc), yc) / chunks for Xc, yc in zip(X.chunk(chunks), y.chunk(chunks))).backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            param -= 0.5 * param.grad
+        after = loss_fn(model(X), y)
+    return model.state_dict(), float(before), float(after)
+
+
+@pytest.mark.parametrize("case", list(worker.SUMMED_LOSSES))
+def test_losses_that_are_not_a_per_sample_mean_train_on_two_processes_like_one_batch(two_processes, case) -> None:
+    saved = torch.load(two_processes.out / f"summed-{case}.pt")
+    # A ratio is exact over an accumulation window too (2 × 10 × 2); a set loss (a dice over the
+    # batch) is the sample-weighted mean of the window's global micro-batches, 0-19 and 20-39.
+    set_loss = case in ("dice", "terms")
+    for run, chunks in (("step", 1), ("accumulate", 2 if set_loss else 1)):
+        weights, before, after = summed_loss_reference(case, chunks)
+        assert_same_weights(saved[run]["weights"], weights, atol=1e-6)  # 2 × 20 = 1 × 40
+        # The figures: the 40 samples as one batch, in batches of 20 or 7 per process.
+        assert saved[run]["train_loss"] == pytest.approx(before, rel=1e-6)
+        assert saved[run]["evaluate"] == pytest.approx(after, rel=1e-6)
+        assert saved[run]["evaluate_7"] == pytest.approx(after, rel=1e-6)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (nccl)")

@@ -214,6 +214,14 @@ CLASSIFICATION = {
     "schedule": {"name": "cosine", "warmup": "10%"},
 }
 
+# A ratio loss: numerators back-propagated, the window divided by its summed denominators on
+# the device; the epoch's sums read once.
+CARRIED_AS_SUMS = {
+    "task": "classification",
+    "loss": {"name": "cross_entropy", "class_weight": [1.0, 2.0, 0.5], "ignore_index": -100},
+    "accumulate": 2,
+}
+
 
 @pytest.mark.parametrize(
     ("settings", "run_folder"),
@@ -221,6 +229,7 @@ CLASSIFICATION = {
         pytest.param({}, False, id="regression"),
         pytest.param(CLASSIFICATION, False, id="classification-clip-accumulate-schedule"),
         pytest.param({}, True, id="run-folder"),
+        pytest.param(CARRIED_AS_SUMS, False, id="class-weights-accumulate"),
     ],
 )
 def test_reads_do_not_grow_with_steps(

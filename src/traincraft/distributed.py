@@ -37,7 +37,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -323,6 +323,21 @@ def all_gather_cat(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             dist.all_gather(parts, torch.cat([tensor.detach(), pad]).contiguous())
             gathered.append(torch.cat([part[: row[i]] for part, row in zip(parts, table)]))
     return gathered
+
+
+def start_sum(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Start summing ``tensor`` over every process, in place, without waiting; returns the
+    function that waits for the sum and gives it (a ratio loss's window denominator: the sum runs
+    while the window's last backward computes)."""
+    import torch.distributed as dist
+
+    work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+
+    def wait() -> torch.Tensor:
+        work.wait()
+        return tensor
+
+    return wait
 
 
 def reduce_figures(means: RunningMeans, metrics: MetricSet) -> None:

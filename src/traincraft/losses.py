@@ -4,7 +4,9 @@ A loss spec is a name (``"mse"``, ``"cross_entropy"``), a dict of the loss's key
 (``{"name": "huber", "delta": 0.5}``), a list of weighted terms, an ``nn.Module`` or any callable
 ``(pred, target) -> Tensor``. :func:`build` turns each into a module that the trainer calls as
 ``loss_fn(pred, target)`` and that returns the MEAN over the batch's samples (the trainer weights
-batches by their size to report exact epoch figures).
+batches by their size to report exact epoch figures). Losses that are not a per-sample mean
+(class weights, ``ignore_index``, a dice over the batch) are carried as sums instead:
+:func:`summing` gives their batch as a :class:`~traincraft.loss_sums.SummedLoss`.
 
 :func:`target_adapter` checks the first batch's prediction and target once and returns a cheap
 function that aligns every later target with its prediction (``(N, 1)`` vs ``(N,)``, integer labels
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from traincraft.errors import ShapeError, TraincraftError, did_you_mean
+from traincraft.loss_sums import Ratio, RatioLoss, SummedLoss, plain_ratio
 from traincraft.registry import Registry, check_numbers, import_object, split_spec
 
 LossSpec = str | Mapping[str, Any] | Sequence[Any] | nn.Module | Callable[..., Tensor]
@@ -126,6 +129,25 @@ class _OverlapLoss(nn.Module):
             return probs * truth, probs, truth
         return (probs * truth).sum(dims), probs.sum(dims), truth.sum(dims)
 
+    def summed(self, pred: Tensor, target: Tensor) -> SummedLoss | Tensor:
+        """The batch as sums ``(TP_c, Σp_c, Σg_c)`` (one value per class each): the loss of
+        several batches or processes together is that of their summed sums. ``per_sample``:
+        a per-sample mean, returned as it is."""
+        if self.per_sample:
+            return self(pred, target)
+        return SummedLoss(torch.cat(self._sums(pred, target)), self)
+
+    def value_of_sums(self, sums: Tensor) -> Tensor:
+        """The loss from ``summed``'s sums (of one batch, or of many added up)."""
+        tp, pred_sum, true_sum = sums.reshape(3, -1)
+        return self._value(tp, pred_sum, true_sum)
+
+    def _value(self, tp: Tensor, pred_sum: Tensor, true_sum: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self._value(*self._sums(pred, target))
+
     def extra_repr(self) -> str:
         return f"smooth={self.smooth}, per_sample={self.per_sample}"
 
@@ -150,8 +172,7 @@ class DiceLoss(_OverlapLoss):
 
     name = "dice"
 
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        tp, pred_sum, true_sum = self._sums(pred, target)
+    def _value(self, tp: Tensor, pred_sum: Tensor, true_sum: Tensor) -> Tensor:
         score = (2 * tp + self.smooth) / (pred_sum + true_sum + self.smooth)
         return 1 - score.mean()
 
@@ -189,8 +210,7 @@ class TverskyLoss(_OverlapLoss):
         self.alpha = float(alpha)
         self.beta = float(beta)
 
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        tp, pred_sum, true_sum = self._sums(pred, target)
+    def _value(self, tp: Tensor, pred_sum: Tensor, true_sum: Tensor) -> Tensor:
         false_pos, false_neg = pred_sum - tp, true_sum - tp
         denominator = 2 * (tp + self.alpha * false_pos + self.beta * false_neg) + self.smooth
         return 1 - ((2 * tp + self.smooth) / denominator).mean()
@@ -263,6 +283,15 @@ class FocalLoss(nn.Module):
         if self.reduction == "sum":
             return total
         return total / count if count is not None else total / loss.numel()
+
+    def summed(self, pred: Tensor, target: Tensor) -> SummedLoss | Tensor:
+        """Multi-class: ``Ratio(Σ loss, counted targets)``, exact when positions are ignored
+        unevenly across batches; binary: the per-element mean, as it is."""
+        pred = _at_least_float32(pred)
+        if self.reduction != "mean" or _is_binary(self.name, pred, target):
+            return self(pred, target)
+        loss, count = self._multiclass(pred, target)
+        return Ratio(loss.sum(), count)
 
     def _binary(self, pred: Tensor, target: Tensor) -> Tensor:
         loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
@@ -596,8 +625,128 @@ class WeightedLoss(nn.Module):
         parts = [w * v if w != 1.0 else v for w, v in zip(self.weights, values.values())]
         return functools.reduce(torch.add, parts)
 
+    def summed(self, pred: Any, target: Any) -> SummedLoss:
+        """Each term's sums side by side (a per-sample mean term as ``(mean × samples,
+        samples)``): the loss of several batches or processes together is that of their summed
+        sums, term by term."""
+        parts, layout, values = [], [], {}
+        samples = _samples(pred, target)
+        for key, term in zip(self.term_names, self.terms):
+            sums_of = summing(term)
+            batch = sums_of(pred, target) if sums_of is not None else term(pred, target)
+            if not isinstance(batch, SummedLoss):
+                batch = plain_ratio(batch, samples)
+            values[key] = batch.value.detach()
+            parts.append(batch.sums.reshape(-1))
+            layout.append((batch.source, batch.sums.numel()))
+        self.last_terms = values
+        dtype = functools.reduce(torch.promote_types, [part.dtype for part in parts])
+        return SummedLoss(torch.cat([part.to(dtype) for part in parts]), _TermSums(self, layout))
+
     def extra_repr(self) -> str:
         return ", ".join(f"{n}×{w:g}" for n, w in zip(self.term_names, self.weights))
+
+
+class _TermSums:
+    """How a weighted list's sums become its loss and its terms' values: each term's slice."""
+
+    ratio = False
+
+    def __init__(self, loss: WeightedLoss, layout: list[tuple[Any, int]]):
+        self.loss, self.layout = loss, layout
+
+    def term_values_of_sums(self, sums: Tensor) -> dict[str, Tensor]:
+        values, start = {}, 0
+        for key, (source, size) in zip(self.loss.term_names, self.layout):
+            values[key] = source.value_of_sums(sums[start : start + size])
+            start += size
+        return values
+
+    def value_of_sums(self, sums: Tensor) -> Tensor:
+        values = self.term_values_of_sums(sums).values()
+        parts = [w * v if w != 1.0 else v for w, v in zip(self.loss.weights, values)]
+        return functools.reduce(torch.add, parts)
+
+
+def _samples(pred: Any, target: Any) -> int:
+    """The batch's samples, as the trainer counts them: the target's leading size, else the
+    prediction's."""
+    from traincraft.data import num_samples
+
+    return num_samples(target) if target is not None else num_samples(pred)
+
+
+# --------------------------------------------------------------------------------------------
+# losses that are not a per-sample mean
+# --------------------------------------------------------------------------------------------
+
+#: torch's default ignore_index (no target is ignored unless it holds this value).
+_TORCH_IGNORE_INDEX = -100
+
+
+def counts_targets(loss: nn.Module) -> bool:
+    """Whether a class-index loss divides by something other than its samples: class weights,
+    or an ``ignore_index`` given (in the spec, or other than torch's -100 on a module)."""
+    if getattr(loss, "weight", None) is not None and isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return True
+    return bool(getattr(loss, "ignore_index_given", False)) or (
+        getattr(loss, "ignore_index", _TORCH_IGNORE_INDEX) != _TORCH_IGNORE_INDEX
+    )
+
+
+def _class_index_ratio(loss: nn.CrossEntropyLoss | nn.NLLLoss, pred: Tensor, target: Tensor) -> SummedLoss | Tensor:
+    """torch's weighted / ignore_index mean as ``Ratio(Σ wᵢ lᵢ, Σ wᵢ)`` over counted targets;
+    class probabilities (a per-element mean) as they are."""
+    if target.is_floating_point():
+        return loss(pred, target)
+    weight, ignore_index = loss.weight, loss.ignore_index
+    if isinstance(loss, nn.CrossEntropyLoss):
+        numerator = F.cross_entropy(pred, target, weight=weight, ignore_index=ignore_index, reduction="sum",
+                                    label_smoothing=loss.label_smoothing)
+    else:
+        numerator = F.nll_loss(pred, target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    if weight is None:
+        return RatioLoss(numerator, (target != ignore_index).sum(dtype=numerator.dtype))
+    # Σ w_yᵢ over the counted targets in one kernel: nll of a constant -1 does the weighting and
+    # the ignoring as torch's mean does (a third of the cost of a mask, a gather and a sum).
+    if weight.dtype != numerator.dtype:
+        weight = weight.to(numerator.dtype)
+    key = (numerator.device, numerator.dtype)
+    minus_one = _MINUS_ONE.get(key)
+    if minus_one is None:  # made once per device: no copy to the device per batch
+        with torch.inference_mode(False):  # a plain tensor, even when first made by evaluate()
+            minus_one = _MINUS_ONE[key] = torch.full((), -1.0, dtype=numerator.dtype, device=numerator.device)
+    return RatioLoss(numerator, F.nll_loss(minus_one.expand(pred.shape), target, weight=weight,
+                                           ignore_index=ignore_index, reduction="sum"))
+
+
+_MINUS_ONE: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def summing(loss_fn: Any) -> Callable[[Any, Any], SummedLoss | Tensor] | None:
+    """``sums_of(pred, target)`` for a loss that is not a per-sample mean (returning a
+    :class:`~traincraft.loss_sums.SummedLoss`, or the mean when a batch's form is one), or None
+    for a per-sample mean (the trainer weights it by samples, at no extra cost).
+
+    Not a per-sample mean: ``cross_entropy``/``nll`` with class weights or an ``ignore_index``
+    (class-index targets), ``focal`` with an ``ignore_index``, ``dice``/``tversky`` over the
+    batch (not ``per_sample``), a weighted list with any of these, and any module with a
+    ``summed(pred, target)`` method.
+
+    Example:
+        >>> sums_of = summing(build({"name": "cross_entropy", "class_weight": [1, 3]}))
+        >>> sums_of(logits, y).value      # == the torch loss of the batch
+    """
+    if isinstance(loss_fn, WeightedLoss):
+        return loss_fn.summed if any(summing(term) is not None for term in loss_fn.terms) else None
+    if isinstance(loss_fn, _OverlapLoss):
+        return None if loss_fn.per_sample else loss_fn.summed
+    if isinstance(loss_fn, FocalLoss):
+        return loss_fn.summed if counts_targets(loss_fn) else None
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return functools.partial(_class_index_ratio, loss_fn) if counts_targets(loss_fn) else None
+    summed = getattr(loss_fn, "summed", None)
+    return summed if callable(summed) else None
 
 
 def build(spec: LossSpec) -> nn.Module:
@@ -641,7 +790,11 @@ def _build_one(spec: str | Mapping[str, Any]) -> nn.Module:
         return _build_imported(name, kwargs)
     canonical = _REGISTRY.canonical(name)
     kwargs = _prepare_kwargs(canonical, kwargs)
-    return _REGISTRY.create(canonical, **kwargs)
+    loss = _REGISTRY.create(canonical, **kwargs)
+    if "ignore_index" in kwargs and canonical in ("cross_entropy", "nll", "focal"):
+        # Given, even as torch's -100: targets hold it, so the counted targets vary by batch.
+        loss.ignore_index_given = True
+    return loss
 
 
 def _build_imported(path: str, kwargs: dict[str, Any]) -> nn.Module:

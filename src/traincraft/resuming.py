@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from traincraft.trainer import Trainer
 
 #: What each process keeps of its own in a checkpoint written under several processes.
-PER_PROCESS = ("rng", "epoch_rng", "epoch_sums", "metrics")
+PER_PROCESS = ("rng", "epoch_rng", "epoch_sums", "loss_sums", "metrics")
 
 
 def state_dict(trainer: Trainer) -> dict[str, Any]:
@@ -42,6 +42,7 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "state": trainer.state.state_dict(),
         "history": trainer.history.state_dict(),
         "epoch_sums": trainer.epoch_sums.state_dict(),
+        "loss_sums": trainer.loss_sums.state_dict(),
         "metrics": trainer.metrics.state_dict(),
         "unfreeze": trainer.finetuning.plan.state_dict(),
         "rng": rng_state(),
@@ -78,6 +79,7 @@ def load_state_dict(trainer: Trainer, state: dict[str, Any]) -> None:
         trainer.state.lrs = list(state["step_lrs"])
     trainer.history.load_state_dict(state["history"])
     trainer.epoch_sums.load_state_dict(state["epoch_sums"])
+    trainer.loss_sums.load_state_dict(state.get("loss_sums"))  # absent from older checkpoints
     trainer.metrics.load_state_dict(state["metrics"])
     # Applied when the next epoch starts: after on_fit_start, and around the creation of the
     # data's iterator on a mid-epoch resume.

@@ -13,6 +13,14 @@ The order inside a step is fixed, because getting it wrong is the classic bug::
 
 With ``accumulate=1`` the multiply/divide is left out: the step is exactly a hand-written one.
 
+A loss that is not a per-sample mean comes as sums (:mod:`traincraft.loss_sums`,
+:meth:`Stepper.backward_sums`). A ratio (cross-entropy with class weights or ``ignore_index``)
+back-propagates each micro-batch's numerator and the window is divided by the sum of its
+denominators (over all processes: one all-reduce of one number per step), so a window of ``k``
+micro-batches on ``n`` processes is exactly one batch of all their samples. A set loss (a dice
+over the batch) under several processes all-reduces its sums before each backward, so that the
+processes' gradients add up to that of the global micro-batch.
+
 Under several processes (:meth:`Stepper.distribute`) the micro-batches that do not end the window
 run forward and backward under DDP's ``no_sync`` (one gradient all-reduce per optimizer step, not
 per micro-batch), and the window is divided by its samples over all processes divided by their
@@ -31,6 +39,7 @@ from typing import Any
 import torch
 
 from traincraft.errors import TraincraftError, check_positive, check_whole
+from traincraft.loss_sums import SummedLoss, safe_denominator, surrogate
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every plain step
@@ -109,6 +118,12 @@ class Stepper:
         self.world_size = 1
         self.window_total: int | None = None
         self._all_true: Callable[[bool], bool] | None = None
+        self._reduce_sum: Callable[[list[torch.Tensor]], Any] | None = None
+        self._start_sum: Callable[[torch.Tensor], Callable[[], torch.Tensor]] | None = None
+        self._ends_window = False  # the current micro-batch ends its window (micro_batch)
+        self._window_sum: Callable[[], torch.Tensor] | None = None  # the denominators' sum under way
+        # A ratio loss: the window's summed denominators (its numerators are back-propagated).
+        self.window_denominator: torch.Tensor | None = None
         self.window_loss: torch.Tensor | None = None  # summed, only when checking every step
         self.grad_norm: torch.Tensor | None = None  # before clipping, of the last step
         from traincraft.optim import needs_closure
@@ -121,10 +136,15 @@ class Stepper:
                 "which fp16's gradient scaler cannot follow: use precision bf16 or 32"
             )
 
-    def distribute(self, ddp: Any, world_size: int, all_true: Callable[[bool], bool]) -> None:
+    def distribute(self, ddp: Any, world_size: int, all_true: Callable[[bool], bool],
+                   reduce_sum: Callable[[list[torch.Tensor]], Any] | None = None,
+                   start_sum: Callable[[torch.Tensor], Callable[[], torch.Tensor]] | None = None) -> None:
         """Train under DDP with ``world_size`` processes; ``all_true`` agrees on a flag among them
-        (the non-finite policies skip or roll back a step on every process or on none)."""
+        (the non-finite policies skip or roll back a step on every process or on none);
+        ``reduce_sum`` sums tensors over them in place, ``start_sum`` without waiting (losses
+        carried as sums)."""
         self.ddp, self.world_size, self._all_true = ddp, int(world_size), all_true
+        self._reduce_sum, self._start_sum = reduce_sum, start_sum
 
     @property
     def weighted(self) -> bool:
@@ -134,7 +154,7 @@ class Stepper:
     def micro_batch(self, *, last_of_epoch: bool) -> contextlib.AbstractContextManager[Any]:
         """Around one micro-batch's forward and backward: under DDP, a micro-batch that does not
         end its window skips the gradient all-reduce (``no_sync``); the window's last one does it."""
-        ends_window = last_of_epoch or self.micro_batches + 1 >= self.accumulate
+        ends_window = self._ends_window = last_of_epoch or self.micro_batches + 1 >= self.accumulate
         if self.ddp is None or ends_window:
             return _NO_CONTEXT
         return self.ddp.no_sync()
@@ -149,6 +169,41 @@ class Stepper:
         """Back-propagate one micro-batch's mean loss, weighted for an exact window average."""
         if self.weighted:
             loss = loss * samples
+        self._backward(loss, samples)
+
+    def backward_sums(self, summed: SummedLoss, penalty: torch.Tensor | None, samples: int,
+                      batch_samples: int | None = None) -> torch.Tensor:
+        """Back-propagate one micro-batch whose loss is carried as sums; returns its value.
+
+        * one micro-batch a step in one process: the batch's value, as a plain loss;
+        * a ratio: its numerator (and the penalty times its denominator); :meth:`prepare`
+          divides the window by its denominators summed over the window and every process;
+        * a set loss under several processes: ``g · sums`` at the global micro-batch's sums
+          (:func:`~traincraft.loss_sums.surrogate`), weighted by the global micro-batch's
+          ``batch_samples``; the value returned is the global micro-batch's;
+        * a set loss under accumulation in one process: each micro-batch's value, weighted by
+          its samples (a dice is the dice of the batch it is computed over).
+        """
+        if summed.ratio and self.weighted:
+            numerator, denominator = summed.numerator, summed.denominator  # type: ignore[attr-defined]
+            loss = numerator if penalty is None else numerator + penalty * denominator
+            previous = self.window_denominator
+            self.window_denominator = denominator if previous is None else previous + denominator
+            if self.world_size > 1 and self._ends_window and self._start_sum is not None:
+                # The window's denominators known: their sum over processes runs during the backward.
+                self._window_sum = self._start_sum(self.window_denominator.float().clone())
+            self._backward(loss, samples)
+            return summed.value.detach()
+        if self.world_size > 1 and not summed.ratio:
+            part, value = surrogate(summed, self._reduce_sum or _no_reduction)
+            share = (batch_samples if batch_samples is not None else samples) / samples if samples else 0.0
+            self.backward(part * share if penalty is None else part * share + penalty, samples)
+            return value
+        value = summed.value
+        self.backward(value if penalty is None else value + penalty, samples)
+        return value
+
+    def _backward(self, loss: torch.Tensor, samples: int) -> None:
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
         if self.check_every_step:
@@ -185,7 +240,18 @@ class Stepper:
         if self.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(self.params, self.clip_grad_value, foreach=None)
 
-    def _window_divisor(self) -> float:
+    def _window_divisor(self) -> float | torch.Tensor:
+        if self.window_denominator is not None:  # a ratio loss: Σ denominators, all processes
+            denominator = self.window_denominator.float()
+            if self.world_size > 1:
+                if self._window_sum is not None:
+                    denominator, self._window_sum = self._window_sum(), None
+                elif self._reduce_sum is not None:
+                    denominator = denominator.clone()
+                    self._reduce_sum([denominator])
+                # DDP divides the sum over processes by their number: what is left to divide by.
+                return safe_denominator(denominator) / self.world_size
+            return safe_denominator(denominator)
         if self.world_size > 1 and self.window_total is not None:
             # DDP divides the sum over processes by their number: what is left to divide by.
             return self.window_total / self.world_size
@@ -212,6 +278,8 @@ class Stepper:
         self.window_samples = 0
         self.window_total = None
         self.window_loss = None
+        self.window_denominator = None
+        self._window_sum = None
 
     def closure_step(self, window: list[tuple[Callable[[], torch.Tensor], int]]) -> bool:
         """Step an optimizer that takes a closure (L-BFGS), as Lightning does: each call of the
@@ -261,6 +329,10 @@ class Stepper:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _no_reduction(tensors: list[torch.Tensor]) -> None:
+    """One process (a stepper told of several without a reduction): the sums are the total."""
 
 
 class NonFinitePolicy:

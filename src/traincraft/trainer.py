@@ -47,6 +47,7 @@ from traincraft.errors import ModelError, TraincraftError
 from traincraft.finetune.live import unfreeze_due
 from traincraft.finetune.plan import Finetuning
 from traincraft.history import History
+from traincraft.loss_sums import RATIO, EpochLossSums, SummedLoss
 from traincraft.metrics import RunningMeans
 from traincraft.model_outputs import own_loss, prediction
 from traincraft.penalties import Penalty
@@ -205,6 +206,12 @@ class Trainer:
                                            loggers=given.loggers, report=given.report)
         self.state, self.history = TrainState(), History()
         self.epoch_sums = RunningMeans(self.device)  # the epoch's running sums (loss, penalty, ...)
+        # A loss that is not a per-sample mean (class weights, ignore_index, dice): its sums,
+        # whose epoch total gives the exact epoch loss (loss_sums.py).
+        self.loss_sums = EpochLossSums(self.device, source=self._sums_source())
+        self._sums_of: Any = None
+        self._sums_of_loss: Any = None  # the loss_fn _sums_of was made for
+        self._batch_sums: SummedLoss | None = None  # the last training micro-batch's
         self._adapt_target: Callable[[Any, Any], Any] | None = None
         self._forward_params: dict[str, Any] | None = None  # the model's forward's, read once
         self.events = Events(self.callbacks)
@@ -346,6 +353,7 @@ class Trainer:
         self.model.train()
         if state.batch_in_epoch == 0:  # not a mid-epoch resume: a fresh epoch
             sums.reset()
+            self.loss_sums.reset()
             self.metrics.reset()
         on_device, last = isinstance(batches, TensorBatches), len(batches) - 1  # moved once, at the start of fit
         shards = batches.shard_sizes() if self.world_size > 1 else None  # samples per batch, here and over all
@@ -359,8 +367,9 @@ class Trainer:
                 samples = counted = num_samples(target) if target is not None else num_samples(inputs)
             else:
                 samples, counted = self._shard_samples(shards, index)
-            pred, target, loss, penalty = self.train_micro_batch(inputs, target, samples, last_of_epoch=index == last)
-            self._record(sums, pred, target, loss, penalty, samples)
+            pred, target, loss, penalty = self.train_micro_batch(inputs, target, samples, last_of_epoch=index == last,
+                                                                 batch_samples=counted)
+            self._record(sums, pred, target, loss, penalty, samples, self._batch_sums)
             state.batch_in_epoch += 1
             state.samples_seen += counted
             if stepper.window_full():
@@ -412,40 +421,59 @@ class Trainer:
         self._agree_on_stop()
 
     def _evaluate(self, batches: Batches, prefix: str, reduce: bool = True) -> dict[str, float]:
-        sums = RunningMeans(self.device)
+        sums, exact = RunningMeans(self.device), EpochLossSums(self.device)
         self.metrics.reset()
         with self._eval_mode(), self.stepper.autocast():
             for inputs, target in batches.epoch(0):
                 inputs, target = self.on_device(inputs), to_device(target, self.device)
                 loss, pred, target = self.compute_loss(inputs, target)
+                summed = loss if isinstance(loss, SummedLoss) else None
+                if summed is not None:
+                    exact.add(summed)
+                    loss = summed.value
                 self._record(sums, pred, target, loss, None, batch_samples(inputs, target))
         if reduce and self.world_size > 1:  # each process evaluated its own samples: sum them up
             distributed.reduce_figures(sums, self.metrics)
-        return {**sums.means(prefix=prefix), **_prefixed(self.metrics.compute(), prefix)}
+            exact.sync(distributed.all_reduce_sum)
+        # A loss carried as sums: the loss of the whole data as one batch.
+        figures = {**sums.means(prefix=prefix), **exact.figures(prefix)}
+        return {**figures, **_prefixed(self.metrics.compute(), prefix)}
 
     # ------------------------------------------------------------------ one micro-batch, one step
 
     def train_micro_batch(
         self, inputs: Any, target: Any, samples: int, *, last_of_epoch: bool = False,
+        batch_samples: int | None = None,
     ) -> tuple[Any, Any, torch.Tensor, torch.Tensor | None]:
         """One training micro-batch on the device: forward and loss (+ penalty) under autocast,
         backward weighted by its ``samples`` for an exact window mean (the window's last one
         all-reduces under several processes). Returns the prediction, the target as the loss
-        saw it, the mean loss and the penalty (None without one); the optimizer step is the
-        caller's (``stepper.window_full()``)."""
+        saw it, the batch's loss and the penalty (None without one); the optimizer step is the
+        caller's (``stepper.window_full()``). A loss carried as sums (``SummedLoss``) is
+        back-propagated by ``stepper.backward_sums`` and kept in ``_batch_sums`` for the epoch's
+        figures; ``batch_samples``: the micro-batch's samples over all processes."""
         given = target
         with self.stepper.micro_batch(last_of_epoch=last_of_epoch):
             with self.stepper.autocast():
                 loss, pred, target = self.compute_loss(inputs, target)
                 penalty = self.penalty() if self._penalize else None
-            self.stepper.backward(loss if penalty is None else loss + penalty, samples)
+            if isinstance(loss, SummedLoss):
+                if self.world_size > 1 and not samples:
+                    loss = loss.scaled(0.0)  # a stand-in sample of a shorter shard counts nothing
+                self._batch_sums = loss
+                loss = self.stepper.backward_sums(loss, penalty, samples, batch_samples)
+            else:
+                self._batch_sums = None
+                self.stepper.backward(loss if penalty is None else loss + penalty, samples)
         if self._closure_window is not None:  # L-BFGS re-evaluates the window in its step
             self._closure_window.append((self._loss_of(inputs, given), samples))
         return pred, target, loss, penalty
 
     def compute_loss(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any, Any]:
         """How a batch becomes a loss: ``(loss, pred, target)``, the loss the mean over the batch's
-        samples, ``pred`` and ``target`` what the metrics compare (None: no metrics for it).
+        samples (or, for a loss that is not a per-sample mean, its sums: ``losses.Ratio(Σ wᵢlᵢ,
+        Σ wᵢ)`` or a :class:`~traincraft.loss_sums.SummedLoss`), ``pred`` and ``target`` what the
+        metrics compare (None: no metrics for it).
 
         The one place to change it: subclass and override (contrastive learning, several
         outputs with several targets, a loss that needs the inputs), as the Hugging Face
@@ -472,9 +500,11 @@ class Trainer:
         return self._loss(pred, target), pred, target
 
     def _record(self, sums: RunningMeans, pred: Any, target: Any, loss: torch.Tensor,
-                penalty: torch.Tensor | None, samples: int) -> None:
-        """A micro-batch into the epoch's sums (loss, penalty, a composite loss's terms) and
-        metrics (held detached, on the device)."""
+                penalty: torch.Tensor | None, samples: int, summed: SummedLoss | None = None) -> None:
+        """A micro-batch into the epoch's sums (loss, penalty, a composite loss's terms; a loss
+        carried as sums into ``loss_sums`` too) and metrics (held detached, on the device)."""
+        if summed is not None:
+            self.loss_sums.add(summed)
         sums.add("loss", loss, samples)
         if penalty is not None:
             sums.add("penalty", penalty, samples)
@@ -490,7 +520,8 @@ class Trainer:
         sums = self.epoch_sums
         if self.world_size > 1 and self.state.stop_reason not in SIGNALLED:
             distributed.reduce_figures(sums, self.metrics)
-        figures = sums.means(prefix="train_")
+            self.loss_sums.sync(distributed.all_reduce_sum)
+        figures = {**sums.means(prefix="train_"), **self.loss_sums.figures("train_")}
         if "train_grad_norm" in figures:
             figures["grad_norm"] = figures.pop("train_grad_norm")  # mean over the epoch's steps
         return {**figures, **_prefixed(self.metrics.compute(), "train_")}
@@ -819,6 +850,8 @@ class Trainer:
 
         def loss() -> torch.Tensor:
             value = self.compute_loss(inputs, target)[0]
+            if isinstance(value, SummedLoss):  # each micro-batch's value, weighted by its samples
+                value = value.value
             return value + self.penalty() if self._penalize else value
 
         return loss
@@ -829,8 +862,20 @@ class Trainer:
             self._adapt_target = losses.target_adapter(self.loss_fn, pred, target)
         return self._adapt_target(pred, target)
 
-    def _loss(self, pred: Any, target: Any) -> torch.Tensor:
+    def _sums_source(self) -> Any:
+        """What turns the epoch's summed sums into the loss when no batch has said it yet (a
+        run resumed at an epoch's end): the loss module, or a ratio's quotient."""
+        loss_fn = self.loss_fn
+        if loss_fn is None or isinstance(loss_fn, losses.WeightedLoss):
+            return None
+        return loss_fn if hasattr(loss_fn, "value_of_sums") else RATIO
+
+    def _loss(self, pred: Any, target: Any) -> torch.Tensor | SummedLoss:
+        if self._sums_of_loss is not self.loss_fn:  # looked up once per loss module
+            self._sums_of_loss, self._sums_of = self.loss_fn, losses.summing(self.loss_fn)
         try:
+            if self._sums_of is not None:  # not a per-sample mean: the batch's sums
+                return self._sums_of(pred, target)
             return self.loss_fn(pred, target)
         except TraincraftError:
             raise
@@ -883,7 +928,8 @@ class Trainer:
         self.ddp = ddp if ddp is not None else distributed.wrap_model(self.model, self.world)
         self.forward_model = torch.compile(self.ddp) if compile_ else self.ddp
         self.eval_model = torch.compile(self.model) if compile_ else self.model
-        self.stepper.distribute(self.ddp, self.world_size, distributed.all_true)
+        self.stepper.distribute(self.ddp, self.world_size, distributed.all_true, distributed.all_reduce_sum,
+                                distributed.start_sum)
 
     def _agree_on_stop(self) -> None:
         """Several processes: a stop asked on any of them is acted on by all, now (blocking)."""
