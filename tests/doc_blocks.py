@@ -4,7 +4,7 @@ and tests/test_recipe_schema.py (every recipe block through the JSON schema).
 
 Comments a page may hold for its blocks (invisible where the page is rendered):
 
-- ``<!-- docs-test: skip (reason) -->`` right before a block: the block is not run; the reason
+- ``<!-- docs-test: skip (reason) -->`` on a line of its own right before a block: the block is not run; the reason
   is required and shown as the skip's reason.
 - ``<!-- docs-test: setup`` ... ``-->``: Python code run before the next block, in the page's
   namespace and working folder: the small data and the names (``model``, ``X``, ...) that the
@@ -26,7 +26,7 @@ YAML = {"yaml", "yml"}
 SHELL = {"bash", "sh", "shell", "console", "zsh", "shell-session"}
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
-_COMMENT = re.compile(r"<!--\s*docs-test:\s*(?P<what>skip|setup)\b(?P<rest>.*?)-->", re.S)
+_COMMENT = re.compile(r"^ {0,3}<!--\s*docs-test:\s*(?P<what>skip|setup)\b(?P<rest>.*?)-->", re.S | re.M)
 _SKIP_REASON = re.compile(r"^\s*\((?P<reason>.+)\)\s*$", re.S)
 _NAMED_FILE = re.compile(r"^#\s*(?P<name>[\w.-]+\.ya?ml)\b")
 

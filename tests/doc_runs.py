@@ -57,6 +57,7 @@ class Pages:
     def __init__(self) -> None:
         self.pages: dict[str, Page] = {}
         self.root = Path(tempfile.mkdtemp(prefix="traincraft-docs-"))
+        self.registries = _registries()
 
     def run(self, block: Block) -> None:
         """Run ``block`` after every block before it on its page (so that a block selected on
@@ -84,7 +85,29 @@ class Pages:
         return self.pages[path]
 
     def close(self) -> None:
+        """Remove the pages' folders and undo what their blocks did to this process: names
+        added to traincraft's registries, modules imported from the folders, open figures."""
+        for registry, (entries, aliases) in self.registries.items():
+            registry._entries, registry._aliases = entries, aliases
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(str(self.root)):
+                del sys.modules[name]
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _registries() -> dict[Any, tuple[dict[str, Any], dict[str, str]]]:
+    """Every registry of traincraft, with copies of its names (a page may add its own)."""
+    import importlib
+
+    from traincraft.registry import Registry
+
+    for module in ("losses", "optim", "models", "datasets", "loggers", "metrics", "schedules"):
+        importlib.import_module(f"traincraft.{module}")
+    found = {obj for name, module in list(sys.modules.items()) if name.startswith("traincraft.")
+             for obj in list(vars(module).values()) if isinstance(obj, Registry)}
+    return {obj: (dict(obj._entries), dict(obj._aliases)) for obj in found}
 
 
 def _outcome(page: Page, block: Block) -> str | None:
@@ -213,8 +236,12 @@ def _check_signature(page: Page, name: str, shown: ast.arguments) -> None:
 
 
 def _params_text(params: list[tuple[str, str, Any]]) -> str:
-    marks = {"*": "*", "**": "**"}
-    return ", ".join(marks.get(kind, "") + name for name, kind, _ in params)
+    words: list[str] = []
+    for name, kind, _ in params:
+        if kind == "keyword" and not any(word.startswith("*") for word in words):
+            words.append("*")
+        words.append({"*": "*", "**": "**"}.get(kind, "") + name)
+    return ", ".join(words)
 
 
 # --- yaml ---------------------------------------------------------------------------------------
@@ -264,18 +291,21 @@ def _build_parts(path: Path) -> None:
 # --- shell --------------------------------------------------------------------------------------
 
 def run_shell(page: Page, block: Block) -> None:
-    for line, words, output in _commands(block.text):
+    for line, program, words, output in _commands(block.text, block.line):
         try:
-            _run_command(page, words, output)
+            if program == "make":
+                _check_make_targets(words)
+            else:
+                _run_command(page, words, output)
         except BlockFailed as err:
-            raise BlockFailed(f"line {block.line + line}: {' '.join(words)}: {err}") from None
+            raise BlockFailed(f"line {line}: {program} {' '.join(words)}: {err}") from None
 
 
-def _commands(text: str) -> list[tuple[int, list[str], str | None]]:
-    """The ``traincraft`` commands of a shell block: (line in the block, arguments after
-    ``traincraft``, the file that ``>`` sends its output to). Lines of other programs are not
-    checked, but ``make TARGET`` must name a target of the Makefile."""
-    found: list[tuple[int, list[str], str | None]] = []
+def _commands(text: str, fence_line: int) -> list[tuple[int, str, list[str], str | None]]:
+    """The ``traincraft`` and ``make`` commands of a shell block: (line on the page, the
+    program, its arguments, the file that ``>`` sends its output to). Lines of other programs
+    are not checked."""
+    found: list[tuple[int, str, list[str], str | None]] = []
     lines = text.splitlines()
     number = 0
     while number < len(lines):
@@ -288,17 +318,17 @@ def _commands(text: str) -> list[tuple[int, list[str], str | None]]:
         try:
             words = shlex.split(line, comments=True)
         except ValueError as err:
-            raise BlockFailed(f"line {start + 1}: not a shell line ({err})") from None
+            raise BlockFailed(f"line {fence_line + start + 1}: not a shell line ({err})") from None
         for part in _split_on(words, {"&&", "||", ";", "|", "&"}):
             output = None
             if ">" in part:
                 at = part.index(">")
                 part, output = part[:at], (part[at + 1:] or [None])[0]
             if part[:1] == ["make"]:
-                _check_make_targets(part[1:], start + 1)
+                found.append((fence_line + start + 1, "make", part[1:], output))
             for index, word in enumerate(part):
                 if word == "traincraft" and (index == 0 or part[index - 1] == "-m"):
-                    found.append((start + 1, part[index + 1:], output))
+                    found.append((fence_line + start + 1, "traincraft", part[index + 1:], output))
                     break
     return found
 
@@ -313,11 +343,11 @@ def _split_on(words: list[str], separators: set[str]) -> list[list[str]]:
     return [part for part in parts if part]
 
 
-def _check_make_targets(targets: list[str], line: int) -> None:
+def _check_make_targets(targets: list[str]) -> None:
     makefile = (ROOT / "Makefile").read_text()
     for target in targets:
         if "=" not in target and not re.search(rf"(?m)^{re.escape(target)}\s*:", makefile):
-            raise BlockFailed(f"line {line}: make {target}: the Makefile has no target {target!r}")
+            raise BlockFailed(f"the Makefile has no target {target!r}")
 
 
 def _run_command(page: Page, args: list[str], output: str | None) -> None:
