@@ -188,7 +188,7 @@ def test_reads_are_bounded_per_epoch_and_per_tick(monkeypatch: pytest.MonkeyPatc
     ticks = TICKS_PER_EPOCH * EPOCHS
     assert run.refreshes == ticks  # the bar refreshed at every tick of the clock, and only then
     # The bar really rendered, on a terminal: carriage returns, the last epoch, the figures.
-    assert "\r" in run.output and "Epoch 3/3" in run.output and "train_loss" in run.output
+    assert "\r" in run.output and "epoch 3/3" in run.output and "train_loss" in run.output
     assert run.total <= budget(EPOCHS, ticks), dict(run.reads)
     assert run.reads["item"] == 0 and run.reads["tolist"] == 0, dict(run.reads)
 

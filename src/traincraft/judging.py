@@ -176,25 +176,24 @@ def load_predictions(folder: str | Path) -> dict[str, np.ndarray] | None:
 def confusion_matrix(target: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts of (true class, predicted class): rows are the true classes, as scikit-learn's.
     Targets outside ``0..num_classes-1`` (an ``ignore_index``) are left out."""
+    import torch
+
+    from traincraft.metrics import confusion_matrix as counts
+
     target, predicted = np.asarray(target, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
     keep = (target >= 0) & (target < num_classes) & (predicted >= 0) & (predicted < num_classes)
-    flat = target[keep] * num_classes + predicted[keep]
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return counts(torch.from_numpy(predicted[keep]), torch.from_numpy(target[keep]), num_classes).numpy()
 
 
 def per_class(matrix: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support of each class from a confusion matrix; NaN where a
     rate is undefined (no prediction of the class, no sample of it), as scikit-learn's
     ``precision_recall_fscore_support(..., zero_division=np.nan)``."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    tp = np.diag(matrix)
-    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, np.nan)
-        recall = np.where(support > 0, tp / support, np.nan)
-        denominator = predicted + support  # 2·tp + fp + fn
-        f1 = np.where(denominator > 0, 2 * tp / denominator, np.nan)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+    from traincraft.metrics import per_class_table
+
+    rows = per_class_table(np.asarray(matrix), zero_division=float("nan"))
+    table = {key: np.array([row[key] for row in rows], dtype=np.float64) for key in ("precision", "recall", "f1")}
+    return {**table, "support": np.array([row["support"] for row in rows], dtype=np.int64)}
 
 
 def averages(table: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

@@ -1,5 +1,12 @@
 """``traincraft predict``: a CSV of inputs or a ``.npy``/``.npz`` array (the run's scaling applied),
-or a folder of images (decoded as the run's were) in, a CSV of predictions out."""
+or a folder of images (decoded as the run's were) in, a CSV of predictions out.
+
+Every row of the output says which input it is: ``path`` for images; else ``id`` when the CSV
+input has an ``id`` column (passed through as written), otherwise ``row``, the input's row number
+counted from 0 (the first data row of a CSV, the first sample of an array). A forecast's row is
+the last input row of its window. Figures keep float32's full precision (9 significant digits;
+float64 outputs: 17), so that what is written reads back as the value the model gave.
+"""
 
 from __future__ import annotations
 
@@ -51,10 +58,10 @@ def _read_columns(path: Path, names: list[str]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def predict_file(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
-    """Predict ``source`` into the CSV ``target``: a ``.npy``/``.npz`` array of inputs; for a
-    run on images, a folder of them (searched recursively) or one image file; else a CSV;
-    returns rows written."""
+def predict_file(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path | None) -> int:
+    """Predict ``source`` into the CSV ``target`` (None: stdout): a ``.npy``/``.npz`` array of
+    inputs; for a run on images, a folder of them (searched recursively) or one image file; else
+    a CSV; returns rows written."""
     if source.suffix.lower() in (".npy", ".npz"):
         return predict_rows(trainer, info, read_array(source, info), target)
     dataset = recipe.data.dataset
@@ -84,6 +91,8 @@ def read_array(path: Path, info: dict[str, Any]) -> torch.Tensor:
         raise DataError(f"{path}: not a readable {path.suffix} file of plain arrays ({err})") from None
     if array.dtype.kind not in "biuf" or array.ndim < 1:
         raise DataError(f"{path}: need a numeric array, got {array.dtype} {array.shape}")
+    if array.dtype != np.uint8:  # as the training data was read (pixels stay bytes)
+        array = array.astype(np.float32)
     shape = tuple(info["input_shape"])
     if info["task"] == "forecast":
         array = array.reshape(len(array), -1) if array.ndim != 2 else array
@@ -97,7 +106,8 @@ def read_array(path: Path, info: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).reshape(len(array), *shape)
 
 
-def predict_images(trainer: Any, info: dict[str, Any], dataset: dict[str, Any], source: Path, target: Path) -> int:
+def predict_images(trainer: Any, info: dict[str, Any], dataset: dict[str, Any], source: Path,
+                   target: Path | None) -> int:
     """One row per image file of ``source``: its path, the predicted class and each class's
     probability. Images are decoded at the run's size and channels and normalised as in training."""
     import numpy as np
@@ -117,9 +127,10 @@ def predict_images(trainer: Any, info: dict[str, Any], dataset: dict[str, Any], 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "prediction", *[f"prob_{n}" for n in names]])
+    text = figure_text(probs)
     for file, label, row in zip(files, probs.argmax(dim=1).tolist(), probs.tolist()):
-        writer.writerow([str(file), names[label], *[f"{p:.6g}" for p in row]])
-    atomic_write_text(target, buffer.getvalue())
+        writer.writerow([str(file), names[label], *map(text, row)])
+    write_output(target, buffer.getvalue())
     return len(files)
 
 
@@ -187,47 +198,87 @@ def labelled_data(recipe: Any, info: dict[str, Any], path: Path) -> tuple[Any, t
     return inputs, torch.from_numpy(np.asarray(y, dtype=np.float32).reshape(len(y), -1))
 
 
-def predict_csv(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path) -> int:
-    """Predict every row (or, for forecasts, every window) of ``source``; returns rows written."""
+def predict_csv(trainer: Any, info: dict[str, Any], recipe: Any, source: Path, target: Path | None) -> int:
+    """Predict every row (or, for forecasts, every window) of ``source``; returns rows written.
+    An ``id`` column of ``source`` is passed through to the output."""
     raw = read_columns(source, list(info["feature_names"]))
     if info["task"] != "forecast":
         raw = raw.reshape(len(raw), *info["input_shape"])
-    return predict_rows(trainer, info, raw, target, source=source)
+    return predict_rows(trainer, info, raw, target, source=source, ids=read_ids(source))
 
 
-def predict_rows(trainer: Any, info: dict[str, Any], raw: torch.Tensor, target: Path, *, source: Any = "input") -> int:
+def read_ids(path: Path) -> list[str] | None:
+    """The ``id`` column of a CSV file, as written; None when it has none."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if ID not in (reader.fieldnames or []):
+            return None
+        return [row[ID] for row in reader]
+
+
+#: The column of the input passed through to the predictions, when the input has it.
+ID = "id"
+
+
+def predict_rows(trainer: Any, info: dict[str, Any], raw: torch.Tensor, target: Path | None, *,
+                 source: Any = "input", ids: list[str] | None = None) -> int:
     """Predict each sample of ``raw`` (unscaled inputs; a forecast: the series, every window of
-    ``lookback`` rows) into the CSV ``target``; returns rows written."""
+    ``lookback`` rows) into the CSV ``target`` (None: stdout), each row led by its ``id`` (from
+    ``ids``, one per input row) or its ``row`` number; returns rows written."""
     from traincraft.datasets import Scaler
 
     scaler = Scaler.from_dict(info["scaler"])
     task, shape = info["task"], tuple(info["input_shape"])
+    first = 0  # the input row of the first prediction's window end
     if task == "forecast":
         series = scaler.transform(raw)
         lookback = shape[0]
         if len(series) < lookback:
             raise DataError(f"{source}: {len(series)} rows, but a forecast needs at least lookback={lookback}")
         inputs = series.unfold(0, lookback, 1).transpose(1, 2).contiguous()
+        first = lookback - 1
     else:
         pixels = raw.dtype == torch.uint8 and scaler.kind == "none"  # images: normalised per batch
         inputs = raw if pixels else scaler.transform(raw)
     outputs = trainer.predict(inputs)
+    keys = [ids[first + i] for i in range(len(outputs))] if ids is not None else \
+        [str(first + i) for i in range(len(outputs))]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    key = ID if ids is not None else "row"
     if task == "classification":
         names = info.get("class_names") or [str(i) for i in range(outputs.shape[1])]
         probs = outputs.softmax(dim=1)
-        writer.writerow(["prediction", *[f"prob_{n}" for n in names]])
-        for label, row in zip(probs.argmax(dim=1).tolist(), probs.tolist()):
-            writer.writerow([names[label], *[f"{p:.6g}" for p in row]])
+        text = figure_text(probs)
+        writer.writerow([key, "prediction", *[f"prob_{n}" for n in names]])
+        for name, label, row in zip(keys, probs.argmax(dim=1).tolist(), probs.tolist()):
+            writer.writerow([name, names[label], *map(text, row)])
     else:
         outputs = outputs.reshape(len(outputs), -1)
-        columns = _output_columns(info, outputs.shape[1])
-        writer.writerow(columns)
-        for row in outputs.tolist():
-            writer.writerow([f"{v:.6g}" for v in row])
-    atomic_write_text(target, buffer.getvalue())
+        text = figure_text(outputs)
+        writer.writerow([key, *_output_columns(info, outputs.shape[1])])
+        for name, row in zip(keys, outputs.tolist()):
+            writer.writerow([name, *map(text, row)])
+    write_output(target, buffer.getvalue())
     return len(outputs)
+
+
+def figure_text(values: torch.Tensor) -> Any:
+    """How to write the figures of ``values`` so that they read back as they were: 9 significant
+    digits for float32 (and narrower), 17 for float64."""
+    digits = 17 if values.dtype == torch.float64 else 9
+    return lambda value: f"{value:.{digits}g}"
+
+
+def write_output(target: Path | None, text: str) -> None:
+    """The CSV into ``target`` (atomically), or onto stdout when ``target`` is None."""
+    if target is None:
+        import sys
+
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(target, text)
 
 
 def _output_columns(info: dict[str, Any], width: int) -> list[str]:

@@ -366,8 +366,8 @@ def read_raw(source: str | Path | dict[str, Any] | None) -> tuple[dict[str, Any]
         return _deep_copy(source), "recipe"
     path = Path(source)
     if not path.is_file():
-        template = TEMPLATES / f"{source}.yaml"
-        if template.is_file() and path.suffix == "":
+        template = template_file(str(source))
+        if template is not None and path.suffix == "":
             path = template
         else:
             names = template_names()
@@ -391,7 +391,11 @@ def read_raw(source: str | Path | dict[str, Any] | None) -> tuple[dict[str, Any]
         raise RecipeError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
     if "_base_dir" not in raw:
         raw["_base_dir"] = str(path.parent.resolve())
-    elif not (path.name == "recipe.yaml" and (path.parent / "data.json").is_file()):
+    elif path.name == "recipe.yaml" and (path.parent / "data.json").is_file():
+        from traincraft.run_paths import run_base_dir  # a run folder that may have moved
+
+        raw["_base_dir"] = run_base_dir(path.parent, raw["_base_dir"], raw)
+    else:
         # Only the recipe a run folder holds says where its relative paths resolve (run.py).
         raise RecipeError(f"recipe {path}: _base_dir is written by traincraft into a run folder's "
                           "recipe.yaml, not set by a recipe; remove it")
@@ -418,6 +422,18 @@ def base_dir(recipe: Recipe) -> Path | None:
     """The folder of the recipe file (relative data paths resolve against it)."""
     value = recipe._base_dir
     return Path(value) if value else None
+
+
+#: Template names under the name of their copy in examples/ (examples/diabetes.yaml is the
+#: regression template).
+TEMPLATE_ALIASES = {"diabetes": "regression"}
+
+
+def template_file(name: str) -> Path | None:
+    """The built-in template called ``name`` (or one of :data:`TEMPLATE_ALIASES`); None if none."""
+    name = TEMPLATE_ALIASES.get(name, name)
+    path = TEMPLATES / f"{name}.yaml"
+    return path if "/" not in name and "\\" not in name and path.is_file() else None
 
 
 def _first_error(err: ValidationError, raw: dict[str, Any], origin: str) -> str:

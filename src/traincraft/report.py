@@ -3,7 +3,7 @@
 At the end of ``fit``, :class:`RunReport` writes into the run folder::
 
     steps.csv      the learning rate of every optimizer step (per parameter group), and the momentum
-    summary.json   stop reason, best epoch, epochs, steps, seconds, steps per second
+    summary.json   stop reason, epochs, steps, seconds, steps per second (the best epoch: best.json)
     plots/         loss.png, one png per metric, lr.png, grad_norm.png (when recorded)
     report.html    one self-contained page: summary, test metrics, plots, recipe, environment
 
@@ -150,7 +150,6 @@ class RunReport(Callback):
             "skipped_steps": state.skipped_steps,
             "seconds": round(seconds, 3),
             "steps_per_second": round(state.step / seconds, 3) if seconds > 0 else None,
-            "best": trainer.best,
             "last_epoch": int(history.epochs[-1]["epoch"]) if history.epochs else None,
             "steps_per_epoch": state.steps_per_epoch,
             "device": str(trainer.device),
@@ -242,7 +241,10 @@ def load_run_files(folder: str | Path) -> RunFiles:
     run.results = _read_json(folder / "results.json")
     run.env = _read_json(folder / "env.json")
     run.data = _read_json(folder / "data.json")
-    run.best = run.summary.get("best") or run.results.get("best") or _read_json(folder / "best.json") or None
+    # best.json is the one file of the best; older run folders had it in summary/results too.
+    # An SWA run's best.json names the average, no epoch of the curves.
+    best = _read_json(folder / "best.json")
+    run.best = (None if best.get("swa") else best or run.summary.get("best") or run.results.get("best") or None)
     if (folder / "recipe.yaml").is_file():
         run.recipe = (folder / "recipe.yaml").read_text(encoding="utf-8")
     if (folder / "recipe.given.yaml").is_file():

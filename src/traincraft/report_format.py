@@ -10,37 +10,34 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
+from traincraft import formatting
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-#: Figures that are rates (a share of samples, in [0, 1]): shown as percentages.
-RATE = re.compile(r"(accuracy|precision|recall|(^|_)f1|f_score|auroc|(^|_)auc|average_precision|iou|jaccard"
-                  r"|mape|specificity|sensitivity|hit_rate)")
-
-
 def is_rate(name: str) -> bool:
-    """Whether the figure ``name`` (``val_accuracy``, ``f1``, ``loss/dice``) is a rate."""
-    base = re.sub(r"^(train_|val_|test_)", "", name)
-    return not base.startswith("loss") and RATE.search(base) is not None
+    """Whether the figure ``name`` (``val_accuracy``, ``f1``, ``loss/dice``) is a rate: the one
+    rule of :func:`traincraft.formatting.is_rate`."""
+    return formatting.is_rate(name)
 
 
 def significant(value: float, digits: int = 4) -> str:
-    """``value`` with ``digits`` significant digits (``0.5749``, ``2900``, ``1.014e-05``)."""
+    """``value`` with ``digits`` significant digits (``0.5749``, ``2900``, ``1.014e-05``); a
+    page shows NaN as ``—`` and whole numbers whole."""
     if not math.isfinite(value):
         return "—" if math.isnan(value) else ("∞" if value > 0 else "−∞")
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
-    return f"{value:.{digits}g}"
+    return formatting.significant(value, digits)
 
 
 def percent(value: float, decimals: int = 2) -> str:
     """A rate as a percentage: ``0.997214`` -> ``99.72%``; NaN -> ``—``."""
-    return "—" if not math.isfinite(value) else f"{100 * value:.{decimals}f}%"
+    return "—" if not math.isfinite(value) else formatting.percent(value, decimals)
 
 
 def figure_text(name: str, value: Any) -> str:

@@ -248,7 +248,8 @@ def trainer_from_recipe(
 
 
 class RunFolder(Callback):
-    """Writes recipe.yaml, env.json and data.json at the start, results.json at the end."""
+    """Writes recipe.yaml, env.json and data.json at the start, results.json at the end (the best
+    epoch is best.json's, written with the best weights: results.json does not repeat it)."""
 
     def __init__(self, folder: str | Path, recipe: Recipe, info: dict[str, Any]):
         self.folder, self.recipe, self.info = Path(folder), recipe, info
@@ -256,7 +257,7 @@ class RunFolder(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if not trainer.is_main_process or trainer.run_complete:
             return
-        atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe))
+        atomic_write_text(self.folder / "recipe.yaml", run_recipe_text(self.recipe, self.folder))
         if not (self.folder / GIVEN_RECIPE).is_file():  # a resumed run keeps what its author wrote
             atomic_write_text(self.folder / GIVEN_RECIPE, given_recipe_text(self.recipe))
         atomic_write_text(self.folder / "env.json", json.dumps(environment(trainer), indent=2))
@@ -278,7 +279,6 @@ class RunFolder(Callback):
             "stop_reason": trainer.state.stop_reason,
             "epochs": trainer.state.epoch,
             "steps": trainer.state.step,
-            "best": trainer.best,
         }
         data = getattr(trainer, "data", None)
         judged = None if data is None else ("test", data.test) if data.test is not None else (
@@ -379,16 +379,19 @@ def given_recipe_text(recipe: Recipe) -> str:
                           default_flow_style=None)
 
 
-def run_recipe_text(recipe: Recipe) -> str:
-    """The resolved recipe for the run folder. Relative paths in it (a CSV, init_from) keep
-    resolving against the original recipe's folder, so that ``traincraft resume`` and
-    ``traincraft fit RUN/recipe.yaml`` find them (``_base_dir`` is not part of the recipe's
-    fingerprint)."""
+def run_recipe_text(recipe: Recipe, run_dir: str | Path | None = None) -> str:
+    """The resolved recipe for the run folder ``run_dir``. Relative paths in it (a CSV, an image
+    folder) keep resolving against the original recipe's folder, recorded relative to the run
+    folder and as it was (:mod:`traincraft.run_paths`), so that ``traincraft resume`` and
+    ``traincraft fit RUN/recipe.yaml`` find them, also after the run folder moved (``_base_dir``
+    is not part of the recipe's fingerprint)."""
+    from traincraft.run_paths import base_dir_line
+
     folder = base_dir(recipe)
     text = recipe.to_yaml()
     if folder is None:
         return text
-    return f"_base_dir: {json.dumps(str(folder.resolve()))}  # where relative paths resolve\n{text}"
+    return base_dir_line(folder, run_dir if run_dir is not None else folder) + text
 
 
 def environment(trainer: Trainer) -> dict[str, Any]:

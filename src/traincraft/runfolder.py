@@ -45,14 +45,75 @@ def newest_run(folder: str | Path) -> Path | None:
     """For a folder of runs (``runs/NAME``, not a run itself), its newest run that saved weights
     or a checkpoint; None when ``folder`` is a run itself or holds none. Run folders are named by
     their start time (``-2``, ``-3`` for runs of the same second), so the newest sorts last."""
+    folder = Path(folder)
+    if not folder.is_dir() or _has(folder, "weights"):
+        return None
+    runs = [p for p in _runs_in(folder) if _has(p, "weights")]
+    return max(runs, key=_run_order) if runs else None
+
+
+#: What a command needs of a run: a run of a folder of runs that lacks it is passed over.
+NEEDS = {
+    "weights": "saved weights (best.safetensors or a checkpoint)",
+    "checkpoint": "a checkpoint (checkpoints/last.ckpt)",
+    "metrics": "metrics.csv",
+}
+
+
+def _has(folder: Path, need: str) -> bool:
     from traincraft.checkpoint import checkpoint_candidates
 
-    folder = Path(folder)
-    if not folder.is_dir() or (folder / "best.safetensors").is_file() or checkpoint_candidates(folder):
-        return None
-    runs = [p for p in folder.iterdir() if p.is_dir() and ((p / "best.safetensors").is_file()
-                                                          or checkpoint_candidates(p))]
-    return max(runs, key=_run_order) if runs else None
+    if need == "metrics":
+        return (folder / "metrics.csv").is_file()
+    if need == "checkpoint":
+        return bool(checkpoint_candidates(folder))
+    return (folder / "best.safetensors").is_file() or bool(checkpoint_candidates(folder))
+
+
+#: Files that make a folder a run's for commands that read runs (a recipe.yaml alone may be the
+#: user's own recipe, next to the runs).
+RUN_MARKS = ("data.json", *(name for name in RUN_FILES if name != "recipe.yaml"))
+
+
+def is_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_MARKS)
+
+
+def _runs_in(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and is_run(p)]
+    except OSError:
+        return []
+
+
+def find_run(given: str | Path, *, needs: str = "weights") -> tuple[Path, str | None]:
+    """The run that a command's ``RUN_DIR`` names: the folder itself when it holds a run, else
+    the newest run of a folder of runs (``runs/NAME``) that holds what the command ``needs``
+    (a key of :data:`NEEDS`). Returns the run folder and, when it was chosen among several, the
+    line that says which.
+
+    Raises:
+        TraincraftError: the folder does not exist, is a file, or holds no run (with what it needs).
+    """
+    folder = Path(given)
+    if not folder.exists():
+        hint = (" (the run folder comes first: traincraft COMMAND RUN_DIR key=value)"
+                if "=" in str(given) else "")
+        raise TraincraftError(f"run folder {folder} does not exist{hint}")
+    if not folder.is_dir():
+        raise TraincraftError(f"{folder} is a file, not a run folder")
+    if is_run(folder):
+        return folder, None
+    runs = _runs_in(folder)
+    if not runs:
+        raise TraincraftError(f"{folder} is not a run folder (no data.json, metrics.csv or checkpoints/) "
+                              "and holds no runs")
+    usable = [p for p in runs if _has(p, needs)]
+    if not usable:
+        raise TraincraftError(f"{folder} holds {len(runs)} run{'s' if len(runs) > 1 else ''}, none with "
+                              f"{NEEDS[needs]}")
+    newest = max(usable, key=_run_order)
+    return newest, f"{folder} holds runs: using the newest, {newest}"
 
 
 def _run_order(path: Path) -> tuple[str, int]:

@@ -11,7 +11,7 @@ import traincraft as tc
 from traincraft.callbacks.epoch_line import INDENT, epoch_fields, lr_field, wrap
 from traincraft.callbacks.progress import ProgressBar, in_notebook
 from traincraft.errors import TraincraftError
-from traincraft.numbers import format_figure, format_seconds, is_rate, significant
+from traincraft.formatting import format_figure, format_seconds, is_rate, significant
 
 ROW = {
     "epoch": 7, "step": 140, "lr": 0.0003, "lr/backbone": 3e-5, "lr/head": 0.0003, "momentum": 0.9,

@@ -23,11 +23,13 @@ from cli_recipes import IRIS, NET_MODULE, write_recipe  # noqa: E402
         (["fit", "quickstart", "optimzer.lr=1"], "error: recipe error at optimzer: unknown key (did you mean 'optimizer'?)"),
         (["fit", "quickstart", "loss=cross_entropi", "--run-dir", "{tmp}/r"], "error: unknown loss 'cross_entropi' (did you mean 'cross_entropy'"),
         (["fit", "quickstart", "data.dataset=digts", "--run-dir", "{tmp}/r"], "error: unknown dataset 'digts' (did you mean 'digits'"),
-        (["evaluate", "{tmp}"], "is not a run folder: recipe.yaml is missing"),
+        (["evaluate", "{tmp}"], "is not a run folder (no data.json, metrics.csv or checkpoints/) and holds no runs"),
+        (["evaluate", "{tmp}/nowhere"], "error: run folder {tmp}/nowhere does not exist"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    message = message.replace("{tmp}", str(tmp_path))
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err

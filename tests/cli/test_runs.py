@@ -34,7 +34,8 @@ def test_evaluate_and_predict_use_the_saved_model(tmp_path, capsys):
     out = tmp_path / "out.csv"
     assert main(["predict", str(run_dir), "--input", str(source), "--output", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 2 and set(rows[0]) == {"prediction", *[f"prob_{c}" for c in info["class_names"]]}
+    assert len(rows) == 2 and list(rows[0]) == ["row", "prediction", *[f"prob_{c}" for c in info["class_names"]]]
+    assert [r["row"] for r in rows] == ["0", "1"]
     assert sum(float(rows[0][f"prob_{c}"]) for c in info["class_names"]) == pytest.approx(1.0, abs=1e-5)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from traincraft.numbers import format_figure
+from traincraft.formatting import format_figure
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

@@ -34,5 +34,5 @@ def test_best_yaml_reproduces_the_best_trial_on_cpu(tmp_path):
 
     run_dir = tmp_path / "again"
     assert cli_main(["fit", str(best_file), "--run-dir", str(run_dir), "--no-progress"]) == 0
-    again = json.loads((run_dir / "results.json").read_text())["best"]["value"]
+    again = json.loads((run_dir / "best.json").read_text())["value"]
     assert again == pytest.approx(study.best_value, abs=1e-9, rel=0)

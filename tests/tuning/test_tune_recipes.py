@@ -144,7 +144,7 @@ def test_the_command_refuses_in_one_line_and_continues_with_allow_changes(tmp_pa
     # best.yaml trains the best trial again, to the same figure.
     again = tmp_path / "again"
     assert main(["fit", str(folder / "best.yaml"), "--run-dir", str(again), "--no-progress"]) == 0
-    value = json.loads((again / "results.json").read_text())["best"]["value"]
+    value = json.loads((again / "best.json").read_text())["value"]
     assert value == pytest.approx(best.value, abs=1e-9, rel=0)
 
 

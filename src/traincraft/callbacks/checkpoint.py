@@ -98,10 +98,15 @@ class Checkpoint(Callback):
         if self._loaded and self.monitor is not None:
             return  # a resumed run keeps its best and its kept files
         name, mode = self.monitor_name, self.mode
+        delta: tuple[float, str] = (0.0, "abs")
         if name is None and trainer.early_stopping is not None:
+            # Early stopping's best is the best: its improvement test too (min_delta), so that
+            # best.safetensors holds the epoch whose weights early stopping restores.
             name, mode = trainer.monitor
+            tracker = trainer.early_stopping._tracker
+            delta = (tracker.min_delta, tracker.min_delta_mode)
         self._default_monitor = name is None
-        self.monitor = Monitor(name or "val_loss", mode=mode)
+        self.monitor = Monitor(name or "val_loss", mode=mode, min_delta=delta[0], min_delta_mode=delta[1])
         self.kept, self.top, self.best_epoch, self.best_step = [], [], None, None
 
     def on_step_end(self, trainer: Trainer) -> None:
@@ -219,7 +224,9 @@ class Checkpoint(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("monitor_name"):
-            self.monitor = Monitor(state["monitor_name"], mode=state["monitor_mode"])
+            saved = state["monitor"]  # its improvement test as the run had it (early stopping's)
+            self.monitor = Monitor(state["monitor_name"], mode=state["monitor_mode"],
+                                   min_delta=saved.get("min_delta", 0.0), min_delta_mode=saved.get("min_delta_mode", "abs"))
             self.monitor.load_state_dict(state["monitor"])
         self.kept = list(state["kept"])
         self.top = [(float(v), str(n)) for v, n in state["top"]]

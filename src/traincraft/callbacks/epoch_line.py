@@ -13,7 +13,7 @@ Fields, in this order::
    parameter group has the same, else ``lr 5.39e-05..0.000539``; the momentum when a schedule
    cycles it; 7. the epoch's wall time.
 
-Numbers follow :mod:`traincraft.numbers` (rates as percentages, 4 significant digits).
+Numbers follow :mod:`traincraft.formatting` (rates as percentages, 4 significant digits).
 
 Example:
     >>> fields = epoch_fields({"epoch": 3, "lr": 1e-3, "train_loss": 0.5, "val_loss": 0.4},
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from traincraft.numbers import format_figure, format_lr, format_seconds
+from traincraft.formatting import format_figure, format_lr, format_seconds
 
 #: Continuation lines of a wrapped epoch line start with this.
 INDENT = "    "

@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from traincraft.callbacks.base import Callback
 from traincraft.callbacks.epoch_line import INDENT, epoch_fields, wrap
 from traincraft.errors import expect_choice
-from traincraft.numbers import significant
+from traincraft.formatting import significant
 
 if TYPE_CHECKING:
     from traincraft.trainer import Trainer

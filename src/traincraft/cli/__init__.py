@@ -2,8 +2,9 @@
 
 One module per family of commands: :mod:`~traincraft.cli.fit` (fit, resume),
 :mod:`~traincraft.cli.config` (config, fit --print-config and --dry-run),
-:mod:`~traincraft.cli.runs` (evaluate, predict), :mod:`~traincraft.cli.info` (init, list,
-schema), :mod:`~traincraft.cli.report` and :mod:`~traincraft.cli.lr_find`, :mod:`~traincraft.cli.schedule` and
+:mod:`~traincraft.cli.runs` (evaluate, predict, export), :mod:`~traincraft.cli.info` (init, list,
+schema), :mod:`~traincraft.cli.completion` (completion, and answering a shell's Tab),
+:mod:`~traincraft.cli.report` and :mod:`~traincraft.cli.lr_find`, :mod:`~traincraft.cli.schedule` and
 :mod:`~traincraft.cli.tune`, :mod:`~traincraft.cli.show_batch`.
 :func:`main` runs every one of them under the one error policy, :func:`run_reporting_errors`.
 """
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from traincraft import __version__
-from traincraft.cli import config, fit, info, runs
+from traincraft.cli import completion, config, fit, info, runs
 from traincraft.cli.policy import EXIT_INTERRUPTED, EXIT_USER_ERROR, run_reporting_errors
 from traincraft.cli.spelling import OVERRIDE_COMMANDS, dashed_overrides, unrecognized_hint
 
@@ -34,6 +35,8 @@ PASSTHROUGH = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (traincraft completion)
+        completion.complete(build_parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     # As under `python -m traincraft`: modules of the current folder (a recipe's
     # "mynets:TinyCNN") import; the installed command otherwise only sees its own bin folder.
@@ -91,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit.add_commands(command)  # fit, resume
     config.add_commands(command)  # config
-    runs.add_commands(command)  # evaluate, predict
+    runs.add_commands(command)  # evaluate, predict, export
     info.add_commands(command)  # init, list, schema
+    completion.add_commands(command)  # completion
     # Listed for --help; main() hands their arguments to their own parsers (PASSTHROUGH).
     commands.add_parser("schedule", help="preview a recipe's learning-rate schedule without training")
     commands.add_parser("tune", help="search hyperparameters with Optuna (the recipe's tune: section)")

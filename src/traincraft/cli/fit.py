@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from traincraft.cli.policy import EXIT_INTERRUPTED, freeze_startup_objects
-from traincraft.cli.runs import TRUST_CODE_HELP, run_folder
+from traincraft.cli.runs import TRUST_CODE_HELP, check_run_data, run_folder
 
 FIT_EXAMPLES = """examples:
   traincraft fit                                    # the quickstart: digits with a small CNN
@@ -115,6 +115,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         else:  # not started, or killed before its first checkpoint: (re)start it
             args.resume, args.overwrite = None, True
     if args.resume:
+        if args.resume != args.run_dir:  # a folder of runs (runs/NAME) means its newest
+            args.resume = str(run_folder(args.resume, needs="checkpoint"))
         if args.run_dir and Path(args.run_dir) != Path(args.resume):
             raise TraincraftError("--resume continues in its own run folder: leave out --run-dir")
         check_recipe_changes(recipe, Path(args.resume), args.allow_changes)
@@ -203,10 +205,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.run_dir is None:
         raise TraincraftError("resume needs the run folder: traincraft resume runs/NAME/TIME "
                               "(or runs/NAME for its newest run)")
-    args.run_dir = str(run_folder(args.run_dir))
+    args.run_dir = str(run_folder(args.run_dir, needs="checkpoint"))
     recipe_file = Path(args.run_dir) / "recipe.yaml"
     if not recipe_file.is_file():
-        raise TraincraftError(f"{args.run_dir} is not a run folder: recipe.yaml is missing")
+        raise TraincraftError(f"{args.run_dir} holds a run without recipe.yaml (trained in Python?): resume it "
+                              f"in Python, trainer.fit(..., resume={args.run_dir!r})")
     for override in args.overrides:
         if "=" not in override and not override.startswith("~"):
             raise TraincraftError(f"expected key.path=value, got {override!r}")
@@ -214,6 +217,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     check_recipe_changes(recipe, Path(args.run_dir), args.allow_changes)
     if _say_finished(Path(args.run_dir), recipe):
         return 0
+    check_run_data(args.run_dir)
     from traincraft.runfolder import check_code
 
     check_code(args.run_dir, recipe, trust_code=args.trust_code)
@@ -308,7 +312,7 @@ def print_summary(trainer: Any, history: Any, run_dir: Path, seconds: float) -> 
     """The lines said when ``fit`` ends: why it stopped, the best epoch, the test figures, the
     report to open and the run folder."""
     from traincraft.callbacks.epoch_line import wrap
-    from traincraft.numbers import format_figure
+    from traincraft.formatting import format_figure
 
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}

@@ -24,7 +24,8 @@ SCHEMA_EXAMPLES = """example:
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Add ``init``, ``list`` and ``schema`` through ``command(name, handler, help, epilog)``."""
     init = command("init", cmd_init, "write a commented starter recipe", INIT_EXAMPLES)
-    init.add_argument("template", nargs="?", default="quickstart", help="quickstart, sunspots, regression, ...")
+    init.add_argument("template", nargs="?", default="quickstart",
+                      help="quickstart, sunspots, regression (= diabetes, as in examples/)")
     init.add_argument("-o", "--output", default="recipe.yaml")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
@@ -36,13 +37,14 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from traincraft.errors import TraincraftError
-    from traincraft.recipe import TEMPLATES, template_names
+    from traincraft.recipe import template_file
 
-    source = TEMPLATES / f"{args.template}.yaml"
-    if not source.is_file():
+    source = template_file(args.template)
+    if source is None:
         from traincraft.errors import did_you_mean
 
-        hint = did_you_mean(args.template, template_names()) or f"; templates: {', '.join(template_names())}"
+        names = _list_template_names()
+        hint = did_you_mean(args.template, names) or f"; templates: {', '.join(names)}"
         raise TraincraftError(f"unknown template {args.template!r}{hint}")
     target = Path(args.output)
     if target.exists() and not args.force:
@@ -52,6 +54,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     target.write_text(source.read_text())
     print(f"wrote {target}; train with: traincraft fit {target}", file=sys.stderr)
     return 0
+
+
+def _list_template_names() -> list[str]:
+    """The template names ``init`` and ``fit`` take, with the examples' names of templates."""
+    from traincraft.recipe import TEMPLATE_ALIASES, template_names
+
+    return sorted([*template_names(), *TEMPLATE_ALIASES])
 
 
 def _list_losses() -> list[str]:
@@ -75,7 +84,8 @@ def _list_metrics() -> list[str]:
 def _list_models() -> list[str]:
     from traincraft import models
 
-    return models.names()
+    # Beyond the built-in names: any torchvision or timm model, and a class of your own.
+    return [*models.names(), "torchvision:NAME", "timm:NAME", "module:Class"]
 
 
 def _list_datasets() -> list[str]:
@@ -84,10 +94,17 @@ def _list_datasets() -> list[str]:
     return datasets.names()
 
 
-def _list_templates() -> list[str]:
-    from traincraft.recipe import template_names
+def _list_schedules() -> list[str]:
+    from traincraft.schedules.table import names
 
-    return template_names()
+    return names()
+
+
+def _list_templates() -> list[str]:
+    from traincraft.recipe import TEMPLATE_ALIASES, template_names
+
+    aliases = {name: alias for alias, name in TEMPLATE_ALIASES.items()}
+    return [f"{name} (= {aliases[name]})" if name in aliases else name for name in template_names()]
 
 
 LISTS: dict[str, Callable[[], list[str]]] = {
@@ -96,6 +113,7 @@ LISTS: dict[str, Callable[[], list[str]]] = {
     "metrics": _list_metrics,
     "models": _list_models,
     "datasets": _list_datasets,
+    "schedules": _list_schedules,
     "templates": _list_templates,
 }
 

@@ -24,14 +24,15 @@ def _parser() -> argparse.ArgumentParser:
         "report", "rebuild a run's plots/ and report.html from the files of its run folder",
         "example:\n  traincraft report runs/quickstart/20261121-101500",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
     parser.add_argument("--output", metavar="HTML", help="default: RUN_DIR/report.html")
     return parser
 
 
 def _command(args: argparse.Namespace) -> int:
+    from traincraft.cli.runs import run_folder
     from traincraft.report import build_report
 
-    path = build_report(args.run_dir, args.output)
+    path = build_report(run_folder(args.run_dir, needs="metrics"), args.output)
     print(f"report: {path}", file=sys.stderr)
     return 0

@@ -1,5 +1,5 @@
-"""``traincraft evaluate`` and ``traincraft predict``: use a trained run's folder, and find the run
-that a folder of runs (``runs/NAME``) means. torch is imported only inside the commands."""
+"""``traincraft evaluate``, ``traincraft predict`` and ``traincraft export``: use a trained run's
+folder, and find the run that a folder of runs (``runs/NAME``) means. torch is imported only inside the commands."""
 
 from __future__ import annotations
 
@@ -16,8 +16,13 @@ TRUST_CODE_HELP = ("import the code that the run folder's recipe names (module:C
 EVALUATE_EXAMPLES = """example:
   traincraft evaluate runs/quickstart/20261121-101500 --split test"""
 
-PREDICT_EXAMPLES = """example:
-  traincraft predict runs/diabetes/20261121-101500 --input new.csv --output predictions.csv"""
+PREDICT_EXAMPLES = """examples:
+  traincraft predict runs/diabetes/20261121-101500 --input new.csv --output predictions.csv
+  traincraft predict runs/diabetes --input new.csv --output -     # the newest run; CSV to stdout"""
+
+EXPORT_EXAMPLES = """examples:
+  traincraft export runs/quickstart                          # RUN/model.safetensors
+  traincraft export runs/quickstart --format pt -o model.pt  # torch.load(model.pt, weights_only=True)"""
 
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -36,21 +41,39 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     predict.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
     predict.add_argument("--input", required=True,
                          help="CSV with the training data's input columns; for a run on images, a folder of images or one image")
-    predict.add_argument("--output", required=True, help="CSV to write")
+    predict.add_argument("--output", required=True, help="CSV to write; - writes to stdout")
+
+    export = command("export", cmd_export, "write a run's weights as a plain .safetensors or .pt file",
+                     EXPORT_EXAMPLES)
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, or runs/NAME: its newest run")
+    export.add_argument("--format", choices=["safetensors", "pt"],
+                        help="default: from --output's suffix, else safetensors")
+    export.add_argument("--output", "-o", metavar="FILE", help="default: RUN_DIR/model.safetensors (or model.pt)")
+    export.add_argument("--weights", choices=["best", "last"], default="best",
+                        help="best: best.safetensors (default); last: the newest checkpoint's")
 
 
-def run_folder(given: str) -> Path:
-    """A run folder as given, or the newest run of a folder of runs (``runs/NAME``), said."""
-    from traincraft.runfolder import newest_run
+def run_folder(given: str, needs: str = "weights") -> Path:
+    """The run that a command's RUN_DIR names: a run folder as given, or the newest run of a
+    folder of runs (``runs/NAME``) that holds what the command ``needs``, said on stderr. Every
+    command that takes RUN_DIR finds its run here (:func:`traincraft.runfolder.find_run`)."""
+    from traincraft.runfolder import find_run
 
-    folder = Path(given)
-    if (folder / "recipe.yaml").is_file():
-        return folder
-    newest = newest_run(folder)
-    if newest is None:
-        return folder
-    print(f"{folder} holds runs: using the newest, {newest}", file=sys.stderr)
-    return newest
+    folder, note = find_run(given, needs=needs)
+    if note:
+        print(note, file=sys.stderr)
+    return folder
+
+
+def check_run_data(run_dir: str | Path) -> None:
+    """Before a command reads a run's data: when the run folder moved away from it, say where
+    it looked (one line) instead of naming a single place."""
+    from traincraft.errors import DataError
+    from traincraft.run_paths import missing_data
+
+    problem = missing_data(run_dir)
+    if problem:
+        raise DataError(problem)
 
 
 def _run_trainer(run_dir: str, trust_code: bool = False) -> tuple[Any, Any, Any]:
@@ -86,6 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         figures = trainer.evaluate(labelled_data(recipe, info, Path(args.data)))
         print(json.dumps({"data": args.data, **figures}, indent=2))
         return 0
+    check_run_data(args.run_dir)
     data = prepare_data(recipe)
     split = getattr(data, args.split)
     if split is None:
@@ -99,14 +123,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from traincraft.errors import TraincraftError
     from traincraft.predictions import predict_file
 
-    output = Path(args.output)
-    if output.is_dir():
+    output = None if args.output == "-" else Path(args.output)
+    if output is not None and output.is_dir():
         raise TraincraftError(f"--output {output} is a folder: give a file name, e.g. {output / 'predictions.csv'}")
-    if not output.parent.is_dir():
+    if output is not None and not output.parent.is_dir():
         raise TraincraftError(f"--output {output}: the folder {output.parent} does not exist")
     args.run_dir = str(run_folder(args.run_dir))
     trainer, recipe, info = _run_trainer(args.run_dir, args.trust_code)
     rows = predict_file(trainer, info, recipe, Path(args.input), output)
-    print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
+    print(f"wrote {rows} predictions to {'stdout' if output is None else output}", file=sys.stderr)
     return 0
 
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from traincraft.export import export_format, export_weights
+
+    export_format(args.output, args.format)  # a wrong name fails before anything is read
+    run_dir = run_folder(args.run_dir)
+    path = export_weights(run_dir, args.output, format=args.format, which=args.weights)
+    print(f"wrote {path} ({args.weights} weights of {run_dir})", file=sys.stderr)
+    return 0

@@ -139,10 +139,12 @@ def confusion_matrix(
     return matrix
 
 
-def per_class_table(confusion: Any, class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def per_class_table(confusion: Any, class_names: Sequence[str] | None = None, *,
+                    zero_division: float = 0.0) -> list[dict[str, Any]]:
     """One row per class from a confusion matrix (rows: targets): ``{"class", "precision",
     "recall", "f1", "support"}``, as scikit-learn's ``precision_recall_fscore_support`` with
-    ``average=None``; a 0/0 score is 0 (its default ``zero_division``).
+    ``average=None``; a 0/0 score is ``zero_division`` (0, scikit-learn's default; NaN for
+    "undefined").
 
     Args:
         confusion: a C×C matrix (tensor, array or nested lists), e.g. from
@@ -163,7 +165,7 @@ def per_class_table(confusion: Any, class_names: Sequence[str] | None = None) ->
     tp, predicted, actual = counts.diagonal(), counts.sum(0), counts.sum(1)
 
     def ratio(num: Tensor, den: Tensor) -> list[float]:
-        return torch.where(den > 0, num / den.clamp_min(1.0), torch.zeros_like(num)).tolist()
+        return torch.where(den > 0, num / den.clamp_min(1.0), torch.full_like(num, zero_division)).tolist()
 
     precision, recall, f1 = ratio(tp, predicted), ratio(tp, actual), ratio(2 * tp, predicted + actual)
     names: Sequence[Any] = class_names if class_names is not None else range(counts.shape[0])

@@ -20,8 +20,8 @@ import math
 
 # Name parts that make a figure a rate (a share of samples or of overlap, in [0, 1]). A name
 # that also says loss or error ("dice_loss", "top1_error") is not one.
-_RATE_TERMS = ("acc", "precision", "recall", "f1", "fbeta", "auc", "auroc", "auprc", "iou", "dice", "jaccard",
-               "specificity", "sensitivity", "hit_rate")
+_RATE_TERMS = ("acc", "precision", "recall", "f1", "fbeta", "f_score", "auc", "auroc", "auprc", "iou", "dice",
+               "jaccard", "specificity", "sensitivity", "hit_rate")
 _NOT_RATE_TERMS = ("loss", "error", "mse", "mae", "mape", "nll")
 
 
@@ -55,8 +55,13 @@ def format_figure(name: str, value: float) -> str:
     """
     value = float(value)
     if is_rate(name) and math.isfinite(value) and 0.0 <= value <= 1.0:
-        return f"{100 * value:.2f}%"
+        return percent(value)
     return significant(value)
+
+
+def percent(value: float, decimals: int = 2) -> str:
+    """A rate as a percentage: ``0.997214`` -> ``99.72%``."""
+    return f"{100 * float(value):.{decimals}f}%"
 
 
 def format_lr(value: float) -> str:
