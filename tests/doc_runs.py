@@ -7,7 +7,7 @@
   built as the trainer builds them (what ``config`` does not check). A block that starts with
   ``# NAME.yaml`` is also written to the page's folder as NAME.yaml, for the blocks after it.
 - shell: every ``traincraft`` command line; the cheap ones (``init``, ``list``, ``config``,
-  ``schema``, ``--help``) run for real in the page's folder, the others are parsed as the
+  ``schema``, ``export``, ``completion``, ``--help``) run for real in the page's folder, the others are parsed as the
   command line parses them, and a command on a recipe file that is there (or a template, or an
   example) has its recipe and overrides resolved with ``traincraft config``.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 from doc_blocks import ROOT, Block, _first_line, page_blocks, recipe_documents
 
-RUN_FOR_REAL = {"init", "list", "config", "schema"}
+RUN_FOR_REAL = {"init", "list", "config", "schema", "export", "completion"}
 RECIPE_COMMANDS = {"fit", "tune", "lr-find", "schedule", "show-batch"}
 
 
@@ -315,6 +315,10 @@ def _commands(text: str, fence_line: int) -> list[tuple[int, str, list[str], str
             line = line.rstrip()[:-1] + " " + lines[number]
         number += 1
         line = re.sub(r"^\s*\$\s+", "", line)
+        # $(traincraft ...) inside a line: a command of its own.
+        for inner in re.findall(r"\$\((traincraft\s[^()]*)\)", line):
+            found.append((fence_line + start + 1, "traincraft", shlex.split(inner)[1:], None))
+        line = re.sub(r"\$\([^()]*\)", "SUBSTITUTED", line)
         try:
             words = shlex.split(line, comments=True)
         except ValueError as err:
@@ -356,7 +360,7 @@ def _run_command(page: Page, args: list[str], output: str | None) -> None:
     command = args[0] if args else ""
     if not args or command in RUN_FOR_REAL or "--help" in args or "-h" in args or "--version" in args:
         out = _cli(args)
-        if output:
+        if output and not output.startswith(("/", "~")):  # a file of the page's folder
             (page.folder / output).write_text(out)
         return
     if command in PASSTHROUGH:

@@ -181,6 +181,7 @@ def test_a_recipe_block_that_drifted_fails(tmp_path, text, message):
     ("traincraft nosuchcommand", "invalid choice"),
     ("traincraft list lossez", "invalid choice"),
     ("traincraft init nosuchtemplate", "unknown template"),
+    ('eval "$(traincraft list lossez)"', "invalid choice"),
     ("make test nosuchtarget", "make test nosuchtarget: the Makefile has no target 'nosuchtarget'"),
 ])
 def test_a_command_line_that_drifted_fails(tmp_path, line, message):
@@ -194,6 +195,8 @@ def test_command_lines_run_or_parse_in_the_page_folder(tmp_path, pages):
         "traincraft fit q.yaml --nproc 2 train.max_epochs=1 \\\n    --run-dir runs/x   # a comment\n"
         "torchrun --nproc-per-node 2 -m traincraft fit q.yaml --resume auto\n"
         "traincraft resume runs/quickstart/<time> train.max_epochs=80\n"
+        'eval "$(traincraft list templates)"  # a comment\n'
+        "traincraft schema > ~/schema.json\n"
         "tensorboard --logdir runs\n```\n"
         "```yaml\n# named.yaml\ndata: {dataset: iris}\nmodel: mlp\n```\n"
         "```bash\ntraincraft config named.yaml seed=3\n```\n"), pages)
