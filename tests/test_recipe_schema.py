@@ -2,7 +2,7 @@
 recipe passes both, and forms that one accepts the other accepts, forms one rejects the other
 rejects (the runtime: load_recipe, then the loss and schedule built as the trainer builds them)."""
 
-import re
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -14,8 +14,8 @@ from traincraft.errors import TraincraftError
 from traincraft.recipe import Recipe, json_schema, load_recipe, load_yaml
 from traincraft.recipe_schema import loose_name
 
-ROOT = Path(__file__).parents[1]
-MINIMAL = {"data": {"dataset": "iris"}, "model": "mlp"}
+sys.path.insert(0, str(Path(__file__).parent))
+from doc_blocks import MINIMAL, ROOT, all_blocks, recipe_documents  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +30,19 @@ def recipe_files():
 
 
 def doc_recipes():
-    """Every ```yaml block of README.md and docs/*.md that is a recipe: a whole one (data and
-    model) as it is, a part of one (only recipe keys: a schedule, a loss) on top of a minimal
-    recipe. Blocks that show alternatives side by side (a key twice) are no recipe."""
+    """Every recipe of the ```yaml blocks of README.md and docs/*.md, as tests/doc_blocks.py
+    reads them: a whole one as it is, a part of one on top of a minimal recipe. Blocks that are
+    no recipe are tests/test_docs_blocks.py's to report."""
     found = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for number, block in enumerate(re.findall(r"```ya?ml\n(.*?)```", path.read_text(), re.S)):
-            try:
-                raw = load_yaml(block)
-            except Exception:
-                continue
-            if isinstance(raw, dict) and raw and set(raw) <= set(Recipe.model_fields):
-                whole = "data" in raw and "model" in raw
-                found.append(pytest.param(raw if whole else {**MINIMAL, **raw}, id=f"{path.name}#{number}"))
+    for block in all_blocks():
+        if block.kind != "yaml" or block.skip:
+            continue
+        try:
+            recipes = recipe_documents(block)
+        except ValueError:
+            continue
+        found += [pytest.param(raw, id=block.id if len(recipes) == 1 else f"{block.id}#{number}")
+                  for number, raw in enumerate(recipes)]
     return found
 
 
