@@ -93,15 +93,15 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         # a Python function: shown as the Trainer call (a recipe names one as "module:function")
         "spec": {"name": "lambda", "warmup": "1ep", "lr_lambda": lambda t: 0.5 ** (t / 100)},
         "python": (
-            'Trainer(..., schedule={"name": "lambda", "warmup": "1ep",\n'
-            '                       "lr_lambda": lambda t: 0.5 ** (t / 100)})'
+            'Trainer(model, loss="cross_entropy", schedule={"name": "lambda", "warmup": "1ep",\n'
+            '                                              "lr_lambda": lambda t: 0.5 ** (t / 100)})'
         ),
     },
     "multiplicative": {
         "spec": {"name": "multiplicative", "interval": "epoch", "lr_lambda": lambda e: 0.8},
         "python": (
-            'Trainer(..., schedule={"name": "multiplicative", "interval": "epoch",\n'
-            '                       "lr_lambda": lambda e: 0.8})'
+            'Trainer(model, loss="cross_entropy", schedule={"name": "multiplicative", "interval": "epoch",\n'
+            '                                              "lr_lambda": lambda e: 0.8})'
         ),
     },
     "plateau": {

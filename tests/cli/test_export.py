@@ -86,6 +86,7 @@ def test_the_documented_way_to_unpack_a_checkpoint_without_traincraft(run_dir, m
     docs = (Path(__file__).parents[2] / "docs" / "checkpoints.md").read_text()
     after = docs[docs.index("Without traincraft at all"):]
     code = after[after.index("```python\n") + len("```python\n"):after.index("```\n", after.index("```python\n") + 3)]
+    code = code.replace("runs/quickstart/20261121-101500/", "")  # the page's run folder: this test's
     monkeypatch.chdir(run_dir)
     scope = {}
     exec(code, scope)  # noqa: S102  (the docs' own snippet, on this run's checkpoint)
