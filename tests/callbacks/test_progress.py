@@ -26,7 +26,7 @@ ROW = {
 def test_the_monitored_and_validation_figures_come_first_then_training_then_one_lr():
     fields = epoch_fields(ROW, max_epochs=40, monitor="val_accuracy", note="*")
     assert fields == [
-        "epoch  7/40",
+        "epoch  7/40 12.3s",
         "val_accuracy 88.75% *",
         "val_loss 0.5012",
         "val_f1 50.00%",
@@ -37,14 +37,13 @@ def test_the_monitored_and_validation_figures_come_first_then_training_then_one_
         "grad_norm 1.235",
         "lr 3e-05..0.0003",
         "momentum 0.9",
-        "12.3s",
     ]
 
 
 def test_a_training_figure_monitored_comes_first_too():
     row = {"epoch": 2, "lr": 0.1, "train_loss": 0.25, "seconds": 0.5}
     assert epoch_fields(row, max_epochs=5, monitor="train_loss", note="(patience 1/3)") == [
-        "epoch 2/5", "train_loss 0.25 (patience 1/3)", "lr 0.1", "0.50s",
+        "epoch 2/5 0.50s", "train_loss 0.25 (patience 1/3)", "lr 0.1",
     ]
 
 
@@ -101,10 +100,9 @@ def test_lines_wrap_between_fields_and_are_shorter_than_the_terminal(width):
     assert "  ".join(line.strip() for line in lines) == "  ".join(fields)  # every field whole, in order
     if width == 80:
         assert lines == [
-            "epoch  7/40  val_loss 0.5012 (patience 2/8)  val_accuracy 88.75%  val_f1 50.00%",
-            "    train_loss 0.4123  train_loss/ce 0.4  train_penalty 0.0123",
+            "epoch  7/40 12.3s  val_loss 0.5012 (patience 2/8)  val_accuracy 88.75%",
+            "    val_f1 50.00%  train_loss 0.4123  train_loss/ce 0.4  train_penalty 0.0123",
             "    train_accuracy 91.23%  grad_norm 1.235  lr 3e-05..0.0003  momentum 0.9",
-            "    12.3s",
         ]
 
 
@@ -143,7 +141,8 @@ def test_each_epoch_is_one_line_with_early_stopping_folded_in(capsys):
         value = row["val_loss"]
         note = "*" if value < best_so_far else "(patience 1/1)"
         best_so_far = min(best_so_far, value)
-        assert line.startswith(f"epoch {row['epoch']:>2}/30  val_loss {format_figure('val_loss', value)} {note}  "
+        assert line.startswith(f"epoch {row['epoch']:>2}/30 {format_seconds(row['seconds'])}  val_loss "
+                               f"{format_figure('val_loss', value)} {note}  "
                                f"val_accuracy {format_figure('val_accuracy', row['val_accuracy'])}  train_loss ")
     # What early stopping says of the last epoch comes after that epoch's line.
     last = err.index(epochs[-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def test_every_epoch_shows_its_validation_figures_and_no_line_is_cut(screens, wi
     for row in rows:
         block = blocks[int(row["epoch"])]
         fields = block.split("  ")
-        assert fields[0] == f"epoch {row['epoch']}/{EPOCHS}"
+        assert re.fullmatch(rf"epoch {row['epoch']}/{EPOCHS} [0-9.]+s", fields[0])  # the epoch and its time
         # The monitored figure first, then the other validation figures, then training's.
         assert fields[1].startswith(f"val_loss {format_figure('val_loss', float(row['val_loss']))}")
         assert fields[2] == f"val_accuracy {format_figure('val_accuracy', float(row['val_accuracy']))}"

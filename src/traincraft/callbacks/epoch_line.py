@@ -2,16 +2,16 @@
 
 Fields, in this order::
 
-    epoch  3/40  val_loss 0.7167 *  val_accuracy 96.67%  train_loss 0.7386  train_accuracy 95.47%
-        grad_norm 0.8527  lr 0.000539  0.26s
+    epoch  3/40 0.26s  val_loss 0.7167 *  val_accuracy 96.67%  train_loss 0.7386
+        train_accuracy 95.47%  grad_norm 0.8527  lr 0.000539
 
-1. the epoch;
+1. the epoch and its wall time (bookkeeping, kept together);
 2. the monitored figure (early stopping's, else ``val_loss``, else ``train_loss``) with ``*``
    when it is a new best and ``(patience 2/8)`` while early stopping waits;
 3. the other validation figures; 4. the training figures (loss, its terms, metrics, gradient
    norm); 5. anything else in the history row; 6. the learning rate once: one number when every
    parameter group has the same, else ``lr 5.39e-05..0.000539``; the momentum when a schedule
-   cycles it; 7. the epoch's wall time.
+   cycles it.
 
 Numbers follow :mod:`traincraft.formatting` (rates as percentages, 4 significant digits).
 
@@ -43,6 +43,8 @@ def epoch_fields(row: Mapping[str, float], *, max_epochs: int | None, monitor: s
     width = len(str(max_epochs)) if max_epochs else 1
     epoch = int(row.get("epoch", 0))
     fields = [f"epoch {epoch:>{width}}/{max_epochs}" if max_epochs else f"epoch {epoch}"]
+    if "seconds" in row:  # with the epoch: bookkeeping, never a line of its own when wrapped
+        fields[0] += f" {format_seconds(row['seconds'])}"
     names = [k for k in row if k not in _BOOKKEEPING and not _is_lr(k)]
     if monitor in names:
         fields.append(_field(monitor, row[monitor], note))
@@ -56,8 +58,6 @@ def epoch_fields(row: Mapping[str, float], *, max_epochs: int | None, monitor: s
         fields.append(lr)
     if "momentum" in row:
         fields.append(f"momentum {format_figure('momentum', row['momentum'])}")
-    if "seconds" in row:
-        fields.append(format_seconds(row["seconds"]))
     return fields
 
 
