@@ -50,3 +50,12 @@ def test_a_bad_explicit_number_is_a_yaml_error():
 def test_a_key_given_twice_is_refused():
     with pytest.raises(RecipeError, match="key 'lr' is given twice"):
         load_yaml("{lr: 1e-3, lr: 2e-3}")
+
+
+def test_the_files_a_run_writes_of_its_recipe_read_back_as_written():
+    from traincraft.recipe import load_recipe
+    from traincraft.run import given_recipe_text
+
+    recipe = load_recipe({"name": "1e5", "data": {"dataset": "iris"}, "model": {"name": "mlp"}})
+    given = load_yaml(given_recipe_text(recipe))
+    assert given["name"] == "1e5" and given["data"] == {"dataset": "iris"}

@@ -129,9 +129,10 @@ def load_yaml(text: str) -> Any:
     return value
 
 
-def dump_yaml(value: Any) -> str:
-    """``value`` as YAML that :func:`load_yaml` reads back equal (keys in their order)."""
-    return yaml.dump(value, Dumper=_RecipeDumper, sort_keys=False)
+def dump_yaml(value: Any, *, flow: bool | None = False) -> str:
+    """``value`` as YAML that :func:`load_yaml` reads back equal (keys in their order); ``flow``
+    None writes the innermost lists and maps on one line (``[32, 64]``)."""
+    return yaml.dump(value, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=flow, allow_unicode=True)
 
 
 def whole_floats_as_ints(model: Any, values: Any) -> Any:

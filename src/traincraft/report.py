@@ -655,7 +655,6 @@ def _recipe_section(run: RunFiles) -> list[str]:
     without its empty keys), and the resolved recipe one click away; no path of this machine."""
     if not run.recipe and not run.given_recipe:
         return []
-    import yaml
 
     resolved = _yaml_mapping(run.recipe)
     base = resolved.pop("_base_dir", None)
@@ -664,10 +663,11 @@ def _recipe_section(run: RunFiles) -> list[str]:
         given, what = _yaml_mapping(run.given_recipe), "the keys the recipe set"
     else:
         given, what = _without_empty(resolved), "the resolved recipe without its empty keys"
+    from traincraft.recipe_yaml import dump_yaml
     from traincraft.report_format import without_paths
 
     def dump(value: dict[str, Any]) -> str:
-        return yaml.safe_dump(without_paths(value, base), sort_keys=False, default_flow_style=None, allow_unicode=True)
+        return dump_yaml(without_paths(value, base), flow=None)
 
     parts = ["<h2>Recipe</h2>", f'<p class="muted">{_e(what)}; every other key has its default.</p>',
              f"<pre>{_e(dump(given))}</pre>"]
@@ -680,9 +680,12 @@ def _recipe_section(run: RunFiles) -> list[str]:
 def _yaml_mapping(text: str | None) -> dict[str, Any]:
     import yaml
 
+    from traincraft.errors import TraincraftError
+    from traincraft.recipe_yaml import load_yaml
+
     try:
-        value = yaml.safe_load(text or "")
-    except yaml.YAMLError:
+        value = load_yaml(text or "")
+    except (yaml.YAMLError, TraincraftError):
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -383,10 +383,9 @@ GIVEN_RECIPE = "recipe.given.yaml"
 def given_recipe_text(recipe: Recipe) -> str:
     """The keys a recipe set (in its file or dict, and by overrides), without the defaults that
     ``recipe.yaml`` fills in."""
-    import yaml
+    from traincraft.recipe_yaml import dump_yaml
 
-    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True), sort_keys=False,
-                          default_flow_style=None)
+    return dump_yaml(recipe.model_dump(mode="json", exclude_unset=True), flow=None)
 
 
 def run_recipe_text(recipe: Recipe, run_dir: str | Path | None = None) -> str:

@@ -99,10 +99,13 @@ def missing_data(run_dir: str | os.PathLike[str]) -> str | None:
     places tried: one line naming the paths and the places; else None."""
     import yaml
 
+    from traincraft.errors import TraincraftError
+    from traincraft.recipe_yaml import load_yaml
+
     run_dir = Path(run_dir)
     try:
-        raw = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raw = load_yaml((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, TraincraftError):
         return None  # the recipe's own loading says what is wrong
     if not isinstance(raw, dict) or "_base_dir" not in raw:
         return None

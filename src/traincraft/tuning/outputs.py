@@ -18,10 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from traincraft.callbacks.monitor import format_value
 from traincraft.files import atomic_write_text
+from traincraft.recipe_yaml import dump_yaml
 from traincraft.tuning.recipes import TRIAL_ATTR
 from traincraft.tuning.section import _copy
 from traincraft.tuning.space import set_value
@@ -132,7 +131,7 @@ def write_best_yaml(study: optuna.Study, raw: Mapping[str, Any], folder: Path) -
         f"{format_value(best.value)}.\n"  # type: ignore[arg-type]
         f"# Train it again with: traincraft fit {folder / 'best.yaml'}\n"
     )
-    text = header + yaml.safe_dump(recipe, sort_keys=False)
+    text = header + dump_yaml(recipe)  # read back as written: a name '1e5' stays text
     return atomic_write_text(folder / "best.yaml", text)
 
 
