@@ -135,3 +135,16 @@ def _as_accumulator(part: Tensor | int, device: torch.device) -> Tensor:
 def _to_device(s: Tensor, device: torch.device) -> Tensor:
     dtype = _float_dtype(device) if s.is_floating_point() else s.dtype
     return s.to(device=device, dtype=dtype)
+
+
+class DecidingMetric(Metric):
+    """A metric that decides scores: ``threshold`` (default 0 for logits, 0.5 for
+    ``probabilities``), and targets equal to ``ignore_index`` left out."""
+
+    def __init__(self, *, probabilities: bool = False, threshold: float | None = None,
+                 ignore_index: int | None = None) -> None:
+        super().__init__()
+        self.probabilities = probabilities
+        # Logits are positive above 0, probabilities above 0.5.
+        self.threshold = float(threshold) if threshold is not None else (0.5 if probabilities else 0.0)
+        self.ignore_index = ignore_index

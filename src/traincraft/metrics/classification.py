@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from traincraft.errors import DataError, ShapeError, TraincraftError
-from traincraft.metrics.base import BatchSums, Metric, _shape
+from traincraft.metrics.base import BatchSums, DecidingMetric, _shape
 
 
 def _classification_layout(pred: Tensor, target: Tensor, name: str) -> tuple[bool, Tensor, Tensor]:
@@ -53,23 +53,12 @@ def _classification_layout(pred: Tensor, target: Tensor, name: str) -> tuple[boo
     return False, pred, target.long()
 
 
-class _ClassificationMetric(Metric):
+class _ClassificationMetric(DecidingMetric):
     """Shared input handling: binary threshold, class indices, ignored and invalid targets."""
 
-    def __init__(
-        self,
-        *,
-        probabilities: bool = False,
-        threshold: float | None = None,
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.probabilities = probabilities
-        # Logits are positive above 0, probabilities above 0.5.
-        self.threshold = (
-            float(threshold) if threshold is not None else (0.5 if probabilities else 0.0)
-        )
-        self.ignore_index = ignore_index
+    def __init__(self, *, probabilities: bool = False, threshold: float | None = None,
+                 ignore_index: int | None = None) -> None:
+        super().__init__(probabilities=probabilities, threshold=threshold, ignore_index=ignore_index)
         self.num_classes: int | None = None
 
     def _prepare(self, pred: Tensor, target: Tensor) -> tuple[bool, Tensor, Tensor, Tensor, Tensor]:

@@ -11,25 +11,11 @@ import torch
 from torch import Tensor
 
 from traincraft.errors import DataError, ShapeError, TraincraftError
-from traincraft.metrics.base import BatchSums, Metric, _shape
+from traincraft.metrics.base import BatchSums, DecidingMetric, _shape
 
 
-class _MultilabelMetric(Metric):
+class _MultilabelMetric(DecidingMetric):
     """Shared input handling: shapes, the threshold, 0/1 targets, ignored entries."""
-
-    def __init__(
-        self,
-        *,
-        probabilities: bool = False,
-        threshold: float | None = None,
-        ignore_index: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.probabilities = probabilities
-        self.threshold = (
-            float(threshold) if threshold is not None else (0.5 if probabilities else 0.0)
-        )
-        self.ignore_index = ignore_index
 
     def _prepare(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(predicted, actual, valid, invalid_count)``, each ``(N, L)`` but the count."""
